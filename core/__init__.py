@@ -1,0 +1,1 @@
+"""Domain and storage: models, ids and seqs, Redis scripts, settings. Imports nothing above it."""

@@ -1,0 +1,87 @@
+"""The one settings object: every setting with its type, default, environment variable and description.
+
+Values come from the environment (``IMFLOW_<NAME>``), then a ``.env`` file, then the default.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "IMFLOW_"
+
+
+def _default_node_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- where the parts run
+    kafka_url: str | None = Field(
+        None, description="Kafka bootstrap URL (kafka://host:port[,host:port]); unset = in-process transport"
+    )
+    redis_url: str | None = Field(None, description="Redis URL (redis://host:port/db); unset = in-process fakeredis")
+    data_dir: Path = Field(Path("data"), description="Folder for the history archive and worker state")
+    app_id: str = Field("imflow", description="Faust app id: consumer group and prefix of every Kafka topic")
+    topic_partitions: int = Field(8, ge=1, description="Partitions of each imflow topic (bounds worker parallelism)")
+    node_name: str = Field(
+        default_factory=_default_node_name, description="This process's name in logs and gateway routing"
+    )
+
+    # --- the gateway's HTTP/WebSocket listener
+    host: str = Field("127.0.0.1", description="Address the gateway listens on")
+    port: int = Field(8080, ge=0, le=65535, description="Port the gateway listens on")
+
+    # --- identity and limits
+    secret_key: SecretStr = Field(
+        SecretStr("imflow-development-secret-change-me"),
+        description="HMAC key that signs client tokens; set your own outside development",
+    )
+    token_ttl_seconds: int = Field(86_400, gt=0, description="Lifetime of issued client tokens")
+    max_frame_bytes: int = Field(65_536, gt=0, description="Largest WebSocket frame a client may send")
+    dedup_ttl_seconds: int = Field(
+        7 * 86_400, gt=0, description="How long a client message id is remembered for de-duplication"
+    )
+
+    log_level: str = Field("info", description="Log level: debug, info, warning, error")
+
+    @property
+    def embedded_transport(self) -> bool:
+        return not self.kafka_url
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """The URL as aiokafka wants it: ``host:port[,host:port]``."""
+        if not self.kafka_url:
+            raise ValueError("kafka_url is not set")
+        return self.kafka_url.split("://", 1)[-1].rstrip("/")
+
+    def described(self) -> list[dict[str, Any]]:
+        """Every setting with its effective value (secrets masked), environment variable and description."""
+        rows = []
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "********"
+            rows.append(
+                {
+                    "name": name,
+                    "value": value,
+                    "env": f"{ENV_PREFIX}{name.upper()}",
+                    "description": field.description or "",
+                }
+            )
+        return rows

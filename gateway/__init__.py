@@ -1,0 +1,1 @@
+"""The access layer: a Starlette app where clients connect."""

@@ -1,0 +1,3 @@
+from imflow.cli import main
+
+main()

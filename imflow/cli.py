@@ -1,0 +1,104 @@
+"""The ``imflow`` command line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from imflow.core.settings import Settings
+
+cli = typer.Typer(help="imflow: instant messaging on Faust, Redis and DuckDB.", no_args_is_help=True, add_completion=False)
+
+KafkaOpt = Annotated[str | None, typer.Option("--kafka", help="Kafka URL, e.g. kafka://127.0.0.1:19092 (default: IMFLOW_KAFKA_URL)")]
+RedisOpt = Annotated[str | None, typer.Option("--redis", help="Redis URL, e.g. redis://127.0.0.1:16379/0 (default: IMFLOW_REDIS_URL)")]
+HostOpt = Annotated[str | None, typer.Option("--host", help="Listen address (default: IMFLOW_HOST)")]
+PortOpt = Annotated[int | None, typer.Option("--port", help="Listen port (default: IMFLOW_PORT)")]
+DataOpt = Annotated[Path | None, typer.Option("--data-dir", help="Archive and state folder (default: IMFLOW_DATA_DIR)")]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from environment and .env, with the command line's options on top."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        typer.secho(f"invalid settings:\n{exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
+def setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_gateway(settings: Settings, *, run_agents: bool) -> None:
+    import uvicorn
+
+    from imflow.gateway.app import create_gateway
+    from imflow.node import Node
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_gateway(Node(settings, run_agents=run_agents))
+    typer.secho(f"imflow is running: open http://{settings.host}:{settings.port}/  (Ctrl-C stops it)", fg="green", err=True)
+    # uvicorn turns SIGTERM and SIGINT into a graceful shutdown: lifespan stops the node
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, ws_max_size=settings.max_frame_bytes)
+
+
+@cli.command()
+def serve(kafka: KafkaOpt = None, redis: RedisOpt = None, host: HostOpt = None, port: PortOpt = None, data_dir: DataOpt = None) -> None:
+    """Run gateway and stream agents in one process; with no servers, everything is in-process."""
+    settings = load_settings(kafka_url=kafka, redis_url=redis, host=host, port=port, data_dir=data_dir)
+    setup_logging(settings)
+    run_gateway(settings, run_agents=True)
+
+
+@cli.command()
+def gateway(kafka: KafkaOpt = None, redis: RedisOpt = None, host: HostOpt = None, port: PortOpt = None) -> None:
+    """Run one gateway (Starlette under uvicorn) for the production topology: needs Kafka and Redis."""
+    settings = load_settings(kafka_url=kafka, redis_url=redis, host=host, port=port)
+    _require_servers(settings)
+    setup_logging(settings)
+    run_gateway(settings, run_agents=False)
+
+
+@cli.command()
+def worker(kafka: KafkaOpt = None, redis: RedisOpt = None, data_dir: DataOpt = None) -> None:
+    """Run one Faust worker of imflow.streams: needs Kafka and Redis. Start as many as you like."""
+    import faust
+
+    from imflow.streams.app import create_app
+
+    settings = load_settings(kafka_url=kafka, redis_url=redis, data_dir=data_dir)
+    _require_servers(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # faust.Worker handles SIGTERM/SIGINT: it stops consuming, commits and closes cleanly
+    faust.Worker(create_app(settings), loglevel=settings.log_level).execute_from_commandline()
+
+
+@cli.command()
+def config() -> None:
+    """Print every setting's effective value (secrets masked), its environment variable and meaning."""
+    settings = load_settings()
+    rows = settings.described()
+    width = max(len(row["env"]) for row in rows)
+    for row in rows:
+        typer.echo(f"{row['env']:<{width}}  {row['value']!s:<40}  {row['description']}")
+
+
+def _require_servers(settings: Settings) -> None:
+    missing = [name for name, url in (("--kafka / IMFLOW_KAFKA_URL", settings.kafka_url), ("--redis / IMFLOW_REDIS_URL", settings.redis_url)) if not url]
+    if missing:
+        typer.secho(
+            f"this command runs on real servers; set {' and '.join(missing)} "
+            "(scripts/services up starts local ones; `scripts/services env` prints their URLs)",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,90 @@
+"""One imflow process: which transport, which Redis, whether the agents run here.
+
+This is the composition root. It is the only place that knows both the gateway and the
+streams; each of those knows only core.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import TYPE_CHECKING
+
+from imflow.core.redis_client import connect
+from imflow.streams.agents import AGENTS, run_body
+from imflow.streams.context import AgentContext
+from imflow.streams.kafka import KafkaProducer
+from imflow.streams.local import LocalBus
+from imflow.streams.topics import topic_name
+
+if TYPE_CHECKING:
+    import faust
+    from redis.asyncio import Redis
+
+    from imflow.core.settings import Settings
+    from imflow.streams.context import Producer
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """Gateway backend of ``imflow serve`` (agents in process) and ``imflow gateway`` (no agents)."""
+
+    def __init__(self, settings: Settings, *, run_agents: bool) -> None:
+        self.settings = settings
+        self.run_agents = run_agents
+        self.redis: Redis | None = None
+        self.producer: Producer | None = None
+        self.bus: LocalBus | None = None
+        self._kafka: KafkaProducer | None = None
+        self._faust: faust.App | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.redis = connect(s.redis_url)
+        if s.embedded_transport:
+            self.bus = self.producer = LocalBus(s.topic_partitions)
+            if self.run_agents:
+                context = AgentContext(s, self.redis, self.bus)
+                for spec in AGENTS:
+                    self.bus.subscribe(topic_name(s.app_id, spec.topic), partial(run_body, spec, context))
+            await self.bus.start()
+        else:
+            self._kafka = self.producer = KafkaProducer(s.kafka_bootstrap, f"{s.node_name}-gateway")
+            await self._kafka.start()
+            if self.run_agents:
+                from imflow.streams.app import create_app
+
+                self._faust = create_app(s, redis=self.redis)
+                await self._faust.start()
+        log.info(
+            "node %s started: transport=%s redis=%s agents=%s",
+            s.node_name,
+            "in-process" if s.embedded_transport else s.kafka_url,
+            "fakeredis" if s.embedded_redis else s.redis_url,
+            "here" if self.run_agents else "in workers",
+        )
+
+    async def stop(self) -> None:
+        if self._faust is not None:
+            await self._faust.stop()
+        if self.bus is not None:
+            await self.bus.stop()
+        if self._kafka is not None:
+            await self._kafka.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    async def readiness(self) -> dict[str, bool]:
+        checks = {"redis": await self._redis_answers()}
+        if self.bus is not None:
+            checks["transport"] = await self.bus.ready()
+        elif self._kafka is not None:
+            checks["kafka"] = await self._kafka.ready()
+        return checks
+
+    async def _redis_answers(self) -> bool:
+        try:
+            return bool(self.redis is not None and await self.redis.ping())
+        except Exception:
+            return False

@@ -1,0 +1,96 @@
+"""The Faust app: one agent per AgentSpec, each the thin shell around its body in agents.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import faust
+
+from imflow.core.redis_client import connect
+
+from .agents import AGENTS, AgentSpec, run_body
+from .context import AgentContext
+from .kafka import KafkaProducer
+from .topics import topic_name
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from imflow.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class WorkerResources:
+    """Redis client and producer of a worker, made on its event loop at first use."""
+
+    def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
+        self.settings = settings
+        self._shared_redis = redis  # given by the embedding process, which closes it
+        self._context: AgentContext | None = None
+        self._producer: KafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def context(self) -> AgentContext:
+        if self._context is None:
+            async with self._lock:
+                if self._context is None:
+                    self._producer = KafkaProducer(self.settings.kafka_bootstrap, f"{self.settings.node_name}-worker")
+                    await self._producer.start()
+                    redis = self._shared_redis or connect(self.settings.redis_url)
+                    self._context = AgentContext(self.settings, redis, self._producer)
+        return self._context
+
+    async def close(self) -> None:
+        if self._context is not None and self._shared_redis is None:
+            await self._context.redis.aclose()
+        self._context = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+
+def create_app(settings: Settings, redis: Redis | None = None) -> faust.App:
+    """A Faust app for these settings; nothing is made at import time.
+
+    ``redis`` lets a process that embeds the app share its client (and its fakeredis).
+    """
+    if not settings.kafka_url:
+        raise ValueError("a Faust worker needs Kafka: set IMFLOW_KAFKA_URL or pass --kafka")
+    app = faust.App(
+        settings.app_id,
+        broker=settings.kafka_url,
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        datadir=str(settings.data_dir / "faust"),
+        web_enabled=False,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+    )
+    resources = WorkerResources(settings, redis)
+    for spec in AGENTS:
+        _add_agent(app, spec, resources)
+
+    @app.on_before_shutdown.connect
+    async def _close(app: faust.App, **kwargs: object) -> None:
+        await resources.close()
+
+    return app
+
+
+def _add_agent(app: faust.App, spec: AgentSpec, resources: WorkerResources) -> None:
+    topic = app.topic(
+        topic_name(app.conf.id, spec.topic),
+        key_type=bytes,
+        value_type=bytes,
+        partitions=app.conf.topic_partitions,
+    )
+
+    async def agent(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await run_body(spec, await resources.context(), event.value, event.message.partition)
+
+    app.agent(topic, name=f"imflow.{spec.name}")(agent)
