@@ -26,3 +26,8 @@ def conversation_log(conversation: str) -> str:
 def dedup(conversation: str, sender: str, client_msg_id: str) -> str:
     """``mid:seq`` already given to this (sender, client message id) in this conversation."""
     return f"{PREFIX}:{conversation_tag(conversation)}:dedup:{sender}:{client_msg_id}"
+
+
+def gateway_channel(node: str) -> str:
+    """Pub/sub channel of one gateway: sender ACKs and pushes for the connections it holds."""
+    return f"{PREFIX}:gw:{node}"

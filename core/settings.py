@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Folder for the history archive and worker state")
     app_id: str = Field("imflow", description="Faust app id: consumer group and prefix of every Kafka topic")
     topic_partitions: int = Field(8, ge=1, description="Partitions of each imflow topic (bounds worker parallelism)")
+    topic_replication_factor: int = Field(1, ge=1, description="Replicas of each imflow topic (3 in production)")
     node_name: str = Field(
         default_factory=_default_node_name, description="This process's name in logs and gateway routing"
     )

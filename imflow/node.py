@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from imflow.core.redis_client import connect
 from imflow.streams.agents import AGENTS, run_body
 from imflow.streams.context import AgentContext
-from imflow.streams.kafka import KafkaProducer
+from imflow.streams.kafka import KafkaProducer, ensure_topics
 from imflow.streams.local import LocalBus
-from imflow.streams.topics import topic_name
+from imflow.streams.topics import all_topic_names, topic_name
 
 if TYPE_CHECKING:
     import faust
@@ -50,6 +50,7 @@ class Node:
                     self.bus.subscribe(topic_name(s.app_id, spec.topic), partial(run_body, spec, context))
             await self.bus.start()
         else:
+            await ensure_topics(s.kafka_bootstrap, all_topic_names(s.app_id), s.topic_partitions, s.topic_replication_factor)
             self._kafka = self.producer = KafkaProducer(s.kafka_bootstrap, f"{s.node_name}-gateway")
             await self._kafka.start()
             if self.run_agents:

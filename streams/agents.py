@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
+from imflow.core import keys
 from imflow.core.ingest import accept
 from imflow.core.models import SendCommand
 
@@ -37,9 +38,9 @@ async def ingest(ctx: AgentContext, value: bytes, partition: int) -> None:
     """De-duplicate, assign mid and seq, store, and tell the sender's gateway."""
     command = SendCommand.model_validate_json(value)
     accepted = await accept(ctx.redis, ctx.ids(partition), command, ctx.settings.dedup_ttl_seconds)
-    await ctx.producer.send(
-        ctx.topic(topics.ACKS), command.gateway.encode(), accepted.model_dump_json().encode()
-    )
+    if command.gateway:
+        # a lost ACK is harmless: the client resends and de-duplication answers the same
+        await ctx.redis.publish(keys.gateway_channel(command.gateway), accepted.model_dump_json())
 
 
 AGENTS: tuple[AgentSpec, ...] = (AgentSpec("ingest", topics.INGEST, ingest),)

@@ -12,8 +12,8 @@ from imflow.core.redis_client import connect
 
 from .agents import AGENTS, AgentSpec, run_body
 from .context import AgentContext
-from .kafka import KafkaProducer
-from .topics import topic_name
+from .kafka import KafkaProducer, ensure_topics
+from .topics import all_topic_names, topic_name
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -37,7 +37,9 @@ class WorkerResources:
         if self._context is None:
             async with self._lock:
                 if self._context is None:
-                    self._producer = KafkaProducer(self.settings.kafka_bootstrap, f"{self.settings.node_name}-worker")
+                    s = self.settings
+                    await ensure_topics(s.kafka_bootstrap, all_topic_names(s.app_id), s.topic_partitions, s.topic_replication_factor)
+                    self._producer = KafkaProducer(s.kafka_bootstrap, f"{s.node_name}-worker")
                     await self._producer.start()
                     redis = self._shared_redis or connect(self.settings.redis_url)
                     self._context = AgentContext(self.settings, redis, self._producer)
@@ -65,6 +67,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication_factor,
         datadir=str(settings.data_dir / "faust"),
         web_enabled=False,
         producer_acks=-1,
@@ -87,6 +90,7 @@ def _add_agent(app: faust.App, spec: AgentSpec, resources: WorkerResources) -> N
         key_type=bytes,
         value_type=bytes,
         partitions=app.conf.topic_partitions,
+        internal=True,  # Faust declares it with these partitions at start (else it waits for a producer)
     )
 
     async def agent(stream: faust.StreamT) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 
 class KafkaProducer:
@@ -32,3 +33,19 @@ class KafkaProducer:
         except KafkaError:
             return False
         return True
+
+
+async def ensure_topics(bootstrap: str, names: list[str], partitions: int, replication_factor: int) -> None:
+    """Create the topics that are missing, with ``partitions`` each; existing ones are left alone."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name, partitions, replication_factor) for name in names if name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:  # another process made them first
+                pass
+    finally:
+        await admin.close()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-INGEST = "ingest"
-ACKS = "acks"
+INGEST = "ingest"  # client sends, keyed by conversation
+
+ALL = (INGEST,)
 
 
 def topic_name(app_id: str, topic: str) -> str:
     return f"{app_id}.{topic}"
+
+
+def all_topic_names(app_id: str) -> list[str]:
+    return [topic_name(app_id, topic) for topic in ALL]

@@ -1,0 +1,87 @@
+"""Fixtures for the real services started by scripts/services, and for subprocesses of imflow.
+
+Under CI (CI=true) or with IMFLOW_REQUIRE_SERVICES=1 a service that does not answer fails the
+test; elsewhere it skips it with a hint.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import pytest
+import redis as redis_sync
+import redis.asyncio as aioredis
+
+REDIS_URL = os.environ.get("IMFLOW_TEST_REDIS_URL", "redis://127.0.0.1:16379/15")
+KAFKA_URL = os.environ.get("IMFLOW_TEST_KAFKA_URL", "kafka://127.0.0.1:19092")
+REQUIRE_SERVICES = os.environ.get("CI") == "true" or os.environ.get("IMFLOW_REQUIRE_SERVICES") == "1"
+
+
+def _missing(what: str, url: str, why: object) -> None:
+    message = f"{what} at {url} does not answer ({why}); start it with `scripts/services up`"
+    if REQUIRE_SERVICES:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _redis_version() -> str:
+    with redis_sync.Redis.from_url(REDIS_URL, socket_timeout=2) as client:
+        return client.info("server")["redis_version"]
+
+
+def _kafka_answers() -> None:
+    host, port = KAFKA_URL.split("://", 1)[1].split(",")[0].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=2):
+        pass
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = []
+    try:
+        lines.append(f"redis-server {_redis_version()} at {REDIS_URL}")
+    except Exception as exc:
+        lines.append(f"redis-server at {REDIS_URL}: not answering ({exc})")
+    try:
+        _kafka_answers()
+        lines.append(f"kafka broker at {KAFKA_URL}: answering")
+    except OSError as exc:
+        lines.append(f"kafka broker at {KAFKA_URL}: not answering ({exc})")
+    lines.append(f"services required: {REQUIRE_SERVICES}")
+    return lines
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the real redis-server (a database of its own for tests)."""
+    try:
+        _redis_version()
+    except Exception as exc:
+        _missing("redis-server", REDIS_URL, exc)
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def kafka_url() -> str:
+    """URL of the real Kafka broker."""
+    try:
+        _kafka_answers()
+    except OSError as exc:
+        _missing("Kafka", KAFKA_URL, exc)
+    return KAFKA_URL
+
+
+@pytest.fixture
+async def real_redis(redis_url: str):
+    """A client of the real redis-server on an emptied test database."""
+    client = aioredis.Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def app_id() -> str:
+    """A fresh Faust app id, so each test has its own topics and consumer group."""
+    return f"t{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,138 @@
+"""The ingest agent end to end: one body, two transports.
+
+On Kafka the agent runs in a real ``imflow worker`` (Faust) subprocess and writes to the real
+redis-server; embedded it runs on the in-process transport and fakeredis.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from support import ImflowProcess, eventually
+
+from imflow.core import keys
+from imflow.core.models import SendCommand
+from imflow.core.settings import Settings
+from imflow.node import Node
+from imflow.streams.kafka import KafkaProducer
+from imflow.streams.topics import INGEST, topic_name
+
+GATEWAY = "gw-test"
+
+
+@dataclass
+class Pipeline:
+    send: Any  # async (SendCommand) -> None
+    redis: aioredis.Redis
+
+
+@pytest.fixture
+async def embedded(tmp_path: Path) -> AsyncIterator[Pipeline]:
+    settings = Settings(data_dir=tmp_path, kafka_url=None, redis_url=None)
+    node = Node(settings, run_agents=True)
+    await node.start()
+
+    async def send(command: SendCommand) -> None:
+        await node.producer.send(topic_name(settings.app_id, INGEST), command.conversation.encode(), command.model_dump_json().encode())
+
+    yield Pipeline(send, node.redis)
+    await node.stop()
+
+
+@pytest.fixture
+async def on_kafka(tmp_path: Path, kafka_url: str, redis_url: str, real_redis: aioredis.Redis, app_id: str) -> AsyncIterator[Pipeline]:
+    env = {"IMFLOW_KAFKA_URL": kafka_url, "IMFLOW_REDIS_URL": redis_url, "IMFLOW_APP_ID": app_id, "IMFLOW_DATA_DIR": str(tmp_path)}
+    worker = ImflowProcess(["worker"], env, tmp_path / "worker.log", tmp_path)
+    producer = KafkaProducer(kafka_url.split("://")[1], "test")
+    await producer.start()
+    try:
+        worker.wait_output("Worker ready", timeout=90)
+
+        async def send(command: SendCommand) -> None:
+            await producer.send(topic_name(app_id, INGEST), command.conversation.encode(), command.model_dump_json().encode())
+
+        yield Pipeline(send, real_redis)
+    finally:
+        await producer.stop()
+        worker.stop_gracefully()
+
+
+@pytest.fixture(params=["embedded", pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.redis])])
+def pipeline(request: pytest.FixtureRequest) -> Pipeline:
+    return request.getfixturevalue("embedded" if request.param == "embedded" else "on_kafka")
+
+
+def command(i: int) -> SendCommand:
+    peer = "bob" if i % 2 == 0 else "carol"
+    return SendCommand(
+        sender="alice",
+        client_msg_id=f"m{i}",
+        conversation=f"p:alice:{peer}",
+        body={"text": f"message {i}"},
+        sent_at_ms=1_700_000_000_000 + i,
+        gateway=GATEWAY,
+    )
+
+
+async def test_ingest_assigns_gap_free_seqs_once_per_client_message(pipeline: Pipeline) -> None:
+    acks = pipeline.redis.pubsub()
+    await acks.subscribe(keys.gateway_channel(GATEWAY))
+    await acks.get_message(timeout=5)  # the subscribe confirmation
+
+    originals = [command(i) for i in range(20)]
+    resends = originals[:10]  # a client that timed out sends the same client message id again
+    for cmd in originals + resends:
+        await pipeline.send(cmd)
+
+    answers: dict[str, set[tuple[int, int]]] = defaultdict(set)
+    duplicates = 0
+
+    async def all_acked() -> bool:
+        nonlocal duplicates
+        while (message := await acks.get_message(ignore_subscribe_messages=True, timeout=0.2)) is not None:
+            ack = json.loads(message["data"])
+            answers[ack["client_msg_id"]].add((ack["mid"], ack["seq"]))
+            duplicates += ack["duplicate"]
+        return len(answers) == 20 and duplicates >= 10
+
+    await eventually(all_acked, timeout=60)
+    await acks.aclose()
+
+    # a resend got exactly the answer of the first send
+    assert all(len(given) == 1 for given in answers.values()), answers
+    for conversation in ("p:alice:bob", "p:alice:carol"):
+        stored = await pipeline.redis.zrange(keys.conversation_log(conversation), 0, -1, withscores=True)
+        messages = [json.loads(member) for member, _ in stored]
+        assert [m["seq"] for m in messages] == list(range(1, 11)), "seqs are gap-free and each message is stored once"
+        assert [int(score) for _, score in stored] == [m["seq"] for m in messages]
+        for m in messages:
+            assert answers[m["client_msg_id"]] == {(m["mid"], m["seq"])}
+        # within a conversation, mids grow with seqs (time-ordered ids, one partition owner)
+        assert [m["mid"] for m in messages] == sorted(m["mid"] for m in messages)
+
+
+async def test_malformed_record_is_skipped_and_the_partition_goes_on(pipeline: Pipeline) -> None:
+    """A poison record on the topic must not stop the agent."""
+    good = command(0)
+    raw_send = pipeline.send
+
+    class Poison:
+        conversation = good.conversation
+
+        def model_dump_json(self) -> str:
+            return '{"sender": 42}'
+
+    await raw_send(Poison())  # type: ignore[arg-type]
+    await raw_send(good)
+
+    async def stored() -> int:
+        return await pipeline.redis.zcard(keys.conversation_log(good.conversation))
+
+    assert await eventually(stored, timeout=60) == 1
