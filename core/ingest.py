@@ -8,33 +8,39 @@ import orjson
 
 from . import keys
 from .ids import IdGenerator
-from .models import Accepted, SendCommand
+from .models import Accepted, Message, SendCommand
 from .scripts import script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 
-async def accept(redis: Redis, ids: IdGenerator, command: SendCommand, dedup_ttl_seconds: int) -> Accepted:
-    """Store the message and return its (mid, seq); a replay returns the first answer unchanged."""
-    stored = orjson.dumps(
+async def accept(
+    redis: Redis, ids: IdGenerator, command: SendCommand, dedup_ttl_seconds: int, log_limit: int = 1000
+) -> tuple[Accepted, Message | None]:
+    """Store the message once; a replay gets the first answer and the stored message back.
+
+    The message is None only for a replay so old that the conversation log no longer holds it.
+    """
+    unsaved = orjson.dumps(
         {
             "conversation": command.conversation,
             "sender": command.sender,
             "client_msg_id": command.client_msg_id,
+            "type": command.type,
             "body": command.body,
             "sent_at_ms": command.sent_at_ms,
         }
     )
-    mid, seq, duplicate = await script(redis, "ingest")(
+    mid, seq, duplicate, entry = await script(redis, "ingest")(
         keys=[
             keys.dedup(command.conversation, command.sender, command.client_msg_id),
             keys.conversation_seq(command.conversation),
             keys.conversation_log(command.conversation),
         ],
-        args=[ids.next_id(), dedup_ttl_seconds, stored],
+        args=[ids.next_id(), dedup_ttl_seconds, unsaved, log_limit],
     )
-    return Accepted(
+    accepted = Accepted(
         conversation=command.conversation,
         sender=command.sender,
         client_msg_id=command.client_msg_id,
@@ -42,3 +48,4 @@ async def accept(redis: Redis, ids: IdGenerator, command: SendCommand, dedup_ttl
         seq=int(seq),
         duplicate=bool(duplicate),
     )
+    return accepted, Message.model_validate_json(entry) if entry else None

@@ -31,3 +31,56 @@ def dedup(conversation: str, sender: str, client_msg_id: str) -> str:
 def gateway_channel(node: str) -> str:
     """Pub/sub channel of one gateway: sender ACKs and pushes for the connections it holds."""
     return f"{PREFIX}:gw:{node}"
+
+
+def user_tag(user: str) -> str:
+    return f"{{u:{user}}}"
+
+
+def inbox(user: str) -> str:
+    """Sorted set, score = mid: the user's undelivered/un-ACKed messages, newest kept."""
+    return f"{PREFIX}:{user_tag(user)}:inbox"
+
+
+def last_seq(user: str) -> str:
+    """Hash conversation -> the newest seq delivered to the user (guards replays)."""
+    return f"{PREFIX}:{user_tag(user)}:last"
+
+
+def read_seq(user: str) -> str:
+    """Hash conversation -> the seq up to which the user has read."""
+    return f"{PREFIX}:{user_tag(user)}:read"
+
+
+def unread(user: str) -> str:
+    """Hash conversation -> the user's unread count there."""
+    return f"{PREFIX}:{user_tag(user)}:unread"
+
+
+def unread_total(user: str) -> str:
+    """The user's total unread count, kept on its own (never summed at read time)."""
+    return f"{PREFIX}:{user_tag(user)}:unread_total"
+
+
+def user_gateways(user: str) -> str:
+    """Hash gateway node -> how many of the user's connections it holds."""
+    return f"{PREFIX}:{user_tag(user)}:gateways"
+
+
+def deleted(user: str) -> str:
+    """Set of mids the user deleted for themself."""
+    return f"{PREFIX}:{user_tag(user)}:deleted"
+
+
+def user_state_keys(user: str) -> list[str]:
+    """The keys the delivery and read scripts touch, in their KEYS order."""
+    return [inbox(user), last_seq(user), read_seq(user), unread(user), unread_total(user)]
+
+
+def archive_pending(partition: int) -> str:
+    """List of records waiting for the archive writer, one per ingest partition."""
+    return f"{PREFIX}:archive:pending:{partition}"
+
+
+def archive_lock(partition: int) -> str:
+    return f"{PREFIX}:archive:lock:{partition}"

@@ -3,26 +3,38 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-MAX_SAFE_INT = (1 << 53) - 1
+MAX_SAFE_INT = (1 << 53) - 1  # the largest integer a JSON number keeps exactly in every client
 
-UserId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN.pattern)]
 ClientMsgId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-ConversationId = Annotated[str, StringConstraints(pattern=r"^(p:[A-Za-z0-9_.\-]{1,64}:[A-Za-z0-9_.\-]{1,64}|g:[A-Za-z0-9_.\-]{1,64})$")]
-
-_USER = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+ConversationId = Annotated[
+    str, StringConstraints(pattern=r"^(p:[A-Za-z0-9_.\-]{1,64}:[A-Za-z0-9_.\-]{1,64}|g:[A-Za-z0-9_.\-]{1,64})$")
+]
+MessageType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.\-]{0,31}$")]
+SafeInt = Annotated[int, Field(ge=0, le=MAX_SAFE_INT)]
 
 
 def direct_conversation(a: str, b: str) -> str:
     """The id of the one-to-one conversation between two users, the same from either side."""
     for user in (a, b):
-        if not _USER.match(user):
+        if not USER_ID_PATTERN.match(user):
             raise ValueError(f"invalid user id {user!r}")
     low, high = sorted((a, b))
     return f"p:{low}:{high}"
+
+
+def direct_members(conversation: str) -> tuple[str, str] | None:
+    """The two users of a one-to-one conversation id, or None if it is not one."""
+    kind, _, rest = conversation.partition(":")
+    if kind != "p":
+        return None
+    low, _, high = rest.partition(":")
+    return (low, high) if low and high else None
 
 
 class Record(BaseModel):
@@ -37,9 +49,23 @@ class SendCommand(Record):
     sender: UserId
     client_msg_id: ClientMsgId
     conversation: ConversationId
-    body: dict = Field(default_factory=dict)
-    sent_at_ms: int = Field(ge=0, le=MAX_SAFE_INT)
+    type: MessageType = "text"
+    body: dict[str, Any] = Field(default_factory=dict)
+    sent_at_ms: SafeInt
     gateway: str = ""  # node that holds the sender's connection, for the ACK
+
+
+class Message(Record):
+    """A message as stored and delivered: what the client sent plus the server's mid and seq."""
+
+    mid: SafeInt
+    seq: Annotated[int, Field(ge=1, le=MAX_SAFE_INT)]
+    conversation: ConversationId
+    sender: UserId
+    client_msg_id: ClientMsgId
+    type: MessageType = "text"
+    body: dict[str, Any] = Field(default_factory=dict)
+    sent_at_ms: SafeInt
 
 
 class Accepted(Record):
@@ -48,6 +74,6 @@ class Accepted(Record):
     conversation: ConversationId
     sender: UserId
     client_msg_id: ClientMsgId
-    mid: int = Field(ge=0, le=MAX_SAFE_INT)
-    seq: int = Field(ge=1, le=MAX_SAFE_INT)
+    mid: SafeInt
+    seq: Annotated[int, Field(ge=1, le=MAX_SAFE_INT)]
     duplicate: bool

@@ -53,6 +53,15 @@ class Settings(BaseSettings):
         7 * 86_400, gt=0, description="How long a client message id is remembered for de-duplication"
     )
 
+    inbox_limit: int = Field(1000, gt=0, description="Newest messages kept in each user's inbox (offline queue)")
+    conversation_log_limit: int = Field(
+        1000, gt=0, description="Newest messages of each conversation kept in Redis; older come from the archive"
+    )
+    archive_flush_seconds: float = Field(1.0, gt=0, description="How often pending records are sealed into the archive")
+    archive_batch: int = Field(10_000, gt=0, description="Most records sealed into one archive segment batch")
+    archive_content_shards: int = Field(16, gt=0, description="Shards of im_msg_content (by mid); fixed once data exists")
+    archive_mailbox_shards: int = Field(16, gt=0, description="Shards of im_user_msg_box (by owner_uid); fixed once data exists")
+
     log_level: str = Field("info", description="Log level: debug, info, warning, error")
 
     @property
@@ -62,6 +71,10 @@ class Settings(BaseSettings):
     @property
     def embedded_redis(self) -> bool:
         return not self.redis_url
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.data_dir / "archive"
 
     @property
     def kafka_bootstrap(self) -> str:

@@ -1,22 +1,42 @@
-"""The gateway's ASGI app: health and readiness now, the client protocol on top of them."""
+"""The gateway's ASGI app: the client WebSocket at /ws, health at /healthz, readiness at /readyz."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from .hub import Hub
+from .session import serve_session
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from imflow.core.archive import ArchiveReader
+    from imflow.core.models import SendCommand
+    from imflow.core.settings import Settings
 
 
 class Backend(Protocol):
-    """What the gateway needs from the process it runs in."""
+    """What the gateway needs from the process it runs in (see imflow/node.py)."""
+
+    settings: Settings
+    node_name: str
+    redis: Redis
+    archive: ArchiveReader
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
+    async def submit(self, command: SendCommand) -> None:
+        """Queue a send for the ingest agent; returns once it is durable."""
+        ...
+
     async def readiness(self) -> dict[str, bool]:
         """Each dependency's name and whether it answers now."""
         ...
@@ -32,15 +52,23 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
 
 
+async def client_socket(websocket: WebSocket) -> None:
+    await serve_session(websocket, websocket.app.state.backend, websocket.app.state.hub)
+
+
 def create_gateway(backend: Backend) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await backend.start()
+        app.state.hub = Hub(backend.redis, backend.node_name)
         try:
+            await app.state.hub.start()
             yield
         finally:
+            await app.state.hub.stop()
             await backend.stop()
 
-    app = Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)], lifespan=lifespan)
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz), WebSocketRoute("/ws", client_socket)]
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.backend = backend
     return app

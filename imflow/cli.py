@@ -79,6 +79,61 @@ def worker(kafka: KafkaOpt = None, redis: RedisOpt = None, data_dir: DataOpt = N
 
 
 @cli.command()
+def token(user: Annotated[str, typer.Argument(help="The user id the token names")], ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds (default: IMFLOW_TOKEN_TTL_SECONDS)")] = None) -> None:
+    """Print a signed client token for USER (development; production tokens come from your login service)."""
+    from imflow.core import tokens
+
+    settings = load_settings()
+    try:
+        typer.echo(tokens.issue(settings.secret_key.get_secret_value(), user, ttl or settings.token_ttl_seconds))
+    except ValueError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
+repair_cli = typer.Typer(help="Rebuild derived state from the source of truth.", no_args_is_help=True)
+cli.add_typer(repair_cli, name="repair")
+
+
+@repair_cli.command("unread")
+def repair_unread(redis: RedisOpt = None, user: Annotated[list[str] | None, typer.Option("--user", help="Only these users (repeatable)")] = None) -> None:
+    """Rebuild every user's unread counts (per conversation and total) from seqs and read positions."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    from imflow.core.redis_client import connect
+    from imflow.core.repair import repair_user, users_with_state
+
+    settings = load_settings(redis_url=redis)
+    if not settings.redis_url:
+        typer.secho("repair needs the real Redis: pass --redis or set IMFLOW_REDIS_URL", fg="red", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> tuple[int, int]:
+        client = connect(settings.redis_url)
+        users_seen = users_fixed = 0
+        try:
+            with Progress(transient=True) as progress:
+                task = progress.add_task("repairing unread counts", total=None)
+                names = user or [name async for name in users_with_state(client)]
+                progress.update(task, total=len(names))
+                for name in names:
+                    result = await repair_user(client, name)
+                    users_seen += 1
+                    if result.conversations_fixed or result.old_total != result.new_total:
+                        users_fixed += 1
+                        typer.echo(f"{name}: total {result.old_total} -> {result.new_total}, {result.conversations_fixed} conversation(s) fixed")
+                    progress.advance(task)
+        finally:
+            await client.aclose()
+        return users_seen, users_fixed
+
+    seen, fixed = asyncio.run(run())
+    typer.echo(f"checked {seen} user(s); fixed {fixed}")
+
+
+@cli.command()
 def config() -> None:
     """Print every setting's effective value (secrets masked), its environment variable and meaning."""
     settings = load_settings()

@@ -6,16 +6,20 @@ streams; each of those knows only core.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from functools import partial
 from typing import TYPE_CHECKING
 
+from imflow.core.archive import ArchiveLayout, ArchiveReader
+from imflow.core.models import SendCommand
 from imflow.core.redis_client import connect
-from imflow.streams.agents import AGENTS, run_body
+from imflow.streams.agents import AGENTS, TIMERS, TimerSpec, run_body, run_timer, seal_archive
 from imflow.streams.context import AgentContext
 from imflow.streams.kafka import KafkaProducer, ensure_topics
 from imflow.streams.local import LocalBus
-from imflow.streams.topics import all_topic_names, topic_name
+from imflow.streams.topics import INGEST, all_topic_names, topic_name
 
 if TYPE_CHECKING:
     import faust
@@ -33,11 +37,17 @@ class Node:
     def __init__(self, settings: Settings, *, run_agents: bool) -> None:
         self.settings = settings
         self.run_agents = run_agents
-        self.redis: Redis | None = None
-        self.producer: Producer | None = None
+        self.node_name = settings.node_name
+        self.redis: Redis
+        self.producer: Producer
+        self.archive = ArchiveReader(
+            ArchiveLayout(settings.archive_dir, settings.archive_content_shards, settings.archive_mailbox_shards)
+        )
         self.bus: LocalBus | None = None
         self._kafka: KafkaProducer | None = None
         self._faust: faust.App | None = None
+        self._context: AgentContext | None = None
+        self._timers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         s = self.settings
@@ -45,9 +55,10 @@ class Node:
         if s.embedded_transport:
             self.bus = self.producer = LocalBus(s.topic_partitions)
             if self.run_agents:
-                context = AgentContext(s, self.redis, self.bus)
+                self._context = AgentContext(s, self.redis, self.bus)
                 for spec in AGENTS:
-                    self.bus.subscribe(topic_name(s.app_id, spec.topic), partial(run_body, spec, context))
+                    self.bus.subscribe(topic_name(s.app_id, spec.topic), partial(run_body, spec, self._context))
+                self._timers = [asyncio.create_task(self._tick(timer, self._context)) for timer in TIMERS]
             await self.bus.start()
         else:
             await ensure_topics(s.kafka_bootstrap, all_topic_names(s.app_id), s.topic_partitions, s.topic_replication_factor)
@@ -66,15 +77,34 @@ class Node:
             "here" if self.run_agents else "in workers",
         )
 
+    async def _tick(self, timer: TimerSpec, context: AgentContext) -> None:
+        while True:
+            await asyncio.sleep(timer.interval(self.settings))
+            await run_timer(timer, context)
+
     async def stop(self) -> None:
+        for task in self._timers:
+            task.cancel()
+        for task in self._timers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._faust is not None:
             await self._faust.stop()
         if self.bus is not None:
+            await self.bus.join()
             await self.bus.stop()
+        if self._context is not None:
+            await seal_archive(self._context)  # the embedded queue lives in memory: seal it before exit
         if self._kafka is not None:
             await self._kafka.stop()
-        if self.redis is not None:
-            await self.redis.aclose()
+        await self.redis.aclose()
+        self.archive.close()
+
+    async def submit(self, command: SendCommand) -> None:
+        """Put a client's send on the ingest topic; returns once it is durable there."""
+        await self.producer.send(
+            topic_name(self.settings.app_id, INGEST), command.conversation.encode(), command.model_dump_json().encode()
+        )
 
     async def readiness(self) -> dict[str, bool]:
         checks = {"redis": await self._redis_answers()}
@@ -86,6 +116,6 @@ class Node:
 
     async def _redis_answers(self) -> bool:
         try:
-            return bool(self.redis is not None and await self.redis.ping())
+            return bool(await self.redis.ping())
         except Exception:
             return False

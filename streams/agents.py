@@ -9,18 +9,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pydantic
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from imflow.core import keys
-from imflow.core.ingest import accept
+from imflow.core import archive_queue
 from imflow.core.models import SendCommand
+from imflow.core.send_path import handle_send
 
 from . import topics
 from .context import AgentContext
+
+if TYPE_CHECKING:
+    from imflow.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +39,37 @@ class AgentSpec:
 
 
 async def ingest(ctx: AgentContext, value: bytes, partition: int) -> None:
-    """De-duplicate, assign mid and seq, store, and tell the sender's gateway."""
+    """De-duplicate, assign mid and seq, fan out, queue for the archive, push and ACK."""
     command = SendCommand.model_validate_json(value)
-    accepted = await accept(ctx.redis, ctx.ids(partition), command, ctx.settings.dedup_ttl_seconds)
-    if command.gateway:
-        # a lost ACK is harmless: the client resends and de-duplication answers the same
-        await ctx.redis.publish(keys.gateway_channel(command.gateway), accepted.model_dump_json())
+    await handle_send(ctx.redis, ctx.ids(partition), ctx.settings, command, partition)
 
 
 AGENTS: tuple[AgentSpec, ...] = (AgentSpec("ingest", topics.INGEST, ingest),)
+
+
+@dataclass(frozen=True)
+class TimerSpec:
+    name: str
+    interval: Callable[[Settings], float]
+    body: Callable[[AgentContext], Awaitable[None]]
+
+
+async def seal_archive(ctx: AgentContext) -> None:
+    """The archive agent: seal what waits in every partition's queue (locks keep one writer each)."""
+    for partition in range(ctx.settings.topic_partitions):
+        while await archive_queue.flush(ctx.redis, ctx.archive, partition, ctx.settings.archive_batch) == ctx.settings.archive_batch:
+            pass  # a full batch: more may wait
+
+
+TIMERS: tuple[TimerSpec, ...] = (TimerSpec("archive", lambda s: s.archive_flush_seconds, seal_archive),)
+
+
+async def run_timer(spec: TimerSpec, ctx: AgentContext) -> None:
+    """One tick; a failing tick is logged and the next one tries again."""
+    try:
+        await spec.body(ctx)
+    except Exception:
+        log.exception("timer %s failed; retrying at the next tick", spec.name)
 
 # Storage outages are waited out (the record is not committed meanwhile); anything else is
 # a bad record, logged and skipped so one poison record cannot stop a partition.

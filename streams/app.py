@@ -10,7 +10,7 @@ import faust
 
 from imflow.core.redis_client import connect
 
-from .agents import AGENTS, AgentSpec, run_body
+from .agents import AGENTS, TIMERS, AgentSpec, TimerSpec, run_body, run_timer
 from .context import AgentContext
 from .kafka import KafkaProducer, ensure_topics
 from .topics import all_topic_names, topic_name
@@ -76,6 +76,8 @@ def create_app(settings: Settings, redis: Redis | None = None) -> faust.App:
     resources = WorkerResources(settings, redis)
     for spec in AGENTS:
         _add_agent(app, spec, resources)
+    for timer in TIMERS:
+        _add_timer(app, timer, resources)
 
     @app.on_before_shutdown.connect
     async def _close(app: faust.App, **kwargs: object) -> None:
@@ -98,3 +100,11 @@ def _add_agent(app: faust.App, spec: AgentSpec, resources: WorkerResources) -> N
             await run_body(spec, await resources.context(), event.value, event.message.partition)
 
     app.agent(topic, name=f"imflow.{spec.name}")(agent)
+
+
+def _add_timer(app: faust.App, spec: TimerSpec, resources: WorkerResources) -> None:
+    async def tick() -> None:
+        await run_timer(spec, await resources.context())
+
+    tick.__name__ = tick.__qualname__ = f"imflow_{spec.name}_timer"
+    app.timer(spec.interval(resources.settings), name=f"imflow.{spec.name}")(tick)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
+from imflow.core.archive import ArchiveLayout
 from imflow.core.ids import MAX_NODE, IdGenerator
 
 if TYPE_CHECKING:
@@ -32,6 +34,11 @@ class AgentContext:
         if node not in self._ids:
             self._ids[node] = IdGenerator(node)
         return self._ids[node]
+
+    @cached_property
+    def archive(self) -> ArchiveLayout:
+        s = self.settings
+        return ArchiveLayout(s.archive_dir, s.archive_content_shards, s.archive_mailbox_shards)
 
     def topic(self, name: str) -> str:
         from .topics import topic_name

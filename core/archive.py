@@ -1,0 +1,190 @@
+"""The history archive (R8): ``im_msg_content`` and ``im_user_msg_box`` as sealed Parquet segments.
+
+DuckDB lets one process write a database file and no other process open it meanwhile, so the
+archive is not a DuckDB file: writers seal immutable Parquet segments (written to a temporary
+name, then renamed), and any number of readers, in workers, gateways and notebooks, query them
+with DuckDB at the same time. Content is sharded by ``mid``, the mailbox by ``owner_uid``.
+
+Writes are at least once (a segment may be written again after a crash); readers de-duplicate
+on (mid) and (owner_uid, mid), so a replay never shows twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .ids import id_time_ms
+
+CONTENT = "im_msg_content"
+MAILBOX = "im_user_msg_box"
+DELETIONS = "im_user_msg_deleted"
+
+CONTENT_SCHEMA = pa.schema(
+    [
+        ("mid", pa.int64()),
+        ("conversation", pa.string()),
+        ("seq", pa.int64()),
+        ("sender", pa.string()),
+        ("client_msg_id", pa.string()),
+        ("type", pa.string()),
+        ("body", pa.string()),  # JSON
+        ("sent_at_ms", pa.int64()),
+        ("created_at_ms", pa.int64()),
+    ]
+)
+MAILBOX_SCHEMA = pa.schema(
+    [
+        ("owner_uid", pa.string()),
+        ("conversation", pa.string()),
+        ("mid", pa.int64()),
+        ("seq", pa.int64()),
+        ("box", pa.string()),  # 'out' in the sender's mailbox, 'in' in each receiver's
+        ("peer", pa.string()),  # the other side: the sender for 'in', the conversation for 'out'
+        ("created_at_ms", pa.int64()),
+    ]
+)
+DELETIONS_SCHEMA = pa.schema([("owner_uid", pa.string()), ("mid", pa.int64()), ("deleted_at_ms", pa.int64())])
+
+
+def content_shard(mid: int, shards: int) -> int:
+    return mid % shards
+
+
+def mailbox_shard(owner_uid: str, shards: int) -> int:
+    return zlib.crc32(owner_uid.encode()) % shards
+
+
+class ArchiveLayout:
+    """Where each table's shards live under the archive root."""
+
+    def __init__(self, root: Path, content_shards: int = 16, mailbox_shards: int = 16) -> None:
+        self.root = Path(root)
+        self.content_shards = content_shards
+        self.mailbox_shards = mailbox_shards
+
+    def shard_dir(self, table: str, shard: int) -> Path:
+        return self.root / table / f"shard={shard:03d}"
+
+    def files(self, table: str, shard: int | None = None) -> list[str]:
+        pattern = f"shard={shard:03d}/*.parquet" if shard is not None else "shard=*/*.parquet"
+        return sorted(str(path) for path in (self.root / table).glob(pattern))
+
+
+def message_rows(message: dict[str, Any], members: list[str]) -> tuple[dict, list[dict]]:
+    """One content row and one mailbox row per member (the sender's 'out', the others' 'in')."""
+    created = id_time_ms(message["mid"])
+    content = {
+        "mid": message["mid"],
+        "conversation": message["conversation"],
+        "seq": message["seq"],
+        "sender": message["sender"],
+        "client_msg_id": message["client_msg_id"],
+        "type": message.get("type", "text"),
+        "body": orjson.dumps(message.get("body", {})).decode(),
+        "sent_at_ms": message["sent_at_ms"],
+        "created_at_ms": created,
+    }
+    mailbox = [
+        {
+            "owner_uid": member,
+            "conversation": message["conversation"],
+            "mid": message["mid"],
+            "seq": message["seq"],
+            "box": "out" if member == message["sender"] else "in",
+            "peer": message["conversation"] if member == message["sender"] else message["sender"],
+            "created_at_ms": created,
+        }
+        for member in members
+    ]
+    return content, mailbox
+
+
+def write_segments(layout: ArchiveLayout, records: list[dict[str, Any]]) -> int:
+    """Seal the pending records as Parquet segments, one per shard touched; returns rows written."""
+    tables: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for record in records:
+        if record["kind"] == "message":
+            content, mailbox = message_rows(record["message"], record["members"])
+            tables[(CONTENT, content_shard(content["mid"], layout.content_shards))].append(content)
+            for row in mailbox:
+                tables[(MAILBOX, mailbox_shard(row["owner_uid"], layout.mailbox_shards))].append(row)
+        elif record["kind"] == "delete":
+            row = {"owner_uid": record["owner"], "mid": record["mid"], "deleted_at_ms": record["at_ms"]}
+            tables[(DELETIONS, mailbox_shard(record["owner"], layout.mailbox_shards))].append(row)
+    schemas = {CONTENT: CONTENT_SCHEMA, MAILBOX: MAILBOX_SCHEMA, DELETIONS: DELETIONS_SCHEMA}
+    written = 0
+    for (table, shard), rows in tables.items():
+        folder = layout.shard_dir(table, shard)
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"seg-{uuid.uuid4().hex}.parquet"
+        temporary = final.with_suffix(".parquet.tmp")
+        pq.write_table(pa.Table.from_pylist(rows, schema=schemas[table]), temporary)
+        temporary.replace(final)  # atomic: readers see a whole segment or none
+        written += len(rows)
+    return written
+
+
+class ArchiveReader:
+    """Queries over the sealed segments; safe while writers add more."""
+
+    def __init__(self, layout: ArchiveLayout) -> None:
+        self.layout = layout
+        self._db = duckdb.connect()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def history_page(self, owner: str, conversation: str, before_seq: int, limit: int) -> list[dict[str, Any]]:
+        """One page of the owner's mailbox in a conversation, newest first: index first, then contents."""
+        shard = mailbox_shard(owner, self.layout.mailbox_shards)
+        boxes = self.layout.files(MAILBOX, shard)
+        if not boxes:
+            return []
+        deletions = self.layout.files(DELETIONS, shard)
+        hidden = (
+            "AND mid NOT IN (SELECT mid FROM read_parquet($deleted) WHERE owner_uid = $owner)" if deletions else ""
+        )
+        params: dict[str, Any] = {"boxes": boxes, "owner": owner, "conversation": conversation, "before": before_seq, "limit": limit}
+        if deletions:
+            params["deleted"] = deletions
+        index = self._db.execute(
+            f"""
+            SELECT DISTINCT mid, seq FROM read_parquet($boxes)
+            WHERE owner_uid = $owner AND conversation = $conversation AND seq < $before {hidden}
+            ORDER BY seq DESC LIMIT $limit
+            """,
+            params,
+        ).fetchall()
+        if not index:
+            return []
+        return self.contents([mid for mid, _ in index])
+
+    def contents(self, mids: list[int]) -> list[dict[str, Any]]:
+        """The messages with these mids, newest seq first (content read only from their shards)."""
+        shards = {content_shard(mid, self.layout.content_shards) for mid in mids}
+        files = [path for shard in sorted(shards) for path in self.layout.files(CONTENT, shard)]
+        if not files:
+            return []
+        rows = self._db.execute(
+            """
+            SELECT mid, conversation, seq, sender, client_msg_id, type, body, sent_at_ms
+            FROM read_parquet($files) WHERE mid IN (SELECT unnest($mids))
+            QUALIFY row_number() OVER (PARTITION BY mid) = 1
+            ORDER BY seq DESC
+            """,
+            {"files": files, "mids": mids},
+        ).fetchall()
+        columns = ("mid", "conversation", "seq", "sender", "client_msg_id", "type", "body", "sent_at_ms")
+        messages = [dict(zip(columns, row, strict=True)) for row in rows]
+        for message in messages:
+            message["body"] = orjson.loads(message["body"])
+        return messages

@@ -1,0 +1,108 @@
+"""A user's inbox and unread counts: delivery (step 5), client ACK, read reports, sync."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+
+from . import keys
+from .models import Message
+from .scripts import script
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+
+@dataclass(frozen=True)
+class Unread:
+    conversation: str
+    count: int
+    total: int
+    read_seq: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"conversation": self.conversation, "count": self.count, "total": self.total}
+        if self.read_seq is not None:
+            out["read_seq"] = self.read_seq
+        return out
+
+
+def inbox_entry(message: Message) -> bytes:
+    """The inbox member for a message: the same bytes on every replay, so ZADD stays idempotent."""
+    return orjson.dumps(message.model_dump())
+
+
+async def deliver(redis: Redis, message: Message, member: str, inbox_limit: int) -> tuple[bool, Unread]:
+    """Put the message in one member's inbox and update their unread counts; False on a replay."""
+    delivered, count, total = await script(redis, "deliver")(
+        keys=keys.user_state_keys(member),
+        args=[
+            message.conversation,
+            message.seq,
+            message.mid,
+            inbox_entry(message),
+            1 if member == message.sender else 0,
+            inbox_limit,
+        ],
+    )
+    return bool(delivered), Unread(message.conversation, int(count), int(total))
+
+
+async def mark_read(redis: Redis, user: str, conversation: str, seq: int) -> Unread:
+    read, count, total = await script(redis, "read")(keys=keys.user_state_keys(user), args=[conversation, seq])
+    return Unread(conversation, int(count), int(total), read_seq=int(read))
+
+
+async def acknowledge(redis: Redis, user: str, mids: list[int]) -> int:
+    """The client has the messages: remove them from the inbox (ZREMRANGEBYSCORE per mid)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for mid in mids:
+            pipe.zremrangebyscore(keys.inbox(user), mid, mid)
+        removed = await pipe.execute()
+    return sum(removed)
+
+
+async def inbox_page(redis: Redis, user: str, before_mid: int | None, limit: int) -> tuple[list[dict], int | None]:
+    """Un-ACKed messages newest first, and the cursor for the next older page (None at the end)."""
+    upper = f"({before_mid}" if before_mid is not None else "+inf"
+    entries = await redis.zrevrangebyscore(keys.inbox(user), upper, "-inf", start=0, num=limit + 1)
+    messages = [orjson.loads(entry) for entry in entries[:limit]]
+    return messages, (messages[-1]["mid"] if len(entries) > limit else None)
+
+
+async def conversation_states(redis: Redis, user: str) -> tuple[list[dict], int]:
+    """Per conversation the last delivered seq, read seq and unread count; and the total."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.last_seq(user))
+        pipe.hgetall(keys.read_seq(user))
+        pipe.hgetall(keys.unread(user))
+        pipe.get(keys.unread_total(user))
+        last, read, unread, total = await pipe.execute()
+    states = [
+        {
+            "conversation": conversation.decode(),
+            "last_seq": int(seq),
+            "read_seq": int(read.get(conversation, 0)),
+            "unread": int(unread.get(conversation, 0)),
+        }
+        for conversation, seq in last.items()
+    ]
+    states.sort(key=lambda state: state["conversation"])
+    return states, int(total or 0)
+
+
+async def delete_for_me(redis: Redis, user: str, mid: int) -> None:
+    """Hide one message from this user only; the other side and the content stay."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.sadd(keys.deleted(user), mid)
+        pipe.zremrangebyscore(keys.inbox(user), mid, mid)
+        await pipe.execute()
+
+
+async def deleted_among(redis: Redis, user: str, mids: list[int]) -> set[int]:
+    if not mids:
+        return set()
+    flags = await redis.smismember(keys.deleted(user), mids)
+    return {mid for mid, flag in zip(mids, flags, strict=True) if flag}

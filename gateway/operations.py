@@ -1,0 +1,127 @@
+"""What each client operation does, once the frame is parsed and the user known."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from imflow.core import archive_queue, gateway_events, inbox, keys
+from imflow.core.errors import ErrorCode, ImflowError
+from imflow.core.ids import now_ms
+from imflow.core.models import SendCommand, direct_conversation
+from imflow.core.send_path import members_of
+
+from . import protocol
+
+if TYPE_CHECKING:
+    from .app import Backend
+
+
+def _require_member(user: str, conversation: str) -> list[str]:
+    members = members_of(conversation)
+    if members is None or user not in members:
+        # non-members learn nothing about a conversation, not even that it exists
+        raise ImflowError(ErrorCode.NOT_FOUND, f"no conversation {conversation!r} for you")
+    return members
+
+
+async def send(frame: protocol.Send, user: str, backend: Backend) -> None:
+    conversation = direct_conversation(user, frame.to) if frame.to else frame.conversation
+    assert conversation is not None  # the frame validator guarantees one of them
+    members = members_of(conversation)
+    if members is None or user not in members:
+        raise ImflowError(ErrorCode.FORBIDDEN, f"you are not a member of {conversation!r}")
+    command = SendCommand(
+        sender=user,
+        client_msg_id=frame.cmid,
+        conversation=conversation,
+        type=frame.type,
+        body=frame.body,
+        sent_at_ms=now_ms(),
+        gateway=backend.node_name,
+    )
+    try:
+        await backend.submit(command)
+    except Exception as exc:
+        raise ImflowError(ErrorCode.UNAVAILABLE, "could not queue the message; resend it with the same cmid") from exc
+    return None  # the 'sent' frame follows once the message is durable
+
+
+async def ack(frame: protocol.Ack, user: str, backend: Backend) -> dict[str, Any]:
+    return {"op": "acked", "removed": await inbox.acknowledge(backend.redis, user, frame.mids)}
+
+
+async def read(frame: protocol.Read, user: str, backend: Backend) -> dict[str, Any]:
+    _require_member(user, frame.conversation)
+    unread = await inbox.mark_read(backend.redis, user, frame.conversation, frame.seq)
+    reply = {"op": "unread", **unread.to_dict()}
+    await gateway_events.to_user(backend.redis, user, reply)  # the user's other devices
+    return reply
+
+
+async def sync(frame: protocol.Sync, user: str, backend: Backend) -> dict[str, Any]:
+    messages, next_before = await inbox.inbox_page(backend.redis, user, frame.before_mid, frame.limit)
+    reply: dict[str, Any] = {"op": "sync", "messages": messages, "next_before_mid": next_before}
+    if frame.before_mid is None:  # the first page also carries every conversation's state
+        reply["conversations"], reply["total_unread"] = await inbox.conversation_states(backend.redis, user)
+    return reply
+
+
+async def history(frame: protocol.History, user: str, backend: Backend) -> dict[str, Any]:
+    _require_member(user, frame.conversation)
+    upper = f"({frame.before_seq}" if frame.before_seq is not None else "+inf"
+    entries = await backend.redis.zrevrangebyscore(
+        keys.conversation_log(frame.conversation), upper, "-inf", start=0, num=frame.limit
+    )
+    messages = [orjson.loads(entry) for entry in entries]
+    oldest = messages[-1]["seq"] if messages else (frame.before_seq or 1 << 53)
+    if len(messages) < frame.limit and oldest > 1:
+        # older than what Redis keeps: the archive's mailbox index, then the contents
+        older = await asyncio.to_thread(
+            backend.archive.history_page, user, frame.conversation, oldest, frame.limit - len(messages)
+        )
+        messages.extend(older)
+    hidden = await inbox.deleted_among(backend.redis, user, [m["mid"] for m in messages])
+    visible = [m for m in messages if m["mid"] not in hidden]
+    last_seq = messages[-1]["seq"] if messages else None
+    return {
+        "op": "history",
+        "conversation": frame.conversation,
+        "messages": visible,
+        "next_before_seq": last_seq if last_seq is not None and last_seq > 1 else None,
+    }
+
+
+async def delete(frame: protocol.Delete, user: str, backend: Backend) -> dict[str, Any]:
+    _require_member(user, frame.conversation)
+    await inbox.delete_for_me(backend.redis, user, frame.mid)
+    partition = zlib.crc32(user.encode()) % backend.settings.topic_partitions
+    await archive_queue.enqueue_deletion(backend.redis, partition, user, frame.mid, now_ms())
+    return {"op": "deleted", "conversation": frame.conversation, "mid": frame.mid}
+
+
+async def ping(frame: protocol.Ping, user: str, backend: Backend) -> dict[str, Any]:
+    return {"op": "pong"}
+
+
+async def already_authenticated(frame: protocol.Auth, user: str, backend: Backend) -> None:
+    raise ImflowError(ErrorCode.BAD_FRAME, "already authenticated; open a new connection to change user")
+
+
+HANDLERS = {
+    protocol.Auth: already_authenticated,
+    protocol.Send: send,
+    protocol.Ack: ack,
+    protocol.Read: read,
+    protocol.Sync: sync,
+    protocol.History: history,
+    protocol.Delete: delete,
+    protocol.Ping: ping,
+}
+
+
+async def handle(frame: protocol.ClientFrame, user: str, backend: Backend) -> dict[str, Any] | None:
+    return await HANDLERS[type(frame)](frame, user, backend)  # type: ignore[operator]

@@ -1,0 +1,124 @@
+"""Client frames: JSON text, one object per frame, ``op`` names the operation.
+
+Parsing never raises anything but ImflowError with a stable code, whatever the client sends.
+docs/protocol.md documents every frame.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from imflow.core.errors import ErrorCode, ImflowError
+from imflow.core.models import MAX_SAFE_INT, ClientMsgId, ConversationId, MessageType, SafeInt, UserId
+
+Ref = Annotated[str, Field(max_length=64)] | Annotated[int, Field(ge=0, le=MAX_SAFE_INT)]
+MAX_TEXT = 4000
+
+
+class ClientFrame(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    ref: Ref | None = None  # echoed in the reply, so a client can match replies to requests
+
+
+class Auth(ClientFrame):
+    op: Literal["auth"]
+    token: Annotated[str, Field(max_length=4096)]
+
+
+class Send(ClientFrame):
+    op: Literal["send"]
+    cmid: ClientMsgId
+    to: UserId | None = None
+    conversation: ConversationId | None = None
+    type: MessageType = "text"
+    body: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _target_and_body(self) -> Send:
+        if (self.to is None) == (self.conversation is None):
+            raise ValueError("give exactly one of 'to' (a user) or 'conversation'")
+        if self.type == "text":
+            text = self.body.get("text")
+            if not isinstance(text, str) or not text or len(text) > MAX_TEXT:
+                raise ValueError(f"a text message needs body.text, 1 to {MAX_TEXT} characters")
+        return self
+
+
+class Ack(ClientFrame):
+    op: Literal["ack"]
+    mids: Annotated[list[SafeInt], Field(min_length=1, max_length=1000)]
+
+
+class Read(ClientFrame):
+    op: Literal["read"]
+    conversation: ConversationId
+    seq: SafeInt
+
+
+class Sync(ClientFrame):
+    op: Literal["sync"]
+    before_mid: SafeInt | None = None
+    limit: Annotated[int, Field(ge=1, le=500)] = 100
+
+
+class History(ClientFrame):
+    op: Literal["history"]
+    conversation: ConversationId
+    before_seq: SafeInt | None = None
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+
+
+class Delete(ClientFrame):
+    op: Literal["delete"]
+    conversation: ConversationId
+    mid: SafeInt
+
+
+class Ping(ClientFrame):
+    op: Literal["ping"]
+
+
+Frame = Annotated[Auth | Send | Ack | Read | Sync | History | Delete | Ping, Field(discriminator="op")]
+OPS = ("auth", "send", "ack", "read", "sync", "history", "delete", "ping")
+_frame = TypeAdapter(Frame)
+
+
+def parse(text: str | bytes) -> ClientFrame:
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:  # also integers beyond 64 bits
+        raise ImflowError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ImflowError(ErrorCode.BAD_FRAME, "a frame is a JSON object")
+    op = data.get("op")
+    if op not in OPS:
+        raise ImflowError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; known: {', '.join(OPS)}")
+    try:
+        return _frame.validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'frame'}: {e['msg']}" for e in exc.errors())
+        raise ImflowError(ErrorCode.BAD_FRAME, problems) from exc
+
+
+def ref_of(text: str | bytes) -> Any:
+    """The ``ref`` of a frame that failed to parse, if one can be read, for the error frame."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    ref = data.get("ref") if isinstance(data, dict) else None
+    if isinstance(ref, str) and len(ref) <= 64:
+        return ref
+    if isinstance(ref, int) and not isinstance(ref, bool) and 0 <= ref <= MAX_SAFE_INT:
+        return ref
+    return None
+
+
+def error_frame(error: ImflowError, ref: Any = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"op": "error", "code": str(error.code), "message": error.message}
+    if ref is not None:
+        frame["ref"] = ref
+    return frame

@@ -1,0 +1,111 @@
+"""One client's WebSocket session: authenticate with the first frame, then serve operations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from imflow.core import presence, tokens
+from imflow.core.errors import ErrorCode, ImflowError
+
+from . import operations, protocol
+from .hub import Connection
+
+if TYPE_CHECKING:
+    from .app import Backend
+    from .hub import Hub
+
+log = logging.getLogger(__name__)
+
+AUTH_TIMEOUT_S = 10
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_TOO_LARGE = 1009
+OUTBOUND_QUEUE = 2000
+
+
+async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub) -> None:
+    await websocket.accept()
+    user = await _authenticate(websocket, backend)
+    if user is None:
+        return
+    connection = Connection(websocket, user, OUTBOUND_QUEUE)
+    hub.add(connection)
+    await presence.connected(backend.redis, user, backend.node_name)
+    connection.push({"op": "welcome", "user": user, "node": backend.node_name})
+    try:
+        await _serve(websocket, backend, connection)
+    finally:
+        hub.remove(connection)
+        await presence.disconnected(backend.redis, user, backend.node_name)
+        await connection.finish()
+
+
+async def _authenticate(websocket: WebSocket, backend: Backend) -> str | None:
+    """The user of a valid first ``auth`` frame; otherwise an error frame, a 4401 close and None."""
+    try:
+        text = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_S)
+    except (TimeoutError, asyncio.TimeoutError):
+        error = ImflowError(ErrorCode.UNAUTHENTICATED, f"send an auth frame within {AUTH_TIMEOUT_S} s")
+        return await _refuse(websocket, error, None)
+    except (WebSocketDisconnect, RuntimeError, KeyError):
+        return None
+    try:
+        _check_size(text, backend)
+        frame = protocol.parse(text)
+        if not isinstance(frame, protocol.Auth):
+            raise ImflowError(ErrorCode.UNAUTHENTICATED, "the first frame must be {\"op\": \"auth\", \"token\": ...}")
+        return tokens.verify(backend.settings.secret_key.get_secret_value(), frame.token)
+    except ImflowError as error:
+        return await _refuse(websocket, error, protocol.ref_of(text))
+
+
+async def _refuse(websocket: WebSocket, error: ImflowError, ref: Any) -> None:
+    try:
+        await websocket.send_json(protocol.error_frame(error, ref))
+        code = CLOSE_TOO_LARGE if error.code == ErrorCode.FRAME_TOO_LARGE else CLOSE_UNAUTHENTICATED
+        await websocket.close(code, str(error.code))
+    except Exception:  # the client left already
+        pass
+    return None
+
+
+def _check_size(text: str, backend: Backend) -> None:
+    # uvicorn already closes with 1009 above ws_max_size; this covers servers that do not
+    if len(text) > backend.settings.max_frame_bytes:
+        raise ImflowError(ErrorCode.FRAME_TOO_LARGE, f"frames are limited to {backend.settings.max_frame_bytes} bytes")
+
+
+async def _serve(websocket: WebSocket, backend: Backend, connection: Connection) -> None:
+    while not connection.closed.is_set():
+        try:
+            message = await websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            text = (message.get("bytes") or b"").decode("utf-8", "replace")
+        ref = None
+        try:
+            _check_size(text, backend)
+            frame = protocol.parse(text)
+            ref = frame.ref
+            reply = await operations.handle(frame, connection.user, backend)
+        except ImflowError as error:
+            connection.push(protocol.error_frame(error, ref if ref is not None else protocol.ref_of(text)))
+            if error.code == ErrorCode.FRAME_TOO_LARGE:
+                connection.close(CLOSE_TOO_LARGE, str(error.code))
+            continue
+        except Exception:
+            log.exception("operation failed for %s", connection.user)
+            error = ImflowError(ErrorCode.INTERNAL, "the server failed on this frame; retry it (operations are idempotent)")
+            connection.push(protocol.error_frame(error, ref))
+            continue
+        if reply is not None:
+            if ref is not None:
+                reply["ref"] = ref
+            connection.push(reply)
