@@ -25,36 +25,36 @@ if TYPE_CHECKING:
 LOCK_MS = 60_000
 
 
-async def enqueue_message(redis: Redis, partition: int, message: Message, members: list[str]) -> None:
+async def enqueue_message(redis: Redis, app_id: str, partition: int, message: Message, members: list[str]) -> None:
     record = {"kind": "message", "message": message.model_dump(), "members": members}
-    await redis.rpush(keys.archive_pending(partition), orjson.dumps(record))
+    await redis.rpush(keys.archive_pending(app_id, partition), orjson.dumps(record))
 
 
-async def enqueue_deletion(redis: Redis, partition: int, owner: str, mid: int, at_ms: int) -> None:
+async def enqueue_deletion(redis: Redis, app_id: str, partition: int, owner: str, mid: int, at_ms: int) -> None:
     record = {"kind": "delete", "owner": owner, "mid": mid, "at_ms": at_ms}
-    await redis.rpush(keys.archive_pending(partition), orjson.dumps(record))
+    await redis.rpush(keys.archive_pending(app_id, partition), orjson.dumps(record))
 
 
-async def flush(redis: Redis, layout: ArchiveLayout, partition: int, max_records: int = 10_000) -> int:
+async def flush(redis: Redis, app_id: str, layout: ArchiveLayout, partition: int, max_records: int = 10_000) -> int:
     """Seal up to ``max_records`` pending records of one partition; returns how many were sealed."""
     token = uuid.uuid4().hex
-    if not await redis.set(keys.archive_lock(partition), token, nx=True, px=LOCK_MS):
+    if not await redis.set(keys.archive_lock(app_id, partition), token, nx=True, px=LOCK_MS):
         return 0  # another writer holds this partition
     try:
-        entries = await redis.lrange(keys.archive_pending(partition), 0, max_records - 1)
+        entries = await redis.lrange(keys.archive_pending(app_id, partition), 0, max_records - 1)
         if not entries:
             return 0
         records = [orjson.loads(entry) for entry in entries]
         await asyncio.to_thread(write_segments, layout, records)
-        await redis.ltrim(keys.archive_pending(partition), len(entries), -1)
+        await redis.ltrim(keys.archive_pending(app_id, partition), len(entries), -1)
         return len(entries)
     finally:
-        await script(redis, "unlock")(keys=[keys.archive_lock(partition)], args=[token])
+        await script(redis, "unlock")(keys=[keys.archive_lock(app_id, partition)], args=[token])
 
 
-async def pending(redis: Redis, partitions: int) -> int:
+async def pending(redis: Redis, app_id: str, partitions: int) -> int:
     """How many records wait for the archive, over all partitions."""
     async with redis.pipeline(transaction=False) as pipe:
         for partition in range(partitions):
-            pipe.llen(keys.archive_pending(partition))
+            pipe.llen(keys.archive_pending(app_id, partition))
         return sum(await pipe.execute())

@@ -77,10 +77,10 @@ def user_state_keys(user: str) -> list[str]:
     return [inbox(user), last_seq(user), read_seq(user), unread(user), unread_total(user)]
 
 
-def archive_pending(partition: int) -> str:
-    """List of records waiting for the archive writer, one per ingest partition."""
-    return f"{PREFIX}:archive:pending:{partition}"
+def archive_pending(app_id: str, partition: int) -> str:
+    """List of records waiting for the archive writer of one deployment, one per ingest partition."""
+    return f"{PREFIX}:archive:{app_id}:pending:{partition}"
 
 
-def archive_lock(partition: int) -> str:
-    return f"{PREFIX}:archive:lock:{partition}"
+def archive_lock(app_id: str, partition: int) -> str:
+    return f"{PREFIX}:archive:{app_id}:lock:{partition}"

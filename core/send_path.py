@@ -40,7 +40,7 @@ async def handle_send(redis: Redis, ids: IdGenerator, settings: Settings, comman
         redis, ids, command, settings.dedup_ttl_seconds, settings.conversation_log_limit
     )
     if message is not None:
-        await archive_queue.enqueue_message(redis, partition, message, members)
+        await archive_queue.enqueue_message(redis, settings.app_id, partition, message, members)
         fresh = []
         for member in members:
             delivered, unread = await deliver(redis, message, member, settings.inbox_limit)

@@ -99,7 +99,7 @@ async def delete(frame: protocol.Delete, user: str, backend: Backend) -> dict[st
     _require_member(user, frame.conversation)
     await inbox.delete_for_me(backend.redis, user, frame.mid)
     partition = zlib.crc32(user.encode()) % backend.settings.topic_partitions
-    await archive_queue.enqueue_deletion(backend.redis, partition, user, frame.mid, now_ms())
+    await archive_queue.enqueue_deletion(backend.redis, backend.settings.app_id, partition, user, frame.mid, now_ms())
     return {"op": "deleted", "conversation": frame.conversation, "mid": frame.mid}
 
 

@@ -57,7 +57,7 @@ class TimerSpec:
 async def seal_archive(ctx: AgentContext) -> None:
     """The archive agent: seal what waits in every partition's queue (locks keep one writer each)."""
     for partition in range(ctx.settings.topic_partitions):
-        while await archive_queue.flush(ctx.redis, ctx.archive, partition, ctx.settings.archive_batch) == ctx.settings.archive_batch:
+        while await archive_queue.flush(ctx.redis, ctx.settings.app_id, ctx.archive, partition, ctx.settings.archive_batch) == ctx.settings.archive_batch:
             pass  # a full batch: more may wait
 
 

@@ -85,3 +85,39 @@ async def real_redis(redis_url: str):
 def app_id() -> str:
     """A fresh Faust app id, so each test has its own topics and consumer group."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="module", params=["embedded", pytest.param("real", marks=[pytest.mark.kafka, pytest.mark.redis])])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A running imflow: ``imflow serve`` alone, or 2 gateways and a Faust worker on Kafka and Redis.
+
+    Shared by the tests of a module; each test uses users of its own.
+    """
+    from stacks import embedded_stack, real_stack
+
+    folder = tmp_path_factory.mktemp(f"stack-{request.param}")
+    if request.param == "embedded":
+        running = embedded_stack(folder)
+    else:
+        url = request.getfixturevalue("redis_url")
+        with redis_sync.Redis.from_url(url) as client:
+            client.flushdb()
+        running = real_stack(folder, request.getfixturevalue("kafka_url"), url)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def users() -> "Users":
+    """Fresh user names for one test: users.alice, users.bob, ..."""
+    return Users(uuid.uuid4().hex[:6])
+
+
+class Users:
+    def __init__(self, suffix: str) -> None:
+        self._suffix = suffix
+
+    def __getattr__(self, name: str) -> str:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return f"{name}-{self._suffix}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import signal
 import socket
@@ -32,6 +33,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+_running: set[subprocess.Popen] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """A test that failed half-way must not leave a worker consuming from the shared services."""
+    for proc in _running:
+        if proc.poll() is None:
+            proc.kill()
+
+
 class ImflowProcess:
     """``imflow <command>`` in a subprocess, its output in a log file, stopped with SIGTERM."""
 
@@ -45,6 +57,7 @@ class ImflowProcess:
             stderr=subprocess.STDOUT,
             cwd=cwd,
         )
+        _running.add(self.proc)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -1,0 +1,105 @@
+"""Running imflow stacks for end-to-end tests: the embedded default, and gateways plus a Faust
+worker on the real Kafka and Redis. Both are driven through the real WebSocket protocol."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from support import ImflowProcess, free_port
+
+from imflow.core import tokens
+
+SECRET = "test-secret-" + uuid.uuid4().hex
+# small enough that history pages cross from Redis into the archive in ordinary tests
+STACK_ENV = {
+    "IMFLOW_SECRET_KEY": SECRET,
+    "IMFLOW_CONVERSATION_LOG_LIMIT": "50",
+    "IMFLOW_ARCHIVE_FLUSH_SECONDS": "0.2",
+    "IMFLOW_LOG_LEVEL": "warning",
+}
+
+
+@dataclass
+class Stack:
+    kind: str
+    folder: Path
+    env: dict[str, str]
+    gateways: list[ImflowProcess] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+    worker: ImflowProcess | None = None
+    workers_started: int = 0
+
+    def url(self, gateway: int = 0) -> str:
+        return f"ws://127.0.0.1:{self.ports[gateway % len(self.ports)]}/ws"
+
+    def http(self, gateway: int = 0) -> str:
+        return f"http://127.0.0.1:{self.ports[gateway % len(self.ports)]}"
+
+    @staticmethod
+    def token(user: str, ttl: int = 3600) -> str:
+        return tokens.issue(SECRET, user, ttl)
+
+    def start_gateway(self, command: list[str]) -> None:
+        port = free_port()
+        index = len(self.gateways)
+        process = ImflowProcess([*command, "--port", str(port)], self.env, self.folder / f"{command[0]}{index}.log", self.folder)
+        self.gateways.append(process)
+        self.ports.append(port)
+        assert process.wait_http(f"http://127.0.0.1:{port}/readyz").status_code == 200, process.output()
+
+    def start_worker(self) -> None:
+        self.workers_started += 1
+        log = self.folder / f"worker{self.workers_started}.log"
+        # info level: the worker says "Worker ready" once it has its partitions
+        self.worker = ImflowProcess(["worker"], {**self.env, "IMFLOW_LOG_LEVEL": "info"}, log, self.folder)
+        self.worker.wait_output("Worker ready", timeout=90)
+
+    def restart_worker(self) -> None:
+        assert self.worker is not None, "the embedded stack has no separate worker"
+        self.worker.stop_gracefully()
+        self.start_worker()
+
+    def assert_alive(self) -> None:
+        for process in [*self.gateways, *([self.worker] if self.worker else [])]:
+            assert process.proc.poll() is None, f"a process died:\n{process.output()}"
+
+    def kill(self) -> None:
+        """Stop whatever started, without judging how (a failed start-up)."""
+        for process in [*self.gateways, *([self.worker] if self.worker else [])]:
+            process.terminate()
+
+    def stop(self) -> None:
+        for process in [*self.gateways, *([self.worker] if self.worker else [])]:
+            process.stop_gracefully()
+
+
+def embedded_stack(folder: Path) -> Stack:
+    env = {**STACK_ENV, "IMFLOW_KAFKA_URL": "", "IMFLOW_REDIS_URL": "", "IMFLOW_DATA_DIR": str(folder / "data")}
+    stack = Stack("embedded", folder, env)
+    try:
+        stack.start_gateway(["serve"])
+    except BaseException:
+        stack.kill()
+        raise
+    return stack
+
+
+def real_stack(folder: Path, kafka_url: str, redis_url: str, gateways: int = 2) -> Stack:
+    env = {
+        **STACK_ENV,
+        "IMFLOW_KAFKA_URL": kafka_url,
+        "IMFLOW_REDIS_URL": redis_url,
+        "IMFLOW_APP_ID": f"t{uuid.uuid4().hex[:10]}",
+        "IMFLOW_DATA_DIR": str(folder / "data"),
+    }
+    stack = Stack("real", folder, env)
+    try:
+        stack.start_worker()
+        for _ in range(gateways):
+            stack.start_gateway(["gateway"])
+    except BaseException:
+        stack.kill()
+        raise
+    return stack
