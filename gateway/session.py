@@ -46,11 +46,14 @@ async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub) -> Non
 async def _authenticate(websocket: WebSocket, backend: Backend) -> str | None:
     """The user of a valid first ``auth`` frame; otherwise an error frame, a 4401 close and None."""
     try:
-        text = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_S)
+        message = await asyncio.wait_for(websocket.receive(), AUTH_TIMEOUT_S)
     except (TimeoutError, asyncio.TimeoutError):
         error = ImflowError(ErrorCode.UNAUTHENTICATED, f"send an auth frame within {AUTH_TIMEOUT_S} s")
         return await _refuse(websocket, error, None)
-    except (WebSocketDisconnect, RuntimeError, KeyError):
+    except (WebSocketDisconnect, RuntimeError):
+        return None
+    text = _frame_text(message)
+    if text is None:
         return None
     try:
         _check_size(text, backend)
@@ -72,6 +75,16 @@ async def _refuse(websocket: WebSocket, error: ImflowError, ref: Any) -> None:
     return None
 
 
+def _frame_text(message: dict[str, Any]) -> str | None:
+    """A frame's text (binary frames are read as UTF-8), or None when the client left."""
+    if message["type"] == "websocket.disconnect":
+        return None
+    text = message.get("text")
+    if text is None:
+        text = (message.get("bytes") or b"").decode("utf-8", "replace")
+    return text
+
+
 def _check_size(text: str, backend: Backend) -> None:
     # uvicorn already closes with 1009 above ws_max_size; this covers servers that do not
     if len(text) > backend.settings.max_frame_bytes:
@@ -84,11 +97,9 @@ async def _serve(websocket: WebSocket, backend: Backend, connection: Connection)
             message = await websocket.receive()
         except (WebSocketDisconnect, RuntimeError):
             return
-        if message["type"] == "websocket.disconnect":
-            return
-        text = message.get("text")
+        text = _frame_text(message)
         if text is None:
-            text = (message.get("bytes") or b"").decode("utf-8", "replace")
+            return
         ref = None
         try:
             _check_size(text, backend)
