@@ -32,9 +32,9 @@ async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub) -> Non
     if user is None:
         return
     connection = Connection(websocket, user, OUTBOUND_QUEUE)
+    connection.push({"op": "welcome", "user": user, "node": backend.node_name})  # always the first frame
     hub.add(connection)
     await presence.connected(backend.redis, user, backend.node_name)
-    connection.push({"op": "welcome", "user": user, "node": backend.node_name})
     try:
         await _serve(websocket, backend, connection)
     finally:

@@ -146,7 +146,10 @@ class Client:
         return future
 
     async def _send_frame(self, frame: dict[str, Any]) -> None:
-        await self.websocket.send(orjson.dumps(frame).decode())
+        try:
+            await self.websocket.send(orjson.dumps(frame).decode())
+        except websockets.ConnectionClosed as exc:
+            raise ConnectionError(f"connection closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})") from exc
 
     async def _read(self) -> None:
         try:
@@ -159,6 +162,7 @@ class Client:
             for future in [*self._replies.values(), *self._sent.values()]:
                 if not future.done():
                     future.set_exception(closed)
+                    future.add_done_callback(lambda f: f.exception())  # nobody may be waiting
 
     def _dispatch(self, frame: dict[str, Any]) -> None:
         op, ref = frame.get("op"), frame.get("ref")
