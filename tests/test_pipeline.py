@@ -92,15 +92,16 @@ async def test_ingest_assigns_gap_free_seqs_once_per_client_message(pipeline: Pi
         await pipeline.send(cmd)
 
     answers: dict[str, set[tuple[int, int]]] = defaultdict(set)
-    duplicates = 0
+    acked = 0
 
     async def all_acked() -> bool:
-        nonlocal duplicates
+        nonlocal acked
         while (message := await acks.get_message(ignore_subscribe_messages=True, timeout=0.2)) is not None:
-            ack = json.loads(message["data"])
-            answers[ack["client_msg_id"]].add((ack["mid"], ack["seq"]))
-            duplicates += ack["duplicate"]
-        return len(answers) == 20 and duplicates >= 10
+            event = json.loads(message["data"])
+            assert event["user"] == "alice" and event["frame"]["op"] == "sent"
+            answers[event["frame"]["cmid"]].add((event["frame"]["mid"], event["frame"]["seq"]))
+            acked += 1
+        return len(answers) == 20 and acked >= 30
 
     await eventually(all_acked, timeout=60)
     await acks.aclose()
