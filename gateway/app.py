@@ -48,6 +48,7 @@ async def healthz(request: Request) -> JSONResponse:
 
 async def readyz(request: Request) -> JSONResponse:
     checks = await request.app.state.backend.readiness()
+    checks["gateway_channel"] = request.app.state.hub.listening
     ready = all(checks.values())
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
 

@@ -103,9 +103,16 @@ class Hub:
         for connection in list(self.connections.get(user, ())):
             connection.push_raw(data)
 
+    @property
+    def listening(self) -> bool:
+        """Whether frames for this gateway reach it now (part of readiness)."""
+        return self._subscribed.is_set()
+
     async def start(self) -> None:
+        """Start listening; a Redis that is down now is retried in the background."""
         self._listener = asyncio.create_task(self._listen())
-        await asyncio.wait_for(self._subscribed.wait(), 10)
+        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._subscribed.wait()), 5)
 
     async def stop(self) -> None:
         if self._listener is not None:
@@ -125,6 +132,7 @@ class Hub:
                     if message is not None:
                         self._route(message["data"])
             except (RedisConnectionError, OSError) as exc:
+                self._subscribed.clear()
                 log.warning("gateway channel lost (%s); resubscribing", exc)
                 await asyncio.sleep(0.5)
             finally:

@@ -14,7 +14,7 @@ def test_serve_embedded_needs_no_servers(tmp_path: Path) -> None:
         assert serve.wait_http(f"http://127.0.0.1:{port}/healthz").json() == {"status": "alive"}
         ready = serve.wait_http(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 200
-        assert ready.json()["checks"] == {"redis": True, "transport": True}
+        assert ready.json()["checks"] == {"redis": True, "transport": True, "gateway_channel": True}
     finally:
         serve.stop_gracefully()
     assert "Application shutdown complete" in serve.output()
@@ -32,7 +32,7 @@ def test_gateway_on_real_servers_is_ready(tmp_path: Path, kafka_url: str, redis_
     try:
         ready = gateway.wait_http(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 200, ready.text
-        assert ready.json()["checks"] == {"redis": True, "kafka": True}
+        assert ready.json()["checks"] == {"redis": True, "kafka": True, "gateway_channel": True}
     finally:
         gateway.stop_gracefully()
 
@@ -51,6 +51,7 @@ def test_gateway_reports_unready_when_redis_does_not_answer(tmp_path: Path, kafk
         ready = gateway.wait_http(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["redis"] is False
+        assert ready.json()["checks"]["gateway_channel"] is False
         assert gateway.wait_http(f"http://127.0.0.1:{port}/healthz").status_code == 200
     finally:
         gateway.stop_gracefully()
