@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "IMFLOW_"
@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     archive_mailbox_shards: int = Field(16, gt=0, description="Shards of im_user_msg_box (by owner_uid); fixed once data exists")
 
     log_level: str = Field("info", description="Log level: debug, info, warning, error")
+
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes (HMAC-SHA256 keys shorter than that are guessable)")
+        return value
 
     @property
     def embedded_transport(self) -> bool:

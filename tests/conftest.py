@@ -81,6 +81,20 @@ async def real_redis(redis_url: str):
     await client.aclose()
 
 
+@pytest.fixture(params=["fakeredis", pytest.param("redis-server", marks=pytest.mark.redis)])
+async def any_redis(request: pytest.FixtureRequest):
+    """The same core test on fakeredis (the embedded default) and on the real redis-server."""
+    if request.param == "fakeredis":
+        from imflow.core.redis_client import connect
+
+        client = connect(None)
+    else:
+        client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
+        await client.flushdb()
+    yield client
+    await client.aclose()
+
+
 @pytest.fixture
 def app_id() -> str:
     """A fresh Faust app id, so each test has its own topics and consumer group."""

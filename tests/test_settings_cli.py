@@ -35,11 +35,11 @@ def test_help_lists_the_commands() -> None:
 
 
 def test_config_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("IMFLOW_SECRET_KEY", "s3cret-value")
+    monkeypatch.setenv("IMFLOW_SECRET_KEY", "s3cret-value-that-is-long-enough-for-hmac")
     monkeypatch.setenv("IMFLOW_REDIS_URL", "redis://127.0.0.1:1/0")
     result = runner.invoke(cli, ["config"])
     assert result.exit_code == 0
-    assert "s3cret-value" not in result.output
+    assert "s3cret-value-that-is-long-enough-for-hmac" not in result.output
     assert "IMFLOW_SECRET_KEY" in result.output and "********" in result.output
     assert "redis://127.0.0.1:1/0" in result.output
 
@@ -57,3 +57,20 @@ def test_worker_without_servers_says_what_to_do(monkeypatch: pytest.MonkeyPatch)
     result = runner.invoke(cli, ["worker"])
     assert result.exit_code == 2
     assert "scripts/services up" in result.output
+
+
+def test_short_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMFLOW_SECRET_KEY", "short")
+    result = runner.invoke(cli, ["config"])
+    assert result.exit_code == 2
+    assert "32 bytes" in result.output
+
+
+def test_token_command_issues_a_verifiable_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imflow.core import tokens
+
+    monkeypatch.setenv("IMFLOW_SECRET_KEY", "k" * 40)
+    result = runner.invoke(cli, ["token", "alice"])
+    assert result.exit_code == 0
+    assert tokens.verify("k" * 40, result.output.strip()) == "alice"
+    assert runner.invoke(cli, ["token", "not valid"]).exit_code == 2

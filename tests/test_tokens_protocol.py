@@ -1,0 +1,55 @@
+"""Tokens and frame parsing (pure functions)."""
+
+import jwt
+import pytest
+
+from imflow.core import tokens
+from imflow.core.errors import ImflowError
+from imflow.gateway import protocol
+
+SECRET = "s" * 64
+
+
+def test_token_round_trip_and_expiry() -> None:
+    assert tokens.verify(SECRET, tokens.issue(SECRET, "alice", 60)) == "alice"
+    with pytest.raises(ImflowError) as expired:
+        tokens.verify(SECRET, tokens.issue(SECRET, "alice", 60, now_s=1_000))
+    assert expired.value.code == "token_expired"
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        jwt.encode({"sub": "alice", "exp": 4_000_000_000}, SECRET, algorithm="HS384"),
+        jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),  # no expiry
+        jwt.encode({"sub": "bad user!", "exp": 4_000_000_000}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "alice", "exp": 4_000_000_000}, None, algorithm="none"),
+        42,
+        "x" * 5000,
+    ],
+    ids=["hs384", "no-exp", "bad-sub", "alg-none", "not-a-string", "huge"],
+)
+def test_tokens_refused(token) -> None:
+    with pytest.raises(ImflowError) as refused:
+        tokens.verify(SECRET, token)
+    assert refused.value.code == "token_invalid"
+
+
+def test_issue_refuses_invalid_user() -> None:
+    with pytest.raises(ValueError):
+        tokens.issue(SECRET, "no spaces", 60)
+
+
+def test_parse_send_needs_exactly_one_target() -> None:
+    frame = protocol.parse('{"op": "send", "cmid": "1", "to": "bob", "body": {"text": "hi"}, "ref": 7}')
+    assert isinstance(frame, protocol.Send) and frame.ref == 7
+    with pytest.raises(ImflowError) as both:
+        protocol.parse('{"op": "send", "cmid": "1", "to": "bob", "conversation": "p:a:bob", "body": {"text": "hi"}}')
+    assert both.value.code == "bad_frame" and "exactly one" in both.value.message
+
+
+def test_ref_of_only_echoes_safe_refs() -> None:
+    assert protocol.ref_of('{"ref": "abc", "op": 1}') == "abc"
+    assert protocol.ref_of('{"ref": true}') is None
+    assert protocol.ref_of('{"ref": "' + "x" * 100 + '"}') is None
+    assert protocol.ref_of("[1]") is None
