@@ -19,15 +19,17 @@ from .scripts import script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
 
     from .models import Message
 
 LOCK_MS = 60_000
 
 
-async def enqueue_message(redis: Redis, app_id: str, partition: int, message: Message, members: list[str]) -> None:
+def queue_message(pipe: Pipeline, app_id: str, partition: int, message: Message, members: list[str]) -> None:
+    """Add the message's archive record to a pipeline (one RPUSH)."""
     record = {"kind": "message", "message": message.model_dump(), "members": members}
-    await redis.rpush(keys.archive_pending(app_id, partition), orjson.dumps(record))
+    pipe.rpush(keys.archive_pending(app_id, partition), orjson.dumps(record))
 
 
 async def enqueue_deletion(redis: Redis, app_id: str, partition: int, owner: str, mid: int, at_ms: int) -> None:

@@ -15,10 +15,19 @@ from . import keys, presence
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
+
+
+def _event(user: str, frame: dict[str, Any]) -> bytes:
+    return orjson.dumps({"user": user, "frame": frame})
 
 
 async def to_gateway(redis: Redis, node: str, user: str, frame: dict[str, Any]) -> None:
-    await redis.publish(keys.gateway_channel(node), orjson.dumps({"user": user, "frame": frame}))
+    await redis.publish(keys.gateway_channel(node), _event(user, frame))
+
+
+def queue_to_gateway(pipe: Pipeline, node: str, user: str, frame: dict[str, Any]) -> None:
+    pipe.publish(keys.gateway_channel(node), _event(user, frame))
 
 
 async def to_user(redis: Redis, user: str, frame: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from .scripts import script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,9 @@ def inbox_entry(message: Message) -> bytes:
     return orjson.dumps(message.model_dump())
 
 
-async def deliver(redis: Redis, message: Message, member: str, inbox_limit: int) -> tuple[bool, Unread]:
-    """Put the message in one member's inbox and update their unread counts; False on a replay."""
-    delivered, count, total = await script(redis, "deliver")(
+async def queue_delivery(pipe: Pipeline, message: Message, member: str, inbox_limit: int) -> None:
+    """Add one member's delivery to a pipeline; its result goes to ``delivery_result``."""
+    await script(pipe, "deliver")(
         keys=keys.user_state_keys(member),
         args=[
             message.conversation,
@@ -46,8 +47,22 @@ async def deliver(redis: Redis, message: Message, member: str, inbox_limit: int)
             1 if member == message.sender else 0,
             inbox_limit,
         ],
+        client=pipe,
     )
+
+
+def delivery_result(message: Message, result: list[int]) -> tuple[bool, Unread]:
+    """(newly delivered, the member's unread counts); False on a replay."""
+    delivered, count, total = result
     return bool(delivered), Unread(message.conversation, int(count), int(total))
+
+
+async def deliver(redis: Redis, message: Message, member: str, inbox_limit: int) -> tuple[bool, Unread]:
+    """Put the message in one member's inbox and update their unread counts; False on a replay."""
+    async with redis.pipeline(transaction=False) as pipe:
+        await queue_delivery(pipe, message, member, inbox_limit)
+        (result,) = await pipe.execute()
+    return delivery_result(message, result)
 
 
 async def mark_read(redis: Redis, user: str, conversation: str, seq: int) -> Unread:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -13,15 +13,13 @@ from .scripts import script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
 
 
-async def accept(
-    redis: Redis, ids: IdGenerator, command: SendCommand, dedup_ttl_seconds: int, log_limit: int = 1000
-) -> tuple[Accepted, Message | None]:
-    """Store the message once; a replay gets the first answer and the stored message back.
-
-    The message is None only for a replay so old that the conversation log no longer holds it.
-    """
+async def queue_accept(
+    pipe: Pipeline, ids: IdGenerator, command: SendCommand, dedup_ttl_seconds: int, log_limit: int
+) -> None:
+    """Add the ingest script for one command to a pipeline (commands run in order, one round trip)."""
     unsaved = orjson.dumps(
         {
             "conversation": command.conversation,
@@ -32,14 +30,23 @@ async def accept(
             "sent_at_ms": command.sent_at_ms,
         }
     )
-    mid, seq, duplicate, entry = await script(redis, "ingest")(
+    await script(pipe, "ingest")(
         keys=[
             keys.dedup(command.conversation, command.sender, command.client_msg_id),
             keys.conversation_seq(command.conversation),
             keys.conversation_log(command.conversation),
         ],
         args=[ids.next_id(), dedup_ttl_seconds, unsaved, log_limit],
+        client=pipe,
     )
+
+
+def accepted_from(command: SendCommand, result: list[Any]) -> tuple[Accepted, Message | None]:
+    """The ingest script's answer: the server's (mid, seq) and the stored message.
+
+    The message is None only for a replay so old that the conversation log no longer holds it.
+    """
+    mid, seq, duplicate, entry = result
     accepted = Accepted(
         conversation=command.conversation,
         sender=command.sender,
@@ -49,3 +56,13 @@ async def accept(
         duplicate=bool(duplicate),
     )
     return accepted, Message.model_validate_json(entry) if entry else None
+
+
+async def accept(
+    redis: Redis, ids: IdGenerator, command: SendCommand, dedup_ttl_seconds: int, log_limit: int = 1000
+) -> tuple[Accepted, Message | None]:
+    """Store the message once; a replay gets the first answer and the stored message back."""
+    async with redis.pipeline(transaction=False) as pipe:
+        await queue_accept(pipe, ids, command, dedup_ttl_seconds, log_limit)
+        (result,) = await pipe.execute()
+    return accepted_from(command, result)

@@ -1,6 +1,9 @@
-"""Steps 3 to 6 of the message path for one send: accept, fan out, archive, push, ACK.
+"""Steps 3 to 6 of the message path for a batch of sends: accept, fan out, archive, push, ACK.
 
-Idempotent as a whole: a replay of the same command re-runs every step, and each step does
+A batch costs three Redis round trips whatever its size: every script and command of a step
+goes in one pipeline, and Redis runs them in order, so seqs follow the order of the topic.
+
+Idempotent as a whole: a replay of the same commands re-runs every step, and each step does
 nothing the second time (dedup key, last-delivered seq, read-time archive de-duplication).
 A replay after a crash half-way through finishes the work the crash interrupted.
 """
@@ -8,11 +11,12 @@ A replay after a crash half-way through finishes the work the crash interrupted.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import archive_queue, gateway_events
-from .ingest import accept
-from .inbox import deliver
+from . import archive_queue, gateway_events, keys
+from .inbox import delivery_result, queue_delivery
+from .ingest import accepted_from, queue_accept
 from .models import Accepted, SendCommand, direct_members
 
 if TYPE_CHECKING:
@@ -30,33 +34,58 @@ def members_of(conversation: str) -> list[str] | None:
     return sorted(set(pair)) if pair else None
 
 
-async def handle_send(redis: Redis, ids: IdGenerator, settings: Settings, command: SendCommand, partition: int) -> Accepted | None:
-    members = members_of(command.conversation)
-    if members is None or command.sender not in members:
-        # the gateway refuses these; a record that gets here anyway is dropped, not stored
-        log.warning("dropped a send from %s into %s: not a member", command.sender, command.conversation)
-        return None
-    accepted, message = await accept(
-        redis, ids, command, settings.dedup_ttl_seconds, settings.conversation_log_limit
-    )
-    if message is not None:
-        await archive_queue.enqueue_message(redis, settings.app_id, partition, message, members)
-        fresh = []
-        for member in members:
-            delivered, unread = await deliver(redis, message, member, settings.inbox_limit)
-            if delivered:
-                fresh.append((member, unread))
-        # the message is durable now (conversation log, inboxes, archive queue): tell everyone
-        for member, unread in fresh:
-            frame = {"op": "msg", "message": message.model_dump(), "unread": unread.to_dict()}
-            await gateway_events.to_user(redis, member, frame)
-    if command.gateway:
-        frame = {
-            "op": "sent",
-            "cmid": accepted.client_msg_id,
-            "conversation": accepted.conversation,
-            "mid": accepted.mid,
-            "seq": accepted.seq,
-        }
-        await gateway_events.to_gateway(redis, command.gateway, command.sender, frame)
-    return accepted
+async def handle_sends(
+    redis: Redis,
+    ids_for: Callable[[int], IdGenerator],
+    settings: Settings,
+    batch: list[tuple[SendCommand, int]],
+) -> list[Accepted]:
+    """Process sends in topic order; ``ids_for(partition)`` gives that partition's id generator."""
+    work = []
+    for command, partition in batch:
+        members = members_of(command.conversation)
+        if members is None or command.sender not in members:
+            # the gateway refuses these; a record that gets here anyway is dropped, not stored
+            log.warning("dropped a send from %s into %s: not a member", command.sender, command.conversation)
+            continue
+        work.append((command, partition, members))
+    if not work:
+        return []
+
+    # 1. accept: dedup, mid, seq, conversation log
+    async with redis.pipeline(transaction=False) as pipe:
+        for command, partition, _ in work:
+            await queue_accept(pipe, ids_for(partition), command, settings.dedup_ttl_seconds, settings.conversation_log_limit)
+        answers = [accepted_from(command, result) for (command, _, _), result in zip(work, await pipe.execute(), strict=True)]
+
+    # 2. fan out: archive queue and each member's inbox and unread; where members are connected
+    deliveries = []  # (message, member, index of its result)
+    users = sorted({member for (_, _, members), (_, message) in zip(work, answers, strict=True) if message for member in members})
+    async with redis.pipeline(transaction=False) as pipe:
+        for (_, partition, members), (_, message) in zip(work, answers, strict=True):
+            if message is None:
+                continue
+            archive_queue.queue_message(pipe, settings.app_id, partition, message, members)
+            for member in members:
+                deliveries.append((message, member, len(pipe)))
+                await queue_delivery(pipe, message, member, settings.inbox_limit)
+        first_gateway_lookup = len(pipe)
+        for user in users:
+            pipe.hkeys(keys.user_gateways(user))
+        results = await pipe.execute()
+    gateways = {user: [node.decode() for node in nodes] for user, nodes in zip(users, results[first_gateway_lookup:], strict=True)}
+
+    # 3. the messages are durable now (conversation log, inboxes, archive queue): tell everyone
+    async with redis.pipeline(transaction=False) as pipe:
+        for message, member, index in deliveries:
+            fresh, unread = delivery_result(message, results[index])
+            if fresh:
+                frame = {"op": "msg", "message": message.model_dump(), "unread": unread.to_dict()}
+                for node in gateways[member]:
+                    gateway_events.queue_to_gateway(pipe, node, member, frame)
+        for (command, _, _), (accepted, _) in zip(work, answers, strict=True):
+            if command.gateway:
+                frame = {"op": "sent", "cmid": accepted.client_msg_id, "conversation": accepted.conversation, "mid": accepted.mid, "seq": accepted.seq}
+                gateway_events.queue_to_gateway(pipe, command.gateway, command.sender, frame)
+        await pipe.execute()
+    return [accepted for accepted, _ in answers]

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
         7 * 86_400, gt=0, description="How long a client message id is remembered for de-duplication"
     )
 
+    agent_batch_max: int = Field(200, gt=0, description="Most records an agent handles in one batch")
+    agent_batch_wait_ms: float = Field(
+        2.0, ge=0, description="How long an agent waits to fill a batch (adds up to this much latency)"
+    )
     inbox_limit: int = Field(1000, gt=0, description="Newest messages kept in each user's inbox (offline queue)")
     conversation_log_limit: int = Field(
         1000, gt=0, description="Newest messages of each conversation kept in Redis; older come from the archive"

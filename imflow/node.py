@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from imflow.core.archive import ArchiveLayout, ArchiveReader
 from imflow.core.models import SendCommand
 from imflow.core.redis_client import connect
-from imflow.streams.agents import AGENTS, TIMERS, TimerSpec, run_body, run_timer, seal_archive
+from imflow.streams.agents import AGENTS, TIMERS, AgentSpec, TimerSpec, run_body, run_timer, seal_archive
 from imflow.streams.context import AgentContext
 from imflow.streams.kafka import KafkaProducer, ensure_topics
 from imflow.streams.local import LocalBus
@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from imflow.streams.context import Producer
 
 log = logging.getLogger(__name__)
+
+
+async def _local_consumer(spec: AgentSpec, context: AgentContext, values: list[bytes], partition: int) -> None:
+    await run_body(spec, context, [(value, partition) for value in values])
 
 
 class Node:
@@ -53,11 +57,11 @@ class Node:
         s = self.settings
         self.redis = connect(s.redis_url)
         if s.embedded_transport:
-            self.bus = self.producer = LocalBus(s.topic_partitions)
+            self.bus = self.producer = LocalBus(s.topic_partitions, batch_max=s.agent_batch_max)
             if self.run_agents:
                 self._context = AgentContext(s, self.redis, self.bus)
                 for spec in AGENTS:
-                    self.bus.subscribe(topic_name(s.app_id, spec.topic), partial(run_body, spec, self._context))
+                    self.bus.subscribe(topic_name(s.app_id, spec.topic), partial(_local_consumer, spec, self._context))
                 self._timers = [asyncio.create_task(self._tick(timer, self._context)) for timer in TIMERS]
             await self.bus.start()
         else:

@@ -18,7 +18,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from imflow.core import archive_queue
 from imflow.core.models import SendCommand
-from imflow.core.send_path import handle_send
+from imflow.core.send_path import handle_sends
 
 from . import topics
 from .context import AgentContext
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-AgentBody = Callable[[AgentContext, bytes, int], Awaitable[None]]
+Records = list[tuple[bytes, int]]  # (value, partition), in topic order
+AgentBody = Callable[[AgentContext, Records], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,42 @@ class AgentSpec:
     body: AgentBody
 
 
-async def ingest(ctx: AgentContext, value: bytes, partition: int) -> None:
+async def ingest(ctx: AgentContext, records: Records) -> None:
     """De-duplicate, assign mid and seq, fan out, queue for the archive, push and ACK."""
-    command = SendCommand.model_validate_json(value)
-    await handle_send(ctx.redis, ctx.ids(partition), ctx.settings, command, partition)
+    batch = []
+    for value, partition in records:
+        try:
+            batch.append((SendCommand.model_validate_json(value), partition))
+        except pydantic.ValidationError as exc:
+            log.error("ingest: skipped a malformed record on partition %d: %s", partition, exc)
+    await handle_sends(ctx.redis, ctx.ids, ctx.settings, batch)
 
 
 AGENTS: tuple[AgentSpec, ...] = (AgentSpec("ingest", topics.INGEST, ingest),)
+
+# Storage outages are waited out (the records are not committed meanwhile); a batch that
+# fails otherwise is retried record by record, so one poison record cannot stop a partition
+# or take its neighbours down with it.
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+async def run_body(spec: AgentSpec, ctx: AgentContext, records: Records) -> None:
+    try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(_TRANSIENT),
+            wait=wait_exponential(multiplier=0.1, max=5),
+            before_sleep=lambda state: log.warning(
+                "agent %s: storage unavailable (%s), retrying", spec.name, state.outcome.exception()
+            ),
+        ):
+            with attempt:
+                await spec.body(ctx, records)
+    except Exception:
+        if len(records) > 1:
+            for record in records:
+                await run_body(spec, ctx, [record])
+        else:
+            log.exception("agent %s: skipped a record on partition %d after an error", spec.name, records[0][1])
 
 
 @dataclass(frozen=True)
@@ -70,24 +100,3 @@ async def run_timer(spec: TimerSpec, ctx: AgentContext) -> None:
         await spec.body(ctx)
     except Exception:
         log.exception("timer %s failed; retrying at the next tick", spec.name)
-
-# Storage outages are waited out (the record is not committed meanwhile); anything else is
-# a bad record, logged and skipped so one poison record cannot stop a partition.
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-async def run_body(spec: AgentSpec, ctx: AgentContext, value: bytes, partition: int) -> None:
-    try:
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(_TRANSIENT),
-            wait=wait_exponential(multiplier=0.1, max=5),
-            before_sleep=lambda state: log.warning(
-                "agent %s: storage unavailable (%s), retrying", spec.name, state.outcome.exception()
-            ),
-        ):
-            with attempt:
-                await spec.body(ctx, value, partition)
-    except pydantic.ValidationError as exc:
-        log.error("agent %s: skipped a malformed record on partition %d: %s", spec.name, partition, exc)
-    except Exception:
-        log.exception("agent %s: skipped a record on partition %d after an error", spec.name, partition)

@@ -95,9 +95,13 @@ def _add_agent(app: faust.App, spec: AgentSpec, resources: WorkerResources) -> N
         internal=True,  # Faust declares it with these partitions at start (else it waits for a producer)
     )
 
+    settings = resources.settings
+
     async def agent(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await run_body(spec, await resources.context(), event.value, event.message.partition)
+        # take_events acks a batch only after the body has handled it: still at least once
+        async for events in stream.take_events(settings.agent_batch_max, within=settings.agent_batch_wait_ms / 1000):
+            records = [(event.value, event.message.partition) for event in events]
+            await run_body(spec, await resources.context(), records)
 
     app.agent(topic, name=f"imflow.{spec.name}")(agent)
 

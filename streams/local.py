@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
-Consumer = Callable[[bytes, int], Awaitable[None]]
+Consumer = Callable[[list[bytes], int], Awaitable[None]]  # (values in order, partition)
 
 
 class LocalBus:
-    def __init__(self, partitions: int = 8, queue_size: int = 10_000) -> None:
+    def __init__(self, partitions: int = 8, queue_size: int = 10_000, batch_max: int = 200) -> None:
         self.partitions = partitions
+        self.batch_max = batch_max
         self._queue_size = queue_size
         self._queues: dict[str, list[asyncio.Queue[bytes]]] = {}
         self._consumers: dict[str, list[Consumer]] = defaultdict(list)
@@ -56,14 +57,18 @@ class LocalBus:
             self._tasks.append(asyncio.create_task(self._drain(topic, partition, queue)))
 
     async def _drain(self, topic: str, partition: int, queue: asyncio.Queue[bytes]) -> None:
+        """Hand consumers what waits, in batches of up to ``batch_max``, as Faust's take() does."""
         while True:
-            value = await queue.get()
+            batch = [await queue.get()]
+            while len(batch) < self.batch_max and not queue.empty():
+                batch.append(queue.get_nowait())
             for consumer in self._consumers.get(topic, ()):
                 try:
-                    await consumer(value, partition)
+                    await consumer(batch, partition)
                 except Exception:  # a consumer's failure must not stop the partition
                     log.exception("local transport: consumer of %s failed", topic)
-            queue.task_done()
+            for _ in batch:
+                queue.task_done()
 
     async def join(self) -> None:
         """Wait until every record sent so far has been handled (for tests and shutdown)."""
