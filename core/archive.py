@@ -66,7 +66,7 @@ def mailbox_shard(owner_uid: str, shards: int) -> int:
 class ArchiveLayout:
     """Where each table's shards live under the archive root."""
 
-    def __init__(self, root: Path, content_shards: int = 16, mailbox_shards: int = 16) -> None:
+    def __init__(self, root: Path, content_shards: int = 4, mailbox_shards: int = 4) -> None:
         self.root = Path(root)
         self.content_shards = content_shards
         self.mailbox_shards = mailbox_shards

@@ -37,21 +37,34 @@ async def enqueue_deletion(redis: Redis, app_id: str, partition: int, owner: str
     await redis.rpush(keys.archive_pending(app_id, partition), orjson.dumps(record))
 
 
-async def flush(redis: Redis, app_id: str, layout: ArchiveLayout, partition: int, max_records: int = 10_000) -> int:
-    """Seal up to ``max_records`` pending records of one partition; returns how many were sealed."""
+async def flush(redis: Redis, app_id: str, layout: ArchiveLayout, partitions: range | list[int], max_records: int = 10_000) -> int:
+    """Seal what waits in these partitions' queues as one set of segments; returns records sealed.
+
+    One write per call, whatever the number of partitions, so segments stay few and large.
+    A partition whose lock another writer holds is skipped this time.
+    """
     token = uuid.uuid4().hex
-    if not await redis.set(keys.archive_lock(app_id, partition), token, nx=True, px=LOCK_MS):
-        return 0  # another writer holds this partition
+    held: list[tuple[int, int]] = []  # (partition, records taken)
+    records: list[dict] = []
     try:
-        entries = await redis.lrange(keys.archive_pending(app_id, partition), 0, max_records - 1)
-        if not entries:
-            return 0
-        records = [orjson.loads(entry) for entry in entries]
-        await asyncio.to_thread(write_segments, layout, records)
-        await redis.ltrim(keys.archive_pending(app_id, partition), len(entries), -1)
-        return len(entries)
+        for partition in partitions:
+            if not await redis.set(keys.archive_lock(app_id, partition), token, nx=True, px=LOCK_MS):
+                continue
+            entries = await redis.lrange(keys.archive_pending(app_id, partition), 0, max_records - 1)
+            held.append((partition, len(entries)))
+            records.extend(orjson.loads(entry) for entry in entries)
+        if records:
+            await asyncio.to_thread(write_segments, layout, records)
+            async with redis.pipeline(transaction=False) as pipe:
+                for partition, taken in held:
+                    if taken:
+                        pipe.ltrim(keys.archive_pending(app_id, partition), taken, -1)
+                await pipe.execute()
+        return len(records)
     finally:
-        await script(redis, "unlock")(keys=[keys.archive_lock(app_id, partition)], args=[token])
+        unlock = script(redis, "unlock")
+        for partition, _ in held:
+            await unlock(keys=[keys.archive_lock(app_id, partition)], args=[token])
 
 
 async def pending(redis: Redis, app_id: str, partitions: int) -> int:

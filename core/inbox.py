@@ -9,7 +9,7 @@ import orjson
 
 from . import keys
 from .models import Message
-from .scripts import script
+from .scripts import queue_script, run_pipeline, script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -35,9 +35,11 @@ def inbox_entry(message: Message) -> bytes:
     return orjson.dumps(message.model_dump())
 
 
-async def queue_delivery(pipe: Pipeline, message: Message, member: str, inbox_limit: int) -> None:
+def queue_delivery(pipe: Pipeline, message: Message, member: str, inbox_limit: int) -> None:
     """Add one member's delivery to a pipeline; its result goes to ``delivery_result``."""
-    await script(pipe, "deliver")(
+    queue_script(
+        pipe,
+        "deliver",
         keys=keys.user_state_keys(member),
         args=[
             message.conversation,
@@ -47,7 +49,6 @@ async def queue_delivery(pipe: Pipeline, message: Message, member: str, inbox_li
             1 if member == message.sender else 0,
             inbox_limit,
         ],
-        client=pipe,
     )
 
 
@@ -59,9 +60,7 @@ def delivery_result(message: Message, result: list[int]) -> tuple[bool, Unread]:
 
 async def deliver(redis: Redis, message: Message, member: str, inbox_limit: int) -> tuple[bool, Unread]:
     """Put the message in one member's inbox and update their unread counts; False on a replay."""
-    async with redis.pipeline(transaction=False) as pipe:
-        await queue_delivery(pipe, message, member, inbox_limit)
-        (result,) = await pipe.execute()
+    _, (result,) = await run_pipeline(redis, lambda pipe: queue_delivery(pipe, message, member, inbox_limit))
     return delivery_result(message, result)
 
 

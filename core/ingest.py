@@ -9,14 +9,14 @@ import orjson
 from . import keys
 from .ids import IdGenerator
 from .models import Accepted, Message, SendCommand
-from .scripts import script
+from .scripts import queue_script, run_pipeline
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
 
 
-async def queue_accept(
+def queue_accept(
     pipe: Pipeline, ids: IdGenerator, command: SendCommand, dedup_ttl_seconds: int, log_limit: int
 ) -> None:
     """Add the ingest script for one command to a pipeline (commands run in order, one round trip)."""
@@ -30,14 +30,15 @@ async def queue_accept(
             "sent_at_ms": command.sent_at_ms,
         }
     )
-    await script(pipe, "ingest")(
+    queue_script(
+        pipe,
+        "ingest",
         keys=[
             keys.dedup(command.conversation, command.sender, command.client_msg_id),
             keys.conversation_seq(command.conversation),
             keys.conversation_log(command.conversation),
         ],
         args=[ids.next_id(), dedup_ttl_seconds, unsaved, log_limit],
-        client=pipe,
     )
 
 
@@ -62,7 +63,5 @@ async def accept(
     redis: Redis, ids: IdGenerator, command: SendCommand, dedup_ttl_seconds: int, log_limit: int = 1000
 ) -> tuple[Accepted, Message | None]:
     """Store the message once; a replay gets the first answer and the stored message back."""
-    async with redis.pipeline(transaction=False) as pipe:
-        await queue_accept(pipe, ids, command, dedup_ttl_seconds, log_limit)
-        (result,) = await pipe.execute()
+    _, (result,) = await run_pipeline(redis, lambda pipe: queue_accept(pipe, ids, command, dedup_ttl_seconds, log_limit))
     return accepted_from(command, result)

@@ -1,15 +1,26 @@
-"""The Lua scripts, loaded once per client. redis-py's Script uses EVALSHA and reloads on NOSCRIPT."""
+"""The Lua scripts of core/lua.
+
+Direct calls use redis-py's Script (EVALSHA, reloads on NOSCRIPT). In pipelines we queue
+EVALSHA ourselves: redis-py's pipeline would ask SCRIPT EXISTS before every execute, one more
+round trip per batch; ``run_pipeline`` loads the scripts and retries once if Redis lost them.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Awaitable, Callable
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from redis.exceptions import NoScriptError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
     from redis.commands.core import AsyncScript
+
+T = TypeVar("T")
 
 
 @cache
@@ -17,12 +28,45 @@ def lua_source(name: str) -> str:
     return resources.files("imflow.core").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
-def script(redis: Redis | Pipeline, name: str) -> AsyncScript:
-    """The named script bound to this client or pipeline (cached on the object).
+@cache
+def lua_sha(name: str) -> str:
+    return hashlib.sha1(lua_source(name).encode()).hexdigest()
 
-    Called on a pipeline, pass ``client=pipe`` when invoking it so it is queued there.
-    """
+
+def script(redis: Redis, name: str) -> AsyncScript:
+    """The named script bound to this client (cached on the client object)."""
     cache_ = redis.__dict__.setdefault("_imflow_scripts", {})
     if name not in cache_:
         cache_[name] = redis.register_script(lua_source(name))
     return cache_[name]
+
+
+def queue_script(pipe: Pipeline, name: str, keys: list[str], args: list[Any]) -> None:
+    """Queue one script call in a pipeline run by ``run_pipeline``."""
+    pipe.evalsha(lua_sha(name), len(keys), *keys, *args)
+
+
+async def run_pipeline(redis: Redis, fill: Callable[[Pipeline], Awaitable[T] | T]) -> tuple[T, list[Any]]:
+    """Fill a fresh non-transactional pipeline, execute it, return (fill's result, replies).
+
+    If Redis has lost our scripts (a restart, SCRIPT FLUSH), load them and run the pipeline
+    again: every script is idempotent, so the commands that ran the first time are harmless.
+    """
+    for attempt in (1, 2):
+        async with redis.pipeline(transaction=False) as pipe:
+            filled = fill(pipe)
+            if isinstance(filled, Awaitable):
+                filled = await filled
+            try:
+                return filled, await pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await load_scripts(redis)
+    raise AssertionError("unreachable")
+
+
+async def load_scripts(redis: Redis) -> None:
+    for path in resources.files("imflow.core").joinpath("lua").iterdir():
+        if path.name.endswith(".lua"):
+            await redis.script_load(lua_source(path.name.removesuffix(".lua")))

@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING
 from . import archive_queue, gateway_events, keys
 from .inbox import delivery_result, queue_delivery
 from .ingest import accepted_from, queue_accept
-from .models import Accepted, SendCommand, direct_members
+from .models import Accepted, Message, SendCommand, direct_members
+from .scripts import run_pipeline
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
 
     from .ids import IdGenerator
     from .settings import Settings
@@ -53,27 +55,32 @@ async def handle_sends(
         return []
 
     # 1. accept: dedup, mid, seq, conversation log
-    async with redis.pipeline(transaction=False) as pipe:
+    def accept_all(pipe: Pipeline) -> None:
         for command, partition, _ in work:
-            await queue_accept(pipe, ids_for(partition), command, settings.dedup_ttl_seconds, settings.conversation_log_limit)
-        answers = [accepted_from(command, result) for (command, _, _), result in zip(work, await pipe.execute(), strict=True)]
+            queue_accept(pipe, ids_for(partition), command, settings.dedup_ttl_seconds, settings.conversation_log_limit)
+
+    _, results = await run_pipeline(redis, accept_all)
+    answers = [accepted_from(command, result) for (command, _, _), result in zip(work, results, strict=True)]
 
     # 2. fan out: archive queue and each member's inbox and unread; where members are connected
-    deliveries = []  # (message, member, index of its result)
     users = sorted({member for (_, _, members), (_, message) in zip(work, answers, strict=True) if message for member in members})
-    async with redis.pipeline(transaction=False) as pipe:
+
+    def fan_out(pipe: Pipeline) -> tuple[list[tuple[Message, str, int]], int]:
+        deliveries = []  # (message, member, index of its reply)
         for (_, partition, members), (_, message) in zip(work, answers, strict=True):
             if message is None:
                 continue
             archive_queue.queue_message(pipe, settings.app_id, partition, message, members)
             for member in members:
                 deliveries.append((message, member, len(pipe)))
-                await queue_delivery(pipe, message, member, settings.inbox_limit)
-        first_gateway_lookup = len(pipe)
+                queue_delivery(pipe, message, member, settings.inbox_limit)
+        first_lookup = len(pipe)
         for user in users:
             pipe.hkeys(keys.user_gateways(user))
-        results = await pipe.execute()
-    gateways = {user: [node.decode() for node in nodes] for user, nodes in zip(users, results[first_gateway_lookup:], strict=True)}
+        return deliveries, first_lookup
+
+    (deliveries, first_lookup), results = await run_pipeline(redis, fan_out)
+    gateways = {user: [node.decode() for node in nodes] for user, nodes in zip(users, results[first_lookup:], strict=True)}
 
     # 3. the messages are durable now (conversation log, inboxes, archive queue): tell everyone
     async with redis.pipeline(transaction=False) as pipe:

@@ -62,9 +62,9 @@ class Settings(BaseSettings):
         1000, gt=0, description="Newest messages of each conversation kept in Redis; older come from the archive"
     )
     archive_flush_seconds: float = Field(1.0, gt=0, description="How often pending records are sealed into the archive")
-    archive_batch: int = Field(10_000, gt=0, description="Most records sealed into one archive segment batch")
-    archive_content_shards: int = Field(16, gt=0, description="Shards of im_msg_content (by mid); fixed once data exists")
-    archive_mailbox_shards: int = Field(16, gt=0, description="Shards of im_user_msg_box (by owner_uid); fixed once data exists")
+    archive_batch: int = Field(50_000, gt=0, description="Most records one partition gives to one archive write")
+    archive_content_shards: int = Field(4, gt=0, description="Shards of im_msg_content (by mid); fixed once data exists")
+    archive_mailbox_shards: int = Field(4, gt=0, description="Shards of im_user_msg_box (by owner_uid); fixed once data exists")
 
     log_level: str = Field("info", description="Log level: debug, info, warning, error")
 

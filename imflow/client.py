@@ -93,6 +93,14 @@ class Client:
         finally:
             self._sent.pop(cmid, None)
 
+    async def send_nowait(self, target: dict[str, Any], cmid: str | None = None) -> asyncio.Future[dict[str, Any]]:
+        """Send once without waiting: the future resolves with the 'sent' frame (load generators)."""
+        cmid = cmid or uuid.uuid4().hex
+        future = self._sent.setdefault(cmid, asyncio.get_running_loop().create_future())
+        future.add_done_callback(lambda _: self._sent.pop(cmid, None))
+        await self._send_frame({"op": "send", "cmid": cmid, **target})
+        return future
+
     async def ack(self, mids: list[int]) -> dict[str, Any]:
         return await self.request({"op": "ack", "mids": mids})
 

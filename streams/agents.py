@@ -86,9 +86,10 @@ class TimerSpec:
 
 async def seal_archive(ctx: AgentContext) -> None:
     """The archive agent: seal what waits in every partition's queue (locks keep one writer each)."""
-    for partition in range(ctx.settings.topic_partitions):
-        while await archive_queue.flush(ctx.redis, ctx.settings.app_id, ctx.archive, partition, ctx.settings.archive_batch) == ctx.settings.archive_batch:
-            pass  # a full batch: more may wait
+    s = ctx.settings
+    partitions = range(s.topic_partitions)
+    while await archive_queue.flush(ctx.redis, s.app_id, ctx.archive, partitions, s.archive_batch) >= s.archive_batch:
+        pass  # a full batch: more may wait
 
 
 TIMERS: tuple[TimerSpec, ...] = (TimerSpec("archive", lambda s: s.archive_flush_seconds, seal_archive),)

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support import ImflowProcess, free_port
+from imflow.testing import ImflowProcess, free_port
 
 from imflow.core import tokens
 

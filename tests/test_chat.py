@@ -6,7 +6,7 @@ import asyncio
 
 from imflow.client import Client, ClientError
 from imflow.core.models import direct_conversation
-from support import eventually
+from imflow.testing import eventually
 
 
 async def connect(stack, user: str, gateway: int = 0) -> Client:

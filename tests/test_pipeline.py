@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from support import ImflowProcess, eventually
+from imflow.testing import ImflowProcess, eventually
 
 from imflow.core import keys
 from imflow.core.models import SendCommand

@@ -8,7 +8,7 @@ import random
 
 from imflow.client import Client
 from imflow.core.models import direct_conversation
-from support import eventually
+from imflow.testing import eventually
 
 N = 2000
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from support import ImflowProcess, free_port
+from imflow.testing import ImflowProcess, free_port
 
 
 def test_serve_embedded_needs_no_servers(tmp_path: Path) -> None:

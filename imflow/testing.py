@@ -1,4 +1,7 @@
-"""Helpers shared by tests: waiting for a condition, running imflow as a subprocess."""
+"""Helpers for tests and benchmarks: run imflow as a subprocess, wait for a condition.
+
+Used by imflow's own tests and benchmarks; plugin authors may use them too.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,228 @@
+"""One-to-one chat on the real stack: throughput, latency at a fixed rate, offline drain.
+
+A Faust worker and a gateway run as their own processes on the local Kafka and Redis
+(scripts/services); this process is the load: WebSocket clients speaking the real protocol.
+
+    scripts/bench one-to-one [--runs 3] [--seconds 8] [--rate 2000] [--pairs 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import redis as redis_sync
+
+from imflow.client import Client
+from imflow.core import tokens
+from imflow.testing import ImflowProcess, free_port
+
+SECRET = "bench-secret-" + uuid.uuid4().hex
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+class Stack:
+    def __init__(self, kafka: str, redis_url: str, folder: Path, workers: int) -> None:
+        self.port = free_port()
+        env = {
+            "IMFLOW_KAFKA_URL": kafka,
+            "IMFLOW_REDIS_URL": redis_url,
+            "IMFLOW_APP_ID": f"bench{uuid.uuid4().hex[:8]}",
+            "IMFLOW_DATA_DIR": str(folder / "data"),
+            "IMFLOW_SECRET_KEY": SECRET,
+            "IMFLOW_LOG_LEVEL": "warning",
+        }
+        self.workers = [
+            ImflowProcess(["worker"], {**env, "IMFLOW_LOG_LEVEL": "info"}, folder / f"worker{i}.log", folder) for i in range(workers)
+        ]
+        for worker in self.workers:
+            worker.wait_output("Worker ready", timeout=120)
+        self.gateway = ImflowProcess(["gateway", "--port", str(self.port)], env, folder / "gateway.log", folder)
+        self.gateway.wait_http(f"http://127.0.0.1:{self.port}/readyz")
+        time.sleep(2)  # let a multi-worker group settle its partitions
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def stop(self) -> None:
+        self.gateway.stop_gracefully()
+        for worker in self.workers:
+            worker.stop_gracefully()
+
+
+async def connect(stack: Stack, user: str) -> Client:
+    return await Client.connect(stack.url, tokens.issue(SECRET, user, 3600))
+
+
+async def pairs(stack: Stack, count: int) -> list[tuple[Client, Client, str]]:
+    tag = uuid.uuid4().hex[:6]
+    out = []
+    for i in range(count):
+        sender = await connect(stack, f"s{i}-{tag}")
+        receiver = await connect(stack, f"r{i}-{tag}")
+        out.append((sender, receiver, receiver.user))
+    return out
+
+
+async def receive_all(receiver: Client, latencies: list[float], stop: asyncio.Event, counter: list[int]) -> None:
+    while not stop.is_set():
+        try:
+            push = await receiver.next_message(timeout=0.2)
+        except TimeoutError:
+            continue
+        counter[0] += 1
+        sent_at = push["message"]["body"].get("t")
+        if sent_at is not None:
+            latencies.append(time.perf_counter() - sent_at)
+
+
+async def throughput(stack: Stack, n_pairs: int, seconds: float, window: int = 20) -> float:
+    """Messages per second from send to the receiver's push, senders keeping ``window`` in flight."""
+    clients = await pairs(stack, n_pairs)
+    stop, counter, latencies = asyncio.Event(), [0], []
+    receivers = [asyncio.create_task(receive_all(r, latencies, stop, counter)) for _, r, _ in clients]
+
+    async def sender(client: Client, to: str) -> None:
+        in_flight: set[asyncio.Future] = set()
+        while not stop.is_set():
+            while len(in_flight) < window:
+                in_flight.add(await client.send_nowait({"to": to, "body": {"text": "x"}}))
+            done, in_flight = await asyncio.wait(in_flight, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+
+    senders = [asyncio.create_task(sender(s, to)) for s, _, to in clients]
+    await asyncio.sleep(2)  # warm up
+    start_count, start = counter[0], time.perf_counter()
+    await asyncio.sleep(seconds)
+    rate = (counter[0] - start_count) / (time.perf_counter() - start)
+    stop.set()
+    await asyncio.gather(*senders, *receivers, return_exceptions=True)
+    for s, r, _ in clients:
+        await s.close()
+        await r.close()
+    return rate
+
+
+async def fixed_rate(stack: Stack, n_pairs: int, seconds: float, rate: int) -> dict[str, float]:
+    """Send→push and send→ACK latency at a fixed offered rate (open loop, 5 ms ticks)."""
+    clients = await pairs(stack, n_pairs)
+    stop, counter, push_latency = asyncio.Event(), [0], []
+    receivers = [asyncio.create_task(receive_all(r, push_latency, stop, counter)) for _, r, _ in clients]
+    ack_latency: list[float] = []
+    pending: list[asyncio.Future] = []
+
+    def on_ack(sent_at: float):
+        return lambda future: ack_latency.append(time.perf_counter() - sent_at) if not future.exception() else None
+
+    tick, per_tick, i = 0.005, rate * 0.005, 0
+    start = time.perf_counter()
+    owed = 0.0
+    while time.perf_counter() - start < seconds:
+        owed += per_tick
+        while owed >= 1:
+            sender, _, to = clients[i % len(clients)]
+            now = time.perf_counter()
+            future = await sender.send_nowait({"to": to, "body": {"text": "x", "t": now}})
+            future.add_done_callback(on_ack(now))
+            pending.append(future)
+            owed -= 1
+            i += 1
+        await asyncio.sleep(max(0.0, start + (i / rate) - time.perf_counter()) or tick / 5)
+    sent = i
+    await asyncio.wait(pending, timeout=10)
+    deadline = time.perf_counter() + 10
+    while counter[0] < sent and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.gather(*receivers, return_exceptions=True)
+    for s, r, _ in clients:
+        await s.close()
+        await r.close()
+    return {
+        "offered_per_s": sent / seconds,
+        "delivered": counter[0] / sent,
+        "push_p50_ms": percentile(push_latency, 0.5) * 1000,
+        "push_p99_ms": percentile(push_latency, 0.99) * 1000,
+        "ack_p50_ms": percentile(ack_latency, 0.5) * 1000,
+        "ack_p99_ms": percentile(ack_latency, 0.99) * 1000,
+    }
+
+
+async def offline_drain(stack: Stack, messages: int = 1000) -> float:
+    """Seconds for a user coming online to fetch and ACK ``messages`` waiting in the inbox."""
+    tag = uuid.uuid4().hex[:6]
+    sender = await connect(stack, f"d-s-{tag}")
+    futures = [await sender.send_nowait({"to": f"d-r-{tag}", "body": {"text": f"m{i}"}}) for i in range(messages)]
+    await asyncio.wait_for(asyncio.gather(*futures), 60)
+    await sender.close()
+    receiver = await connect(stack, f"d-r-{tag}")
+    start = time.perf_counter()
+    fetched, before = 0, None
+    while True:
+        page = await receiver.sync(before_mid=before, limit=500)
+        fetched += len(page["messages"])
+        if page["messages"]:
+            await receiver.ack([m["mid"] for m in page["messages"]])
+        before = page["next_before_mid"]
+        if before is None:
+            break
+    elapsed = time.perf_counter() - start
+    await receiver.close()
+    assert fetched == messages, f"drained {fetched} of {messages}"
+    return elapsed
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kafka", required=True)
+    parser.add_argument("--redis", required=True)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--rate", type=int, default=2000)
+    parser.add_argument("--pairs", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=Path("artifacts/bench-one-to-one.json"))
+    args = parser.parse_args()
+
+    with redis_sync.Redis.from_url(args.redis) as client:
+        client.flushdb()
+    folder = Path(tempfile.mkdtemp(prefix="imflow-bench-"))
+    stack = Stack(args.kafka, args.redis, folder, args.workers)
+    results: dict[str, list] = {"throughput_per_s": [], "fixed_rate": [], "drain_1000_ms": []}
+    try:
+        for run in range(1, args.runs + 1):
+            print(f"run {run}/{args.runs}: throughput ...", file=sys.stderr, flush=True)
+            results["throughput_per_s"].append(await throughput(stack, args.pairs, args.seconds))
+            print(f"run {run}/{args.runs}: {args.rate}/s latency ...", file=sys.stderr, flush=True)
+            results["fixed_rate"].append(await fixed_rate(stack, args.pairs, args.seconds, args.rate))
+            print(f"run {run}/{args.runs}: offline drain ...", file=sys.stderr, flush=True)
+            results["drain_1000_ms"].append(1000 * await offline_drain(stack))
+    finally:
+        stack.stop()
+    median = statistics.median
+    summary = {
+        "runs": args.runs,
+        "workers": args.workers,
+        "throughput_per_s": median(results["throughput_per_s"]),
+        **{key: median(r[key] for r in results["fixed_rate"]) for key in results["fixed_rate"][0]},
+        "drain_1000_ms": median(results["drain_1000_ms"]),
+        "raw": results,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "raw"}, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
