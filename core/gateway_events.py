@@ -1,12 +1,17 @@
 """Frames for the gateways: each gateway listens on its own channel and routes by user.
 
-Pub/sub may lose a frame (a gateway restarting, a slow subscriber). That is by design: the
+One publish carries a list of events, so a batch of messages costs one pub/sub message per
+gateway, not one per receiver: the subscriber's per-message overhead is what limits a
+gateway otherwise.
+
+Pub/sub may lose a publish (a gateway restarting, a slow subscriber). That is by design: the
 inbox holds every message until the client ACKs it, and a lost ACK makes the client resend,
 which de-duplication answers with the same mid and seq.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -18,16 +23,30 @@ if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
 
 
-def _event(user: str, frame: dict[str, Any]) -> bytes:
-    return orjson.dumps({"user": user, "frame": frame})
+def event(user: str, frame: dict[str, Any], skip: str = "") -> dict[str, Any]:
+    """A frame for every connection of ``user`` on a gateway, except the connection ``skip``."""
+    out: dict[str, Any] = {"user": user, "frame": frame}
+    if skip:
+        out["skip"] = skip
+    return out
+
+
+class GatewayBatch:
+    """Events collected per gateway, published as one message each."""
+
+    def __init__(self) -> None:
+        self.by_node: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    def add(self, node: str, user: str, frame: dict[str, Any], skip: str = "") -> None:
+        self.by_node[node].append(event(user, frame, skip))
+
+    def queue(self, pipe: Pipeline) -> None:
+        for node, events in self.by_node.items():
+            pipe.publish(keys.gateway_channel(node), orjson.dumps(events))
 
 
 async def to_gateway(redis: Redis, node: str, user: str, frame: dict[str, Any]) -> None:
-    await redis.publish(keys.gateway_channel(node), _event(user, frame))
-
-
-def queue_to_gateway(pipe: Pipeline, node: str, user: str, frame: dict[str, Any]) -> None:
-    pipe.publish(keys.gateway_channel(node), _event(user, frame))
+    await redis.publish(keys.gateway_channel(node), orjson.dumps([event(user, frame)]))
 
 
 async def to_user(redis: Redis, user: str, frame: dict[str, Any]) -> None:

@@ -53,6 +53,7 @@ class SendCommand(Record):
     body: dict[str, Any] = Field(default_factory=dict)
     sent_at_ms: SafeInt
     gateway: str = ""  # node that holds the sender's connection, for the ACK
+    origin: str = ""  # the sending connection, which needs no push of its own message
 
 
 class Message(Record):

@@ -65,14 +65,15 @@ async def handle_sends(
     # 2. fan out: archive queue and each member's inbox and unread; where members are connected
     users = sorted({member for (_, _, members), (_, message) in zip(work, answers, strict=True) if message for member in members})
 
-    def fan_out(pipe: Pipeline) -> tuple[list[tuple[Message, str, int]], int]:
-        deliveries = []  # (message, member, index of its reply)
-        for (_, partition, members), (_, message) in zip(work, answers, strict=True):
+    def fan_out(pipe: Pipeline) -> tuple[list[tuple[Message, str, int, str]], int]:
+        deliveries = []  # (message, member, index of its reply, connection to skip)
+        for (command, partition, members), (_, message) in zip(work, answers, strict=True):
             if message is None:
                 continue
             archive_queue.queue_message(pipe, settings.app_id, partition, message, members)
             for member in members:
-                deliveries.append((message, member, len(pipe)))
+                skip = command.origin if member == command.sender else ""
+                deliveries.append((message, member, len(pipe), skip))
                 queue_delivery(pipe, message, member, settings.inbox_limit)
         first_lookup = len(pipe)
         for user in users:
@@ -83,16 +84,19 @@ async def handle_sends(
     gateways = {user: [node.decode() for node in nodes] for user, nodes in zip(users, results[first_lookup:], strict=True)}
 
     # 3. the messages are durable now (conversation log, inboxes, archive queue): tell everyone
+    batch = gateway_events.GatewayBatch()
+    for message, member, index, skip in deliveries:
+        fresh, unread = delivery_result(message, results[index])
+        if fresh:
+            frame = {"op": "msg", "message": message.model_dump(), "unread": unread.to_dict()}
+            for node in gateways[member]:
+                # the sending connection has the message already: it gets the 'sent' ACK
+                batch.add(node, member, frame, skip)
+    for (command, _, _), (accepted, _) in zip(work, answers, strict=True):
+        if command.gateway:
+            frame = {"op": "sent", "cmid": accepted.client_msg_id, "conversation": accepted.conversation, "mid": accepted.mid, "seq": accepted.seq}
+            batch.add(command.gateway, command.sender, frame)
     async with redis.pipeline(transaction=False) as pipe:
-        for message, member, index in deliveries:
-            fresh, unread = delivery_result(message, results[index])
-            if fresh:
-                frame = {"op": "msg", "message": message.model_dump(), "unread": unread.to_dict()}
-                for node in gateways[member]:
-                    gateway_events.queue_to_gateway(pipe, node, member, frame)
-        for (command, _, _), (accepted, _) in zip(work, answers, strict=True):
-            if command.gateway:
-                frame = {"op": "sent", "cmid": accepted.client_msg_id, "conversation": accepted.conversation, "mid": accepted.mid, "seq": accepted.seq}
-                gateway_events.queue_to_gateway(pipe, command.gateway, command.sender, frame)
+        batch.queue(pipe)
         await pipe.execute()
     return [accepted for accepted, _ in answers]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
@@ -33,8 +34,8 @@ class Backend(Protocol):
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-    async def submit(self, command: SendCommand) -> None:
-        """Queue a send for the ingest agent; returns once it is durable."""
+    async def submit(self, command: SendCommand) -> asyncio.Future:
+        """Queue a send for the ingest agent in call order; the future resolves once it is durable."""
         ...
 
     async def readiness(self) -> dict[str, bool]:

@@ -8,6 +8,8 @@ import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+import uuid
+
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -32,6 +34,7 @@ class Connection:
     def __init__(self, websocket: WebSocket, user: str, queue_size: int) -> None:
         self.websocket = websocket
         self.user = user
+        self.id = uuid.uuid4().hex[:16]
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(queue_size)
         self._writer = asyncio.create_task(self._write())
         self.closed = asyncio.Event()
@@ -98,10 +101,12 @@ class Hub:
             if not held:
                 del self.connections[connection.user]
 
-    def to_user(self, user: str, frame: dict[str, Any]) -> None:
-        data = orjson.dumps(frame)
-        for connection in list(self.connections.get(user, ())):
-            connection.push_raw(data)
+    def to_user(self, user: str, frame: dict[str, Any], skip: str = "") -> None:
+        targets = [c for c in self.connections.get(user, ()) if c.id != skip]
+        if targets:
+            data = orjson.dumps(frame)
+            for connection in targets:
+                connection.push_raw(data)
 
     @property
     def listening(self) -> bool:
@@ -141,7 +146,7 @@ class Hub:
 
     def _route(self, data: bytes) -> None:
         try:
-            event = orjson.loads(data)
-            self.to_user(event["user"], event["frame"])
+            for event in orjson.loads(data):
+                self.to_user(event["user"], event["frame"], event.get("skip", ""))
         except Exception:
             log.exception("dropped a malformed gateway event")

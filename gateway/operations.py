@@ -18,6 +18,7 @@ from . import protocol
 
 if TYPE_CHECKING:
     from .app import Backend
+    from .hub import Connection
 
 
 def _require_member(user: str, conversation: str) -> list[str]:
@@ -28,7 +29,8 @@ def _require_member(user: str, conversation: str) -> list[str]:
     return members
 
 
-async def send(frame: protocol.Send, user: str, backend: Backend) -> None:
+async def send(frame: protocol.Send, connection: Connection, backend: Backend) -> None:
+    user = connection.user
     conversation = direct_conversation(user, frame.to) if frame.to else frame.conversation
     assert conversation is not None  # the frame validator guarantees one of them
     members = members_of(conversation)
@@ -42,19 +44,33 @@ async def send(frame: protocol.Send, user: str, backend: Backend) -> None:
         body=frame.body,
         sent_at_ms=now_ms(),
         gateway=backend.node_name,
+        origin=connection.id,
     )
     try:
-        await backend.submit(command)
+        durable = await backend.submit(command)
     except Exception as exc:
         raise ImflowError(ErrorCode.UNAVAILABLE, "could not queue the message; resend it with the same cmid") from exc
-    return None  # the 'sent' frame follows once the message is durable
+    # don't hold the connection's next frames for the broker's answer; report a failure later
+    durable.add_done_callback(lambda done: _report_lost(done, connection, frame))
+    return None  # the 'sent' frame follows once the ingest agent has stored the message
 
 
-async def ack(frame: protocol.Ack, user: str, backend: Backend) -> dict[str, Any]:
+def _report_lost(done: asyncio.Future, connection: Connection, frame: protocol.Send) -> None:
+    if not done.cancelled() and done.exception() is None:
+        return
+    error = ImflowError(ErrorCode.UNAVAILABLE, f"message {frame.cmid} was not queued; resend it with the same cmid")
+    reply = protocol.error_frame(error, frame.ref)
+    reply["cmid"] = frame.cmid
+    connection.push(reply)
+
+
+async def ack(frame: protocol.Ack, connection: Connection, backend: Backend) -> dict[str, Any]:
+    user = connection.user
     return {"op": "acked", "removed": await inbox.acknowledge(backend.redis, user, frame.mids)}
 
 
-async def read(frame: protocol.Read, user: str, backend: Backend) -> dict[str, Any]:
+async def read(frame: protocol.Read, connection: Connection, backend: Backend) -> dict[str, Any]:
+    user = connection.user
     _require_member(user, frame.conversation)
     unread = await inbox.mark_read(backend.redis, user, frame.conversation, frame.seq)
     reply = {"op": "unread", **unread.to_dict()}
@@ -62,7 +78,8 @@ async def read(frame: protocol.Read, user: str, backend: Backend) -> dict[str, A
     return reply
 
 
-async def sync(frame: protocol.Sync, user: str, backend: Backend) -> dict[str, Any]:
+async def sync(frame: protocol.Sync, connection: Connection, backend: Backend) -> dict[str, Any]:
+    user = connection.user
     messages, next_before = await inbox.inbox_page(backend.redis, user, frame.before_mid, frame.limit)
     reply: dict[str, Any] = {"op": "sync", "messages": messages, "next_before_mid": next_before}
     if frame.before_mid is None:  # the first page also carries every conversation's state
@@ -70,7 +87,8 @@ async def sync(frame: protocol.Sync, user: str, backend: Backend) -> dict[str, A
     return reply
 
 
-async def history(frame: protocol.History, user: str, backend: Backend) -> dict[str, Any]:
+async def history(frame: protocol.History, connection: Connection, backend: Backend) -> dict[str, Any]:
+    user = connection.user
     _require_member(user, frame.conversation)
     upper = f"({frame.before_seq}" if frame.before_seq is not None else "+inf"
     entries = await backend.redis.zrevrangebyscore(
@@ -95,7 +113,8 @@ async def history(frame: protocol.History, user: str, backend: Backend) -> dict[
     }
 
 
-async def delete(frame: protocol.Delete, user: str, backend: Backend) -> dict[str, Any]:
+async def delete(frame: protocol.Delete, connection: Connection, backend: Backend) -> dict[str, Any]:
+    user = connection.user
     _require_member(user, frame.conversation)
     await inbox.delete_for_me(backend.redis, user, frame.mid)
     partition = zlib.crc32(user.encode()) % backend.settings.topic_partitions
@@ -103,11 +122,11 @@ async def delete(frame: protocol.Delete, user: str, backend: Backend) -> dict[st
     return {"op": "deleted", "conversation": frame.conversation, "mid": frame.mid}
 
 
-async def ping(frame: protocol.Ping, user: str, backend: Backend) -> dict[str, Any]:
+async def ping(frame: protocol.Ping, connection: Connection, backend: Backend) -> dict[str, Any]:
     return {"op": "pong"}
 
 
-async def already_authenticated(frame: protocol.Auth, user: str, backend: Backend) -> None:
+async def already_authenticated(frame: protocol.Auth, connection: Connection, backend: Backend) -> None:
     raise ImflowError(ErrorCode.BAD_FRAME, "already authenticated; open a new connection to change user")
 
 
@@ -123,5 +142,5 @@ HANDLERS = {
 }
 
 
-async def handle(frame: protocol.ClientFrame, user: str, backend: Backend) -> dict[str, Any] | None:
-    return await HANDLERS[type(frame)](frame, user, backend)  # type: ignore[operator]
+async def handle(frame: protocol.ClientFrame, connection: Connection, backend: Backend) -> dict[str, Any] | None:
+    return await HANDLERS[type(frame)](frame, connection, backend)  # type: ignore[operator]

@@ -105,7 +105,7 @@ async def _serve(websocket: WebSocket, backend: Backend, connection: Connection)
             _check_size(text, backend)
             frame = protocol.parse(text)
             ref = frame.ref
-            reply = await operations.handle(frame, connection.user, backend)
+            reply = await operations.handle(frame, connection, backend)
         except ImflowError as error:
             connection.push(protocol.error_frame(error, ref if ref is not None else protocol.ref_of(text)))
             if error.code == ErrorCode.FRAME_TOO_LARGE:

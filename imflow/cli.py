@@ -44,7 +44,8 @@ def run_gateway(settings: Settings, *, run_agents: bool) -> None:
     app = create_gateway(Node(settings, run_agents=run_agents))
     typer.secho(f"imflow is running: open http://{settings.host}:{settings.port}/  (Ctrl-C stops it)", fg="green", err=True)
     # uvicorn turns SIGTERM and SIGINT into a graceful shutdown: lifespan stops the node
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, ws_max_size=settings.max_frame_bytes)
+    # no per-message deflate: chat frames are small, and compressing them costs more CPU than it saves
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, ws_max_size=settings.max_frame_bytes, ws_per_message_deflate=False)
 
 
 @cli.command()

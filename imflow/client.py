@@ -41,7 +41,7 @@ class Client:
 
     @classmethod
     async def connect(cls, url: str, token: str, timeout: float = 10.0) -> Client:
-        websocket = await websockets.connect(url, max_size=None, open_timeout=timeout)
+        websocket = await websockets.connect(url, max_size=None, open_timeout=timeout, compression=None)
         await websocket.send(orjson.dumps({"op": "auth", "token": token}).decode())
         welcome = orjson.loads(await asyncio.wait_for(websocket.recv(), timeout))
         if welcome.get("op") != "welcome":

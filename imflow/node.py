@@ -104,9 +104,13 @@ class Node:
         await self.redis.aclose()
         self.archive.close()
 
-    async def submit(self, command: SendCommand) -> None:
-        """Put a client's send on the ingest topic; returns once it is durable there."""
-        await self.producer.send(
+    async def submit(self, command: SendCommand) -> asyncio.Future:
+        """Queue a client's send on the ingest topic, in the order of the calls.
+
+        Returns at once with a future that resolves when the record is durable there, so a
+        connection can pipeline its sends instead of waiting a broker round trip for each.
+        """
+        return await self.producer.enqueue(
             topic_name(self.settings.app_id, INGEST), command.conversation.encode(), command.model_dump_json().encode()
         )
 

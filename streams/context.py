@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
@@ -19,6 +20,10 @@ class Producer(Protocol):
     """Puts a record on a topic; returns once the record is durable (Kafka: acks=all)."""
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None: ...
+
+    async def enqueue(self, topic: str, key: bytes, value: bytes) -> asyncio.Future:
+        """Queue in send order without waiting; the future resolves once the record is durable."""
+        ...
 
 
 @dataclass

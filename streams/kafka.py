@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -26,6 +28,10 @@ class KafkaProducer:
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
         await self._producer.send_and_wait(topic, value=value, key=key)
+
+    async def enqueue(self, topic: str, key: bytes, value: bytes) -> asyncio.Future:
+        """Queue a record in send order; the future resolves once the broker has it (acks=all)."""
+        return await self._producer.send(topic, value=value, key=key)
 
     async def ready(self) -> bool:
         try:

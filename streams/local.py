@@ -47,6 +47,13 @@ class LocalBus:
         queues = self._topic(topic)
         await queues[self.partition_for(key)].put(value)
 
+    async def enqueue(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
+        """Like the Kafka producer's: queued in order, and durable as far as this transport goes."""
+        await self.send(topic, key, value)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
     async def start(self) -> None:
         self._running = True
         for topic in self._queues:

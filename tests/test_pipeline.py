@@ -97,10 +97,10 @@ async def test_ingest_assigns_gap_free_seqs_once_per_client_message(pipeline: Pi
     async def all_acked() -> bool:
         nonlocal acked
         while (message := await acks.get_message(ignore_subscribe_messages=True, timeout=0.2)) is not None:
-            event = json.loads(message["data"])
-            assert event["user"] == "alice" and event["frame"]["op"] == "sent"
-            answers[event["frame"]["cmid"]].add((event["frame"]["mid"], event["frame"]["seq"]))
-            acked += 1
+            for event in json.loads(message["data"]):
+                assert event["user"] == "alice" and event["frame"]["op"] == "sent"
+                answers[event["frame"]["cmid"]].add((event["frame"]["mid"], event["frame"]["seq"]))
+                acked += 1
         return len(answers) == 20 and acked >= 30
 
     await eventually(all_acked, timeout=60)
