@@ -94,20 +94,27 @@ async def throughput(stack: Stack, n_pairs: int, seconds: float, window: int = 2
     stop, counter, latencies = asyncio.Event(), [0], []
     receivers = [asyncio.create_task(receive_all(r, latencies, stop, counter)) for _, r, _ in clients]
 
+    sending = asyncio.Event()
+    sending.set()
+
     async def sender(client: Client, to: str) -> None:
         in_flight: set[asyncio.Future] = set()
-        while not stop.is_set():
+        while sending.is_set():
             while len(in_flight) < window:
                 in_flight.add(await client.send_nowait({"to": to, "body": {"text": "x"}}))
             done, in_flight = await asyncio.wait(in_flight, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(in_flight, timeout=60)  # leave no backlog for the next phase
 
     senders = [asyncio.create_task(sender(s, to)) for s, _, to in clients]
     await asyncio.sleep(2)  # warm up
     start_count, start = counter[0], time.perf_counter()
     await asyncio.sleep(seconds)
     rate = (counter[0] - start_count) / (time.perf_counter() - start)
+    sending.clear()
+    await asyncio.gather(*senders, return_exceptions=True)
+    await asyncio.sleep(1)
     stop.set()
-    await asyncio.gather(*senders, *receivers, return_exceptions=True)
+    await asyncio.gather(*receivers, return_exceptions=True)
     for s, r, _ in clients:
         await s.close()
         await r.close()
@@ -170,7 +177,7 @@ async def offline_drain(stack: Stack, messages: int = 1000) -> float:
     start = time.perf_counter()
     fetched, before = 0, None
     while True:
-        page = await receiver.sync(before_mid=before, limit=500)
+        page = await receiver.sync(before_mid=before, limit=1000)
         fetched += len(page["messages"])
         if page["messages"]:
             await receiver.ack([m["mid"] for m in page["messages"]])
@@ -189,7 +196,7 @@ async def main() -> None:
     parser.add_argument("--redis", required=True)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8)
-    parser.add_argument("--rate", type=int, default=2000)
+    parser.add_argument("--rates", type=lambda text: [int(r) for r in text.split(",")], default=[500, 1000, 2000])
     parser.add_argument("--pairs", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", type=Path, default=Path("artifacts/bench-one-to-one.json"))
@@ -199,13 +206,14 @@ async def main() -> None:
         client.flushdb()
     folder = Path(tempfile.mkdtemp(prefix="imflow-bench-"))
     stack = Stack(args.kafka, args.redis, folder, args.workers)
-    results: dict[str, list] = {"throughput_per_s": [], "fixed_rate": [], "drain_1000_ms": []}
+    results: dict[str, list] = {"throughput_per_s": [], "drain_1000_ms": [], **{f"rate_{r}": [] for r in args.rates}}
     try:
         for run in range(1, args.runs + 1):
             print(f"run {run}/{args.runs}: throughput ...", file=sys.stderr, flush=True)
             results["throughput_per_s"].append(await throughput(stack, args.pairs, args.seconds))
-            print(f"run {run}/{args.runs}: {args.rate}/s latency ...", file=sys.stderr, flush=True)
-            results["fixed_rate"].append(await fixed_rate(stack, args.pairs, args.seconds, args.rate))
+            for rate in args.rates:
+                print(f"run {run}/{args.runs}: latency at {rate}/s ...", file=sys.stderr, flush=True)
+                results[f"rate_{rate}"].append(await fixed_rate(stack, args.pairs, args.seconds, rate))
             print(f"run {run}/{args.runs}: offline drain ...", file=sys.stderr, flush=True)
             results["drain_1000_ms"].append(1000 * await offline_drain(stack))
     finally:
@@ -215,7 +223,10 @@ async def main() -> None:
         "runs": args.runs,
         "workers": args.workers,
         "throughput_per_s": median(results["throughput_per_s"]),
-        **{key: median(r[key] for r in results["fixed_rate"]) for key in results["fixed_rate"][0]},
+        **{
+            f"at_{rate}_per_s": {key: median(r[key] for r in results[f"rate_{rate}"]) for key in results[f"rate_{rate}"][0]}
+            for rate in args.rates
+        },
         "drain_1000_ms": median(results["drain_1000_ms"]),
         "raw": results,
     }

@@ -78,12 +78,19 @@ async def acknowledge(redis: Redis, user: str, mids: list[int]) -> int:
     return sum(removed)
 
 
-async def inbox_page(redis: Redis, user: str, before_mid: int | None, limit: int) -> tuple[list[dict], int | None]:
-    """Un-ACKed messages newest first, and the cursor for the next older page (None at the end)."""
+async def inbox_page(
+    redis: Redis, user: str, before_mid: int | None, limit: int
+) -> tuple[list[orjson.Fragment], int | None]:
+    """Un-ACKed messages newest first, and the cursor for the next older page (None at the end).
+
+    The messages stay the JSON they are stored as (orjson fragments): a page of a thousand is
+    passed through, not parsed and serialised again.
+    """
     upper = f"({before_mid}" if before_mid is not None else "+inf"
-    entries = await redis.zrevrangebyscore(keys.inbox(user), upper, "-inf", start=0, num=limit + 1)
-    messages = [orjson.loads(entry) for entry in entries[:limit]]
-    return messages, (messages[-1]["mid"] if len(entries) > limit else None)
+    entries = await redis.zrevrangebyscore(keys.inbox(user), upper, "-inf", start=0, num=limit + 1, withscores=True)
+    page = entries[:limit]
+    cursor = int(page[-1][1]) if len(entries) > limit else None
+    return [orjson.Fragment(entry) for entry, _ in page], cursor
 
 
 async def conversation_states(redis: Redis, user: str) -> tuple[list[dict], int]:

@@ -61,7 +61,7 @@ class Read(ClientFrame):
 class Sync(ClientFrame):
     op: Literal["sync"]
     before_mid: SafeInt | None = None
-    limit: Annotated[int, Field(ge=1, le=500)] = 100
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
 class History(ClientFrame):
