@@ -70,12 +70,8 @@ async def mark_read(redis: Redis, user: str, conversation: str, seq: int) -> Unr
 
 
 async def acknowledge(redis: Redis, user: str, mids: list[int]) -> int:
-    """The client has the messages: remove them from the inbox (ZREMRANGEBYSCORE per mid)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for mid in mids:
-            pipe.zremrangebyscore(keys.inbox(user), mid, mid)
-        removed = await pipe.execute()
-    return sum(removed)
+    """The client has the messages: remove them from the inbox (one script call for a page)."""
+    return int(await script(redis, "ack")(keys=[keys.inbox(user)], args=mids))
 
 
 async def inbox_page(
