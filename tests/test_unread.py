@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import orjson
+import pytest
 
 from imflow.core import keys
 from imflow.core.inbox import acknowledge, conversation_states, deliver, inbox_page, mark_read
@@ -89,3 +91,20 @@ async def test_repair_rebuilds_counts_from_seqs_and_read_positions(any_redis) ->
         states, total = await conversation_states(any_redis, user)
         assert total == truth[user] == sum(s["last_seq"] - s["read_seq"] for s in states)
     assert (await repair_user(any_redis, "bob")).conversations_fixed == 0  # nothing left to fix
+
+
+@pytest.mark.redis
+async def test_repair_command_fixes_broken_counts_on_the_real_server(real_redis, redis_url) -> None:
+    from typer.testing import CliRunner
+
+    from imflow.cli import cli
+
+    for seq in range(1, 8):
+        await deliver(real_redis, message("p:alice:bob", seq, "alice"), "bob", 1000)
+    await real_redis.hset(keys.unread("bob"), "p:alice:bob", 42)
+    await real_redis.set(keys.unread_total("bob"), 42)
+    result = await asyncio.to_thread(CliRunner().invoke, cli, ["repair", "unread", "--redis", redis_url])
+    assert result.exit_code == 0, result.output
+    assert "bob: total 42 -> 7" in result.output and "checked 1 user(s); fixed 1" in result.output
+    states, total = await conversation_states(real_redis, "bob")
+    assert states[0]["unread"] == 7 and total == 7

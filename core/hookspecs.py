@@ -1,0 +1,99 @@
+"""Every hook a plugin can implement, in one place (docs/plugins.md documents each with an example).
+
+A plugin is a module or object with functions named like these hooks and decorated with
+``imflow.core.hookspecs.hookimpl``. Hooks may be ``async def``; callers await results that
+are awaitable. A hook implementation that raises is logged with its plugin's name and
+skipped: one plugin never takes down a gateway or a worker.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .models import Message, SendCommand
+    from .plugin_types import MessageType, Operation, Rejection
+    from .settings import Settings
+
+PROJECT = "imflow"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# -------------------------------------------------------------------------------------------
+# start-up
+
+
+@hookspec(historic=True)
+def imflow_configure(settings: Settings) -> None:
+    """Called once per process with the effective settings, before anything is served.
+
+    Historic: a plugin registered later still receives it. Read your own settings here; by
+    convention from environment variables ``IMFLOW_<PLUGIN>_<NAME>``. Returns nothing.
+    """
+
+
+# -------------------------------------------------------------------------------------------
+# what plugins add
+
+
+@hookspec
+def imflow_message_types() -> list[MessageType]:
+    """Message types this plugin adds (besides the built-in ``text``).
+
+    Return a list of ``MessageType``; results of all plugins are concatenated. A ``send``
+    with an unregistered ``type`` is refused with ``bad_frame``. A type's ``validate``
+    receives the body and returns it (possibly normalised) or raises ``ValueError``.
+    """
+
+
+@hookspec
+def imflow_client_operations() -> list[Operation]:
+    """Client operations this plugin adds to the WebSocket protocol.
+
+    Return a list of ``Operation``; all plugins' lists are concatenated. An operation's name
+    must contain a dot (``red_packet.grab``) so it never clashes with a built-in one.
+    """
+
+
+# -------------------------------------------------------------------------------------------
+# the message path
+
+
+@hookspec(firstresult=True)
+def imflow_before_send(command: SendCommand) -> SendCommand | Rejection | None:
+    """May this send go ahead? Called by the gateway before the message is queued.
+
+    Return ``None`` to let it pass unchanged, a ``Rejection`` (error code and message) to
+    refuse it, or a new ``SendCommand`` to replace it (for example a filtered body).
+    ``firstresult``: the first plugin that returns something decides.
+    """
+
+
+@hookspec
+def imflow_after_persist(messages: list[Message]) -> None:
+    """Called by the ingest agent after a batch of messages is durable, in seq order.
+
+    Kafka delivers at least once: the same message can come again, so what you do must be
+    idempotent (key it by ``mid``). Results are ignored.
+    """
+
+
+# -------------------------------------------------------------------------------------------
+# connections
+
+
+@hookspec
+def imflow_on_connect(user: str, node: str) -> None:
+    """A connection of ``user`` was authenticated on gateway ``node``. Results are ignored."""
+
+
+@hookspec
+def imflow_on_disconnect(user: str, node: str) -> None:
+    """A connection of ``user`` on gateway ``node`` closed. Results are ignored."""
+
+
+__all__ = [name for name in dir() if name.startswith("imflow_")] + ["hookimpl", "hookspec", "PROJECT"]
+_unused: Any = None
