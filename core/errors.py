@@ -20,9 +20,9 @@ class ErrorCode(StrEnum):
 
 
 class ImflowError(Exception):
-    """An error a client or operator may see, with a stable code."""
+    """An error a client or operator may see, with a stable code (a plugin's codes contain a dot)."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode | str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

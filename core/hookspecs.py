@@ -8,11 +8,14 @@ skipped: one plugin never takes down a gateway or a worker.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from .agents import AgentSpec, TimerSpec
     from .models import Message, SendCommand
     from .plugin_types import MessageType, Operation, Rejection
     from .settings import Settings
@@ -26,12 +29,13 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 # start-up
 
 
-@hookspec(historic=True)
+@hookspec
 def imflow_configure(settings: Settings) -> None:
     """Called once per process with the effective settings, before anything is served.
 
-    Historic: a plugin registered later still receives it. Read your own settings here; by
-    convention from environment variables ``IMFLOW_<PLUGIN>_<NAME>``. Returns nothing.
+    Read your own settings here, by convention from environment variables
+    ``IMFLOW_<PLUGIN>_<NAME>`` (pydantic-settings with that prefix). May be async. Results
+    are ignored.
     """
 
 
@@ -55,6 +59,24 @@ def imflow_client_operations() -> list[Operation]:
 
     Return a list of ``Operation``; all plugins' lists are concatenated. An operation's name
     must contain a dot (``red_packet.grab``) so it never clashes with a built-in one.
+    """
+
+
+@hookspec
+def imflow_http_routes() -> list[BaseRoute]:
+    """Starlette routes this plugin adds to every gateway (``Route``, ``WebSocketRoute``, ``Mount``).
+
+    Put them under ``/plugins/<plugin>/`` to stay clear of imflow's own. Lists are concatenated.
+    """
+
+
+@hookspec
+def imflow_stream_agents() -> list[AgentSpec | TimerSpec]:
+    """Agents and timers this plugin adds to every worker (and to ``imflow serve``).
+
+    An ``AgentSpec`` names a topic (the app id is prefixed; the topic is created with the
+    others) and a body ``async (context, records)`` that handles a batch at least once. A
+    ``TimerSpec`` runs ``async (context)`` periodically on every worker. Lists are concatenated.
     """
 
 
@@ -96,4 +118,3 @@ def imflow_on_disconnect(user: str, node: str) -> None:
 
 
 __all__ = [name for name in dir() if name.startswith("imflow_")] + ["hookimpl", "hookspec", "PROJECT"]
-_unused: Any = None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from . import archive_queue, gateway_events, keys
 from .inbox import delivery_result, queue_delivery
 from .ingest import accepted_from, queue_accept
-from .models import Accepted, Message, SendCommand, direct_members
+from .models import Message, SendCommand, direct_members
 from .scripts import run_pipeline
 
 if TYPE_CHECKING:
@@ -41,8 +41,11 @@ async def handle_sends(
     ids_for: Callable[[int], IdGenerator],
     settings: Settings,
     batch: list[tuple[SendCommand, int]],
-) -> list[Accepted]:
-    """Process sends in topic order; ``ids_for(partition)`` gives that partition's id generator."""
+) -> list[Message]:
+    """Process sends in topic order; returns the stored messages (a replay's too), in order.
+
+    ``ids_for(partition)`` gives that partition's id generator.
+    """
     work = []
     for command, partition in batch:
         members = members_of(command.conversation)
@@ -99,4 +102,4 @@ async def handle_sends(
     async with redis.pipeline(transaction=False) as pipe:
         batch.queue(pipe)
         await pipe.execute()
-    return [accepted for accepted, _ in answers]
+    return [message for _, message in answers if message is not None]

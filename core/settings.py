@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     archive_content_shards: int = Field(4, gt=0, description="Shards of im_msg_content (by mid); fixed once data exists")
     archive_mailbox_shards: int = Field(4, gt=0, description="Shards of im_user_msg_box (by owner_uid); fixed once data exists")
 
+    disabled_plugins: str = Field("", description="Comma-separated names of plugins not to load")
+
     log_level: str = Field("info", description="Log level: debug, info, warning, error")
 
     @field_validator("secret_key")
@@ -82,6 +84,10 @@ class Settings(BaseSettings):
     @property
     def embedded_redis(self) -> bool:
         return not self.redis_url
+
+    @property
+    def disabled_plugin_names(self) -> set[str]:
+        return {name.strip() for name in self.disabled_plugins.split(",") if name.strip()}
 
     @property
     def archive_dir(self) -> Path:

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from .extensions import Extensions
 from .hub import Hub
 from .session import serve_session
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
     from imflow.core.archive import ArchiveReader
     from imflow.core.models import SendCommand
+    from imflow.core.plugin_calls import Hooks
     from imflow.core.settings import Settings
 
 
@@ -31,9 +33,14 @@ class Backend(Protocol):
     node_name: str
     redis: Redis
     archive: ArchiveReader
+    hooks: Hooks
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
+    async def produce(self, topic: str, key: bytes, value: bytes) -> None:
+        """Put a record on an agent's topic (short name); returns once it is durable."""
+        ...
+
     async def submit(self, command: SendCommand) -> asyncio.Future:
         """Queue a send for the ingest agent in call order; the future resolves once it is durable."""
         ...
@@ -55,7 +62,8 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 async def client_socket(websocket: WebSocket) -> None:
-    await serve_session(websocket, websocket.app.state.backend, websocket.app.state.hub)
+    state = websocket.app.state
+    await serve_session(websocket, state.backend, state.hub, state.extensions)
 
 
 def create_gateway(backend: Backend) -> Starlette:
@@ -70,7 +78,9 @@ def create_gateway(backend: Backend) -> Starlette:
             await app.state.hub.stop()
             await backend.stop()
 
-    routes = [Route("/healthz", healthz), Route("/readyz", readyz), WebSocketRoute("/ws", client_socket)]
+    extensions = Extensions.from_hooks(backend.hooks)
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz), WebSocketRoute("/ws", client_socket), *extensions.routes]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.backend = backend
+    app.state.extensions = extensions
     return app

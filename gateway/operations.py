@@ -12,12 +12,15 @@ from imflow.core import archive_queue, gateway_events, inbox, keys
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
 from imflow.core.models import SendCommand, direct_conversation
+from imflow.core.plugin_calls import await_me_maybe
+from imflow.core.plugin_types import OperationContext, OperationError, Rejection
 from imflow.core.send_path import members_of
 
 from . import protocol
 
 if TYPE_CHECKING:
     from .app import Backend
+    from .extensions import Extensions
     from .hub import Connection
 
 
@@ -29,23 +32,36 @@ def _require_member(user: str, conversation: str) -> list[str]:
     return members
 
 
-async def send(frame: protocol.Send, connection: Connection, backend: Backend) -> None:
+async def send(frame: protocol.Send, connection: Connection, backend: Backend, extensions: Extensions) -> None:
     user = connection.user
     conversation = direct_conversation(user, frame.to) if frame.to else frame.conversation
     assert conversation is not None  # the frame validator guarantees one of them
     members = members_of(conversation)
     if members is None or user not in members:
         raise ImflowError(ErrorCode.FORBIDDEN, f"you are not a member of {conversation!r}")
+    message_type = extensions.message_types.get(frame.type)
+    if message_type is None:
+        known = ", ".join(sorted(extensions.message_types))
+        raise ImflowError(ErrorCode.BAD_FRAME, f"unknown message type {frame.type!r}; known: {known}")
+    try:
+        body = message_type.validate(dict(frame.body))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ImflowError(ErrorCode.BAD_FRAME, f"invalid {frame.type} body: {exc}") from exc
     command = SendCommand(
         sender=user,
         client_msg_id=frame.cmid,
         conversation=conversation,
         type=frame.type,
-        body=frame.body,
+        body=body,
         sent_at_ms=now_ms(),
         gateway=backend.node_name,
         origin=connection.id,
     )
+    verdict = await backend.hooks.first("imflow_before_send", command=command)
+    if isinstance(verdict, Rejection):
+        raise ImflowError(verdict.code, verdict.message)
+    if isinstance(verdict, SendCommand):
+        command = verdict
     try:
         durable = await backend.submit(command)
     except Exception as exc:
@@ -64,12 +80,12 @@ def _report_lost(done: asyncio.Future, connection: Connection, frame: protocol.S
     connection.push(reply)
 
 
-async def ack(frame: protocol.Ack, connection: Connection, backend: Backend) -> dict[str, Any]:
+async def ack(frame: protocol.Ack, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     user = connection.user
     return {"op": "acked", "removed": await inbox.acknowledge(backend.redis, user, frame.mids)}
 
 
-async def read(frame: protocol.Read, connection: Connection, backend: Backend) -> dict[str, Any]:
+async def read(frame: protocol.Read, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     user = connection.user
     _require_member(user, frame.conversation)
     unread = await inbox.mark_read(backend.redis, user, frame.conversation, frame.seq)
@@ -78,7 +94,7 @@ async def read(frame: protocol.Read, connection: Connection, backend: Backend) -
     return reply
 
 
-async def sync(frame: protocol.Sync, connection: Connection, backend: Backend) -> dict[str, Any]:
+async def sync(frame: protocol.Sync, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     user = connection.user
     messages, next_before = await inbox.inbox_page(backend.redis, user, frame.before_mid, frame.limit)
     reply: dict[str, Any] = {"op": "sync", "messages": messages, "next_before_mid": next_before}
@@ -87,7 +103,7 @@ async def sync(frame: protocol.Sync, connection: Connection, backend: Backend) -
     return reply
 
 
-async def history(frame: protocol.History, connection: Connection, backend: Backend) -> dict[str, Any]:
+async def history(frame: protocol.History, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     user = connection.user
     _require_member(user, frame.conversation)
     upper = f"({frame.before_seq}" if frame.before_seq is not None else "+inf"
@@ -113,7 +129,7 @@ async def history(frame: protocol.History, connection: Connection, backend: Back
     }
 
 
-async def delete(frame: protocol.Delete, connection: Connection, backend: Backend) -> dict[str, Any]:
+async def delete(frame: protocol.Delete, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     user = connection.user
     _require_member(user, frame.conversation)
     await inbox.delete_for_me(backend.redis, user, frame.mid)
@@ -122,11 +138,11 @@ async def delete(frame: protocol.Delete, connection: Connection, backend: Backen
     return {"op": "deleted", "conversation": frame.conversation, "mid": frame.mid}
 
 
-async def ping(frame: protocol.Ping, connection: Connection, backend: Backend) -> dict[str, Any]:
+async def ping(frame: protocol.Ping, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     return {"op": "pong"}
 
 
-async def already_authenticated(frame: protocol.Auth, connection: Connection, backend: Backend) -> None:
+async def already_authenticated(frame: protocol.Auth, connection: Connection, backend: Backend, extensions: Extensions) -> None:
     raise ImflowError(ErrorCode.BAD_FRAME, "already authenticated; open a new connection to change user")
 
 
@@ -142,5 +158,26 @@ HANDLERS = {
 }
 
 
-async def handle(frame: protocol.ClientFrame, connection: Connection, backend: Backend) -> dict[str, Any] | None:
-    return await HANDLERS[type(frame)](frame, connection, backend)  # type: ignore[operator]
+async def plugin_call(frame: protocol.PluginCall, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any] | None:
+    operation = extensions.operations[frame.op]
+
+    async def push(user: str, pushed: dict[str, Any]) -> None:
+        await gateway_events.to_user(backend.redis, user, pushed)
+
+    context = OperationContext(connection.user, backend.node_name, backend.redis, backend.settings, push, backend.produce)
+    try:
+        reply = await await_me_maybe(operation.handle(context, frame.fields))
+    except OperationError as error:
+        raise ImflowError(error.code, error.message) from error
+    if reply is not None:
+        reply.setdefault("op", frame.op)
+    return reply
+
+
+HANDLERS[protocol.PluginCall] = plugin_call
+
+
+async def handle(
+    frame: protocol.ClientFrame, connection: Connection, backend: Backend, extensions: Extensions
+) -> dict[str, Any] | None:
+    return await HANDLERS[type(frame)](frame, connection, backend, extensions)  # type: ignore[operator]

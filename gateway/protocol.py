@@ -81,12 +81,23 @@ class Ping(ClientFrame):
     op: Literal["ping"]
 
 
+class PluginCall(ClientFrame):
+    """An operation a plugin added; its own handler validates ``fields``."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    op: str
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 Frame = Annotated[Auth | Send | Ack | Read | Sync | History | Delete | Ping, Field(discriminator="op")]
 OPS = ("auth", "send", "ack", "read", "sync", "history", "delete", "ping")
 _frame = TypeAdapter(Frame)
 
 
-def parse(text: str | bytes) -> ClientFrame:
+def parse(text: str | bytes, plugin_ops: frozenset[str] | set[str] = frozenset()) -> ClientFrame:
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:  # also integers beyond 64 bits
@@ -94,8 +105,14 @@ def parse(text: str | bytes) -> ClientFrame:
     if not isinstance(data, dict):
         raise ImflowError(ErrorCode.BAD_FRAME, "a frame is a JSON object")
     op = data.get("op")
+    if isinstance(op, str) and op in plugin_ops:
+        try:
+            return PluginCall.model_validate(data)
+        except ValidationError as exc:
+            raise ImflowError(ErrorCode.BAD_FRAME, f"bad ref: {exc.errors()[0]['msg']}") from exc
     if op not in OPS:
-        raise ImflowError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; known: {', '.join(OPS)}")
+        known = ", ".join([*OPS, *sorted(plugin_ops)])
+        raise ImflowError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; known: {known}")
     try:
         return _frame.validate_python(data)
     except ValidationError as exc:

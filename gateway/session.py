@@ -16,6 +16,7 @@ from .hub import Connection
 
 if TYPE_CHECKING:
     from .app import Backend
+    from .extensions import Extensions
     from .hub import Hub
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ CLOSE_TOO_LARGE = 1009
 OUTBOUND_QUEUE = 2000
 
 
-async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub) -> None:
+async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub, extensions: Extensions) -> None:
     await websocket.accept()
     user = await _authenticate(websocket, backend)
     if user is None:
@@ -35,11 +36,13 @@ async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub) -> Non
     connection.push({"op": "welcome", "user": user, "node": backend.node_name})  # always the first frame
     hub.add(connection)
     await presence.connected(backend.redis, user, backend.node_name)
+    await backend.hooks.call("imflow_on_connect", user=user, node=backend.node_name)
     try:
-        await _serve(websocket, backend, connection)
+        await _serve(websocket, backend, connection, extensions)
     finally:
         hub.remove(connection)
         await presence.disconnected(backend.redis, user, backend.node_name)
+        await backend.hooks.call("imflow_on_disconnect", user=user, node=backend.node_name)
         await connection.finish()
 
 
@@ -91,7 +94,8 @@ def _check_size(text: str, backend: Backend) -> None:
         raise ImflowError(ErrorCode.FRAME_TOO_LARGE, f"frames are limited to {backend.settings.max_frame_bytes} bytes")
 
 
-async def _serve(websocket: WebSocket, backend: Backend, connection: Connection) -> None:
+async def _serve(websocket: WebSocket, backend: Backend, connection: Connection, extensions: Extensions) -> None:
+    plugin_ops = frozenset(extensions.operations)
     while not connection.closed.is_set():
         try:
             message = await websocket.receive()
@@ -103,9 +107,9 @@ async def _serve(websocket: WebSocket, backend: Backend, connection: Connection)
         ref = None
         try:
             _check_size(text, backend)
-            frame = protocol.parse(text)
+            frame = protocol.parse(text, plugin_ops)
             ref = frame.ref
-            reply = await operations.handle(frame, connection, backend)
+            reply = await operations.handle(frame, connection, backend, extensions)
         except ImflowError as error:
             connection.push(protocol.error_frame(error, ref if ref is not None else protocol.ref_of(text)))
             if error.code == ErrorCode.FRAME_TOO_LARGE:

@@ -45,7 +45,11 @@ def run_gateway(settings: Settings, *, run_agents: bool) -> None:
     typer.secho(f"imflow is running: open http://{settings.host}:{settings.port}/  (Ctrl-C stops it)", fg="green", err=True)
     # uvicorn turns SIGTERM and SIGINT into a graceful shutdown: lifespan stops the node
     # no per-message deflate: chat frames are small, and compressing them costs more CPU than it saves
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, ws_max_size=settings.max_frame_bytes, ws_per_message_deflate=False)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        ws_max_size=settings.max_frame_bytes, ws_per_message_deflate=False,
+        timeout_graceful_shutdown=10,  # then open WebSockets are closed; clients reconnect and sync
+    )
 
 
 @cli.command()
@@ -70,13 +74,14 @@ def worker(kafka: KafkaOpt = None, redis: RedisOpt = None, data_dir: DataOpt = N
     """Run one Faust worker of imflow.streams: needs Kafka and Redis. Start as many as you like."""
     import faust
 
+    from imflow.plugin_manager import make_hooks
     from imflow.streams.app import create_app
 
     settings = load_settings(kafka_url=kafka, redis_url=redis, data_dir=data_dir)
     _require_servers(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # faust.Worker handles SIGTERM/SIGINT: it stops consuming, commits and closes cleanly
-    faust.Worker(create_app(settings), loglevel=settings.log_level).execute_from_commandline()
+    faust.Worker(create_app(settings, hooks=make_hooks(settings)), loglevel=settings.log_level).execute_from_commandline()
 
 
 @cli.command()
@@ -132,6 +137,19 @@ def repair_unread(redis: RedisOpt = None, user: Annotated[list[str] | None, type
 
     seen, fixed = asyncio.run(run())
     typer.echo(f"checked {seen} user(s); fixed {fixed}")
+
+
+@cli.command()
+def plugins() -> None:
+    """List the loaded plugins with their versions, where they come from and the hooks they implement."""
+    from imflow.plugin_manager import describe, make_hooks
+
+    rows = describe(make_hooks(load_settings()))
+    if not rows:
+        typer.echo("no plugins loaded")
+    for row in rows:
+        typer.echo(f"{row['name']} {row['version']} ({row['origin']})")
+        typer.echo(f"    hooks: {', '.join(row['hooks']) or '-'}")
 
 
 @cli.command()

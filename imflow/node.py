@@ -15,18 +15,20 @@ from typing import TYPE_CHECKING
 from imflow.core.archive import ArchiveLayout, ArchiveReader
 from imflow.core.models import SendCommand
 from imflow.core.redis_client import connect
-from imflow.streams.agents import AGENTS, TIMERS, AgentSpec, TimerSpec, run_body, run_timer, seal_archive
-from imflow.streams.context import AgentContext
+from imflow.core.agents import AgentContext, AgentSpec, TimerSpec, topic_name
+from imflow.core.plugin_calls import Hooks
+from imflow.plugin_manager import make_hooks
+from imflow.streams.agents import all_agents, run_body, run_timer, seal_archive
 from imflow.streams.kafka import KafkaProducer, ensure_topics
 from imflow.streams.local import LocalBus
-from imflow.streams.topics import INGEST, all_topic_names, topic_name
+from imflow.streams.topics import INGEST, all_topic_names
 
 if TYPE_CHECKING:
     import faust
     from redis.asyncio import Redis
 
+    from imflow.core.agents import Producer
     from imflow.core.settings import Settings
-    from imflow.streams.context import Producer
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,11 @@ async def _local_consumer(spec: AgentSpec, context: AgentContext, values: list[b
 class Node:
     """Gateway backend of ``imflow serve`` (agents in process) and ``imflow gateway`` (no agents)."""
 
-    def __init__(self, settings: Settings, *, run_agents: bool) -> None:
+    def __init__(self, settings: Settings, *, run_agents: bool, hooks: Hooks | None = None) -> None:
         self.settings = settings
         self.run_agents = run_agents
+        self.hooks = hooks if hooks is not None else make_hooks(settings)
+        self.agents, self.timers = all_agents(self.hooks)
         self.node_name = settings.node_name
         self.redis: Redis
         self.producer: Producer
@@ -52,26 +56,29 @@ class Node:
         self._faust: faust.App | None = None
         self._context: AgentContext | None = None
         self._timers: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         s = self.settings
+        await self.hooks.call("imflow_configure", settings=s)
         self.redis = connect(s.redis_url)
         if s.embedded_transport:
             self.bus = self.producer = LocalBus(s.topic_partitions, batch_max=s.agent_batch_max)
             if self.run_agents:
-                self._context = AgentContext(s, self.redis, self.bus)
-                for spec in AGENTS:
+                self._context = AgentContext(s, self.redis, self.bus, self.hooks)
+                for spec in self.agents:
                     self.bus.subscribe(topic_name(s.app_id, spec.topic), partial(_local_consumer, spec, self._context))
-                self._timers = [asyncio.create_task(self._tick(timer, self._context)) for timer in TIMERS]
+                self._timers = [asyncio.create_task(self._tick(timer, self._context)) for timer in self.timers]
             await self.bus.start()
         else:
-            await ensure_topics(s.kafka_bootstrap, all_topic_names(s.app_id), s.topic_partitions, s.topic_replication_factor)
+            topics = all_topic_names(s.app_id, [spec.topic for spec in self.agents])
+            await ensure_topics(s.kafka_bootstrap, topics, s.topic_partitions, s.topic_replication_factor)
             self._kafka = self.producer = KafkaProducer(s.kafka_bootstrap, f"{s.node_name}-gateway")
             await self._kafka.start()
             if self.run_agents:
                 from imflow.streams.app import create_app
 
-                self._faust = create_app(s, redis=self.redis)
+                self._faust = create_app(s, redis=self.redis, hooks=self.hooks)
                 await self._faust.start()
         log.info(
             "node %s started: transport=%s redis=%s agents=%s",
@@ -82,20 +89,28 @@ class Node:
         )
 
     async def _tick(self, timer: TimerSpec, context: AgentContext) -> None:
-        while True:
-            await asyncio.sleep(timer.interval(self.settings))
-            await run_timer(timer, context)
+        # ends when _stopping is set (not only by cancellation: a library that swallows a
+        # CancelledError in a tick must not make shutdown wait forever)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timer.interval(self.settings))
+            if not self._stopping.is_set():
+                await run_timer(timer, context)
 
     async def stop(self) -> None:
-        for task in self._timers:
-            task.cancel()
-        for task in self._timers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        log.info("node %s stopping", self.settings.node_name)
+        self._stopping.set()
+        if self._timers:
+            _, running = await asyncio.wait(self._timers, timeout=5)
+            for task in running:
+                task.cancel()
         if self._faust is not None:
             await self._faust.stop()
         if self.bus is not None:
-            await self.bus.join()
+            try:  # finish what was queued, within reason
+                await asyncio.wait_for(self.bus.join(), 10)
+            except TimeoutError:
+                log.warning("stopping with records still queued in the in-process transport")
             await self.bus.stop()
         if self._context is not None:
             await seal_archive(self._context)  # the embedded queue lives in memory: seal it before exit
@@ -103,6 +118,10 @@ class Node:
             await self._kafka.stop()
         await self.redis.aclose()
         self.archive.close()
+
+    async def produce(self, topic: str, key: bytes, value: bytes) -> None:
+        """Put a record on an agent's topic (its short name); returns once it is durable."""
+        await self.producer.send(topic_name(self.settings.app_id, topic), key, value)
 
     async def submit(self, command: SendCommand) -> asyncio.Future:
         """Queue a client's send on the ingest topic, in the order of the calls.

@@ -1,15 +1,12 @@
-"""Agent bodies: one per topic, the same code under Faust and under the in-process transport.
+"""The built-in agent bodies, and how any body (built-in or a plugin's) is run.
 
-A body gets the context, one record's value and its partition. It must be idempotent: Kafka
-delivers at least once.
+A body gets the context and a batch of records (value, partition) in topic order. It must be
+idempotent: Kafka delivers at least once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pydantic
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -17,26 +14,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from imflow.core import archive_queue
+from imflow.core.agents import AgentContext, AgentSpec, Records, TimerSpec
 from imflow.core.models import SendCommand
+from imflow.core.plugin_calls import Hooks
 from imflow.core.send_path import handle_sends
 
 from . import topics
-from .context import AgentContext
-
-if TYPE_CHECKING:
-    from imflow.core.settings import Settings
 
 log = logging.getLogger(__name__)
-
-Records = list[tuple[bytes, int]]  # (value, partition), in topic order
-AgentBody = Callable[[AgentContext, Records], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class AgentSpec:
-    name: str
-    topic: str  # short name; the app id is prefixed at run time
-    body: AgentBody
 
 
 async def ingest(ctx: AgentContext, records: Records) -> None:
@@ -47,7 +32,9 @@ async def ingest(ctx: AgentContext, records: Records) -> None:
             batch.append((SendCommand.model_validate_json(value), partition))
         except pydantic.ValidationError as exc:
             log.error("ingest: skipped a malformed record on partition %d: %s", partition, exc)
-    await handle_sends(ctx.redis, ctx.ids, ctx.settings, batch)
+    persisted = await handle_sends(ctx.redis, ctx.ids, ctx.settings, batch)
+    if persisted:
+        await ctx.hooks.call("imflow_after_persist", messages=persisted)
 
 
 AGENTS: tuple[AgentSpec, ...] = (AgentSpec("ingest", topics.INGEST, ingest),)
@@ -77,13 +64,6 @@ async def run_body(spec: AgentSpec, ctx: AgentContext, records: Records) -> None
             log.exception("agent %s: skipped a record on partition %d after an error", spec.name, records[0][1])
 
 
-@dataclass(frozen=True)
-class TimerSpec:
-    name: str
-    interval: Callable[[Settings], float]
-    body: Callable[[AgentContext], Awaitable[None]]
-
-
 async def seal_archive(ctx: AgentContext) -> None:
     """The archive agent: seal what waits in every partition's queue (locks keep one writer each)."""
     s = ctx.settings
@@ -93,6 +73,14 @@ async def seal_archive(ctx: AgentContext) -> None:
 
 
 TIMERS: tuple[TimerSpec, ...] = (TimerSpec("archive", lambda s: s.archive_flush_seconds, seal_archive),)
+
+
+def all_agents(hooks: Hooks) -> tuple[list[AgentSpec], list[TimerSpec]]:
+    """The built-in agents and timers, and those plugins add (``imflow_stream_agents``)."""
+    added = hooks.collect_sync("imflow_stream_agents")
+    agents = [*AGENTS, *(spec for spec in added if isinstance(spec, AgentSpec))]
+    timers = [*TIMERS, *(spec for spec in added if isinstance(spec, TimerSpec))]
+    return agents, timers
 
 
 async def run_timer(spec: TimerSpec, ctx: AgentContext) -> None:

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING
 
 import faust
 
+from imflow.core.agents import AgentContext, AgentSpec, TimerSpec, topic_name
+from imflow.core.plugin_calls import Hooks
 from imflow.core.redis_client import connect
 
-from .agents import AGENTS, TIMERS, AgentSpec, TimerSpec, run_body, run_timer
-from .context import AgentContext
+from .agents import all_agents, run_body, run_timer
 from .kafka import KafkaProducer, ensure_topics
-from .topics import all_topic_names, topic_name
+from .topics import all_topic_names
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -26,8 +27,10 @@ log = logging.getLogger(__name__)
 class WorkerResources:
     """Redis client and producer of a worker, made on its event loop at first use."""
 
-    def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
+    def __init__(self, settings: Settings, hooks: Hooks, agents: list[AgentSpec], redis: Redis | None = None) -> None:
         self.settings = settings
+        self.hooks = hooks
+        self.agents = agents
         self._shared_redis = redis  # given by the embedding process, which closes it
         self._context: AgentContext | None = None
         self._producer: KafkaProducer | None = None
@@ -38,11 +41,14 @@ class WorkerResources:
             async with self._lock:
                 if self._context is None:
                     s = self.settings
-                    await ensure_topics(s.kafka_bootstrap, all_topic_names(s.app_id), s.topic_partitions, s.topic_replication_factor)
+                    if self._shared_redis is None:  # an embedding process configured its plugins already
+                        await self.hooks.call("imflow_configure", settings=s)
+                    topics = all_topic_names(s.app_id, [spec.topic for spec in self.agents])
+                    await ensure_topics(s.kafka_bootstrap, topics, s.topic_partitions, s.topic_replication_factor)
                     self._producer = KafkaProducer(s.kafka_bootstrap, f"{s.node_name}-worker")
                     await self._producer.start()
                     redis = self._shared_redis or connect(self.settings.redis_url)
-                    self._context = AgentContext(self.settings, redis, self._producer)
+                    self._context = AgentContext(self.settings, redis, self._producer, self.hooks)
         return self._context
 
     async def close(self) -> None:
@@ -54,11 +60,13 @@ class WorkerResources:
             self._producer = None
 
 
-def create_app(settings: Settings, redis: Redis | None = None) -> faust.App:
+def create_app(settings: Settings, redis: Redis | None = None, hooks: Hooks | None = None) -> faust.App:
     """A Faust app for these settings; nothing is made at import time.
 
-    ``redis`` lets a process that embeds the app share its client (and its fakeredis).
+    ``redis`` lets a process that embeds the app share its client (and its fakeredis);
+    ``hooks`` are the plugins (built by the caller: ``imflow worker`` or ``imflow serve``).
     """
+    hooks = hooks if hooks is not None else Hooks()
     if not settings.kafka_url:
         raise ValueError("a Faust worker needs Kafka: set IMFLOW_KAFKA_URL or pass --kafka")
     app = faust.App(
@@ -73,10 +81,11 @@ def create_app(settings: Settings, redis: Redis | None = None) -> faust.App:
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
     )
-    resources = WorkerResources(settings, redis)
-    for spec in AGENTS:
+    agents, timers = all_agents(hooks)
+    resources = WorkerResources(settings, hooks, agents, redis)
+    for spec in agents:
         _add_agent(app, spec, resources)
-    for timer in TIMERS:
+    for timer in timers:
         _add_timer(app, timer, resources)
 
     @app.on_before_shutdown.connect

@@ -1,15 +1,14 @@
-"""Topic names. Every topic is prefixed with the app id so several deployments share a cluster."""
+"""The built-in topics."""
 
 from __future__ import annotations
+
+from imflow.core.agents import topic_name
 
 INGEST = "ingest"  # client sends, keyed by conversation
 
 ALL = (INGEST,)
 
 
-def topic_name(app_id: str, topic: str) -> str:
-    return f"{app_id}.{topic}"
-
-
-def all_topic_names(app_id: str) -> list[str]:
-    return [topic_name(app_id, topic) for topic in ALL]
+def all_topic_names(app_id: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Every topic a deployment needs: the built-in ones and those of plugin agents."""
+    return [topic_name(app_id, topic) for topic in dict.fromkeys([*ALL, *extra])]

@@ -1,19 +1,29 @@
-"""What an agent body gets: storage clients, settings and the way out to other topics."""
+"""Stream agents as plain types: what a body gets, and how built-in and plugin agents are declared.
+
+The same body runs under Faust (imflow.streams.app) and on the in-process transport.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
 from functools import cached_property
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from imflow.core.archive import ArchiveLayout
-from imflow.core.ids import MAX_NODE, IdGenerator
+from .archive import ArchiveLayout
+from .ids import MAX_NODE, IdGenerator
+from .plugin_calls import Hooks
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from imflow.core.settings import Settings
+    from .settings import Settings
+
+
+def topic_name(app_id: str, topic: str) -> str:
+    """Every topic is prefixed with the app id, so several deployments can share a cluster."""
+    return f"{app_id}.{topic}"
 
 
 class Producer(Protocol):
@@ -31,6 +41,7 @@ class AgentContext:
     settings: Settings
     redis: Redis
     producer: Producer
+    hooks: Hooks = field(default_factory=Hooks)
     _ids: dict[int, IdGenerator] = field(default_factory=dict)
 
     def ids(self, partition: int) -> IdGenerator:
@@ -46,6 +57,26 @@ class AgentContext:
         return ArchiveLayout(s.archive_dir, s.archive_content_shards, s.archive_mailbox_shards)
 
     def topic(self, name: str) -> str:
-        from .topics import topic_name
-
         return topic_name(self.settings.app_id, name)
+
+
+Records = list[tuple[bytes, int]]  # (value, partition), in topic order
+AgentBody = Callable[[AgentContext, Records], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """An agent: a body for the records of one topic (handled in batches, at least once)."""
+
+    name: str
+    topic: str  # short name; the app id is prefixed at run time
+    body: AgentBody
+
+
+@dataclass(frozen=True)
+class TimerSpec:
+    """A periodic task of every worker (use Redis locks where only one may act at a time)."""
+
+    name: str
+    interval: Callable[[Settings], float]
+    body: Callable[[AgentContext], Awaitable[None]]

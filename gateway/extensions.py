@@ -1,0 +1,45 @@
+"""What plugins add to a gateway: message types, client operations, HTTP routes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from imflow.core.plugin_types import MessageType, Operation
+
+from . import protocol
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from imflow.core.plugin_calls import Hooks
+
+log = logging.getLogger(__name__)
+
+
+def _text(body: dict[str, Any]) -> dict[str, Any]:
+    return body  # protocol.Send checks text bodies itself
+
+
+@dataclass
+class Extensions:
+    message_types: dict[str, MessageType] = field(default_factory=lambda: {"text": MessageType("text", _text)})
+    operations: dict[str, Operation] = field(default_factory=dict)
+    routes: list[BaseRoute] = field(default_factory=list)
+
+    @classmethod
+    def from_hooks(cls, hooks: Hooks) -> Extensions:
+        extensions = cls()
+        for message_type in hooks.collect_sync("imflow_message_types"):
+            if message_type.name in extensions.message_types:
+                log.error("message type %r is registered twice; the second is ignored", message_type.name)
+                continue
+            extensions.message_types[message_type.name] = message_type
+        for operation in hooks.collect_sync("imflow_client_operations"):
+            if "." not in operation.name or operation.name in protocol.OPS or operation.name in extensions.operations:
+                log.error("operation %r must be new and contain a dot (plugin.verb); ignored", operation.name)
+                continue
+            extensions.operations[operation.name] = operation
+        extensions.routes = hooks.collect_sync("imflow_http_routes")
+        return extensions

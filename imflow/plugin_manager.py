@@ -1,0 +1,69 @@
+"""Building the plugin manager: built-in plugins and third-party ones, registered the same way.
+
+Built-ins are listed in DEFAULT_PLUGINS; third-party plugins arrive through the ``imflow``
+entry-point group of installed packages. ``IMFLOW_DISABLED_PLUGINS`` names plugins to leave out.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+import imflow
+from imflow.core.plugin_calls import Hooks, empty_manager
+
+if TYPE_CHECKING:
+    from imflow.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "imflow"
+DEFAULT_PLUGINS: tuple[str, ...] = ()  # module names, e.g. "imflow.plugins.red_packets"
+
+
+def make_hooks(settings: Settings, extra: list[tuple[str, Any]] | None = None) -> Hooks:
+    """A fresh plugin manager for these settings (never a global one), wrapped for isolated calls.
+
+    ``extra`` registers (name, plugin) pairs too, as tests and embedding code do.
+    """
+    manager = empty_manager()
+    disabled = settings.disabled_plugin_names
+    for module_name in DEFAULT_PLUGINS:
+        name = module_name.rsplit(".", 1)[-1]
+        if name not in disabled:
+            manager.register(importlib.import_module(module_name), name=name)
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name in disabled or manager.has_plugin(entry_point.name):
+            continue
+        try:
+            plugin = entry_point.load()
+        except Exception:  # a broken package must not stop imflow; say which one it was
+            log.exception("plugin %s (%s) failed to load; skipped", entry_point.name, entry_point.value)
+            continue
+        manager.register(plugin, name=entry_point.name)
+    for name, plugin in extra or ():
+        if name not in disabled:
+            manager.register(plugin, name=name)
+    manager.check_pending()  # a misspelled hook name fails here, loudly
+    return Hooks(manager)
+
+
+def describe(hooks: Hooks) -> list[dict[str, Any]]:
+    """Name, version, origin and implemented hooks of every loaded plugin (for ``imflow plugins``)."""
+    distributions = {}
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.dist is not None:
+            distributions[entry_point.name] = (entry_point.dist.name, entry_point.dist.version)
+    rows = []
+    for name, plugin in hooks.plugins():
+        caller_names = sorted(caller.name for caller in hooks.manager.get_hookcallers(plugin) or ())
+        if f"imflow.plugins.{name}" in DEFAULT_PLUGINS:
+            origin, version = "built-in", imflow.__version__
+        elif name in distributions:
+            origin, version = f"package {distributions[name][0]}", distributions[name][1]
+        else:
+            origin, version = "registered in code", "-"
+        rows.append({"name": name, "version": version, "origin": origin, "hooks": caller_names})
+    return rows

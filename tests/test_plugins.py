@@ -1,0 +1,195 @@
+"""The plugin platform: every hook, isolation of failing plugins, loading and disabling.
+
+One inline plugin implements every hook; the tests drive it through a real embedded imflow
+(the ``imflow_server`` fixture that plugin authors use too).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import orjson
+import pluggy
+import pytest
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from imflow.client import ClientError
+from imflow.core.agents import AgentSpec, TimerSpec
+from imflow.core.hookspecs import hookimpl
+from imflow.core.models import SendCommand
+from imflow.core.plugin_types import MessageType, Operation, OperationError, Rejection
+from imflow.core.settings import Settings
+from imflow.plugin_manager import describe, make_hooks
+from imflow.testing import eventually
+
+
+def shout(body: dict[str, Any]) -> dict[str, Any]:
+    text = body.get("text")
+    if not isinstance(text, str) or not text:
+        raise ValueError("a shout needs text")
+    return {"text": text.upper()}
+
+
+class Everything:
+    """Implements every hook and remembers what it saw."""
+
+    def __init__(self) -> None:
+        self.configured: list[str] = []
+        self.persisted: list[int] = []
+        self.connected: list[str] = []
+        self.disconnected: list[str] = []
+        self.audited: list[bytes] = []
+        self.ticks = 0
+
+    @hookimpl
+    def imflow_configure(self, settings: Settings) -> None:
+        self.configured.append(settings.app_id)
+
+    @hookimpl
+    def imflow_message_types(self) -> list[MessageType]:
+        return [MessageType("shout", shout)]
+
+    @hookimpl
+    def imflow_client_operations(self) -> list[Operation]:
+        async def count(context, frame: dict) -> dict:
+            if frame.get("fail"):
+                raise OperationError("shout.refused", "asked to fail")
+            await context.produce("shout.audit", context.user.encode(), orjson.dumps({"by": context.user}))
+            return {"persisted": len(self.persisted)}
+
+        return [Operation("shout.count", count)]
+
+    @hookimpl
+    def imflow_http_routes(self) -> list[Route]:
+        return [Route("/plugins/shout/hello", lambda request: JSONResponse({"hello": "shout"}))]
+
+    @hookimpl
+    def imflow_stream_agents(self) -> list[AgentSpec | TimerSpec]:
+        async def audit(context, records) -> None:
+            self.audited.extend(value for value, _ in records)
+
+        async def tick(context) -> None:
+            self.ticks += 1
+
+        return [AgentSpec("shout.audit", "shout.audit", audit), TimerSpec("shout.tick", lambda s: 0.05, tick)]
+
+    @hookimpl
+    async def imflow_before_send(self, command: SendCommand) -> SendCommand | Rejection | None:
+        text = command.body.get("text", "")
+        if "forbidden" in text.lower():
+            return Rejection("shout.forbidden", "that word is not allowed")
+        if "darn" in text:
+            return command.model_copy(update={"body": {"text": text.replace("darn", "d**n")}})
+        return None
+
+    @hookimpl
+    def imflow_after_persist(self, messages) -> None:
+        self.persisted.extend(m.mid for m in messages)
+
+    @hookimpl
+    def imflow_on_connect(self, user: str, node: str) -> None:
+        self.connected.append(user)
+
+    @hookimpl
+    async def imflow_on_disconnect(self, user: str, node: str) -> None:
+        self.disconnected.append(user)
+
+
+class Broken:
+    """Fails in every hook it implements: imflow must carry on without it."""
+
+    @hookimpl
+    def imflow_before_send(self, command):
+        raise RuntimeError("broken before_send")
+
+    @hookimpl
+    def imflow_after_persist(self, messages):
+        raise RuntimeError("broken after_persist")
+
+    @hookimpl
+    def imflow_on_connect(self, user, node):
+        raise RuntimeError("broken on_connect")
+
+    @hookimpl
+    def imflow_message_types(self):
+        raise RuntimeError("broken message_types")
+
+
+async def test_every_hook_through_a_running_imflow(imflow_server) -> None:
+    plugin = Everything()
+    async with imflow_server(plugins=[("everything", plugin)]) as server:
+        assert plugin.configured == [server.settings.app_id]  # imflow_configure
+        async with await server.client("alice") as alice, await server.client("bob") as bob:
+            assert plugin.connected == ["alice", "bob"]  # imflow_on_connect
+            # imflow_message_types: a new type, validated and normalised by the plugin
+            sent = await alice.send({"to": "bob", "type": "shout", "body": {"text": "hello"}})
+            push = await bob.next_message()
+            assert push["message"]["type"] == "shout" and push["message"]["body"] == {"text": "HELLO"}
+            with pytest.raises(ClientError) as bad:
+                await alice.send({"to": "bob", "type": "shout", "body": {}})
+            assert bad.value.code == "bad_frame" and "a shout needs text" in bad.value.frame["message"]
+            with pytest.raises(ClientError) as unknown:
+                await alice.send({"to": "bob", "type": "nosuch", "body": {}})
+            assert unknown.value.code == "bad_frame"
+            # imflow_before_send: reject with the plugin's code, or transform
+            with pytest.raises(ClientError) as refused:
+                await alice.send_text("bob", "a FORBIDDEN word")
+            assert refused.value.code == "shout.forbidden"
+            await alice.send_text("bob", "darn it")
+            assert (await bob.next_message())["message"]["body"] == {"text": "d**n it"}
+            # imflow_after_persist: called with the stored messages
+            await eventually(lambda: _async(len(plugin.persisted) == 2))
+            assert sent["mid"] in plugin.persisted
+            # imflow_client_operations: a new op, its reply and its errors; it feeds the plugin's agent
+            reply = await alice.request({"op": "shout.count"})
+            assert (reply["op"], reply["persisted"]) == ("shout.count", 2)
+            with pytest.raises(ClientError) as failed:
+                await alice.request({"op": "shout.count", "fail": True})
+            assert failed.value.code == "shout.refused"
+            # imflow_stream_agents: the agent got the record, the timer ticks
+            await eventually(lambda: _async(plugin.audited == [b'{"by":"alice"}']))
+            await eventually(lambda: _async(plugin.ticks >= 2))
+        # imflow_on_disconnect
+        await eventually(lambda: _async(sorted(plugin.disconnected) == ["alice", "bob"]))
+        # imflow_http_routes
+        async with httpx.AsyncClient() as http:
+            reply = await http.get(f"{server.http}/plugins/shout/hello")
+        assert reply.json() == {"hello": "shout"}
+
+
+async def _async(value):
+    return value
+
+
+async def test_a_failing_plugin_is_isolated_and_named(imflow_server, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR)
+    plugin = Everything()
+    async with imflow_server(plugins=[("everything", plugin), ("broken", Broken())]) as server:
+        async with await server.client("alice") as alice, await server.client("bob") as bob:
+            await alice.send({"to": "bob", "type": "shout", "body": {"text": "still works"}})
+            assert (await bob.next_message())["message"]["body"] == {"text": "STILL WORKS"}
+            await eventually(lambda: _async(len(plugin.persisted) == 1))
+    logged = caplog.text
+    for hook in ("imflow_before_send", "imflow_after_persist", "imflow_on_connect", "imflow_message_types"):
+        assert f"plugin broken failed in {hook}" in logged
+
+
+def test_a_misspelled_hook_fails_loudly() -> None:
+    class Typo:
+        @hookimpl
+        def imflow_before_sned(self, command):
+            return None
+
+    with pytest.raises(pluggy.PluginValidationError):
+        make_hooks(Settings(), extra=[("typo", Typo())])
+
+
+def test_plugins_can_be_disabled_and_are_described() -> None:
+    hooks = make_hooks(Settings(disabled_plugins="broken, other"), extra=[("everything", Everything()), ("broken", Broken())])
+    rows = describe(hooks)
+    assert [row["name"] for row in rows] == ["everything"]
+    assert rows[0]["origin"] == "registered in code"
+    assert "imflow_before_send" in rows[0]["hooks"] and "imflow_stream_agents" in rows[0]["hooks"]
