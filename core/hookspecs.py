@@ -15,7 +15,7 @@ import pluggy
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
-    from .agents import AgentSpec, TimerSpec
+    from .agents import AgentContext, AgentSpec, TimerSpec
     from .models import Message, SendCommand
     from .plugin_types import MessageType, Operation, Rejection
     from .settings import Settings
@@ -95,11 +95,12 @@ def imflow_before_send(command: SendCommand) -> SendCommand | Rejection | None:
 
 
 @hookspec
-def imflow_after_persist(messages: list[Message]) -> None:
+def imflow_after_persist(messages: list[Message], context: AgentContext) -> None:
     """Called by the ingest agent after a batch of messages is durable, in seq order.
 
-    Kafka delivers at least once: the same message can come again, so what you do must be
-    idempotent (key it by ``mid``). Results are ignored.
+    ``context`` is the agent's (Redis, settings, ``producer`` and ``topic()`` to feed an agent
+    of your own). Kafka delivers at least once: the same message can come again, so what you
+    do must be idempotent (key it by ``mid``). Results are ignored.
     """
 
 

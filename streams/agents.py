@@ -34,7 +34,7 @@ async def ingest(ctx: AgentContext, records: Records) -> None:
             log.error("ingest: skipped a malformed record on partition %d: %s", partition, exc)
     persisted = await handle_sends(ctx.redis, ctx.ids, ctx.settings, batch)
     if persisted:
-        await ctx.hooks.call("imflow_after_persist", messages=persisted)
+        await ctx.hooks.call("imflow_after_persist", messages=persisted, context=ctx)
 
 
 AGENTS: tuple[AgentSpec, ...] = (AgentSpec("ingest", topics.INGEST, ingest),)
