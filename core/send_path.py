@@ -87,19 +87,19 @@ async def handle_sends(
     gateways = {user: [node.decode() for node in nodes] for user, nodes in zip(users, results[first_lookup:], strict=True)}
 
     # 3. the messages are durable now (conversation log, inboxes, archive queue): tell everyone
-    batch = gateway_events.GatewayBatch()
+    frames = gateway_events.GatewayBatch()
     for message, member, index, skip in deliveries:
         fresh, unread = delivery_result(message, results[index])
         if fresh:
             frame = {"op": "msg", "message": message.model_dump(), "unread": unread.to_dict()}
             for node in gateways[member]:
                 # the sending connection has the message already: it gets the 'sent' ACK
-                batch.add(node, member, frame, skip)
+                frames.add(node, member, frame, skip)
     for (command, _, _), (accepted, _) in zip(work, answers, strict=True):
         if command.gateway:
             frame = {"op": "sent", "cmid": accepted.client_msg_id, "conversation": accepted.conversation, "mid": accepted.mid, "seq": accepted.seq}
-            batch.add(command.gateway, command.sender, frame)
+            frames.add(command.gateway, command.sender, frame)
     async with redis.pipeline(transaction=False) as pipe:
-        batch.queue(pipe)
+        frames.queue(pipe)
         await pipe.execute()
     return [message for _, message in answers if message is not None]
