@@ -120,6 +120,8 @@ def write_segments(layout: ArchiveLayout, records: list[dict[str, Any]]) -> int:
         elif record["kind"] == "delete":
             row = {"owner_uid": record["owner"], "mid": record["mid"], "deleted_at_ms": record["at_ms"]}
             tables[(DELETIONS, mailbox_shard(record["owner"], layout.mailbox_shards))].append(row)
+        elif record["kind"] == "rows":  # a plugin's table (one shard; its schema is its rows')
+            tables[(record["table"], 0)].extend(record["rows"])
     schemas = {CONTENT: CONTENT_SCHEMA, MAILBOX: MAILBOX_SCHEMA, DELETIONS: DELETIONS_SCHEMA}
     written = 0
     for (table, shard), rows in tables.items():
@@ -127,7 +129,7 @@ def write_segments(layout: ArchiveLayout, records: list[dict[str, Any]]) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"seg-{uuid.uuid4().hex}.parquet"
         temporary = final.with_suffix(".parquet.tmp")
-        pq.write_table(pa.Table.from_pylist(rows, schema=schemas[table]), temporary)
+        pq.write_table(pa.Table.from_pylist(rows, schema=schemas.get(table)), temporary)
         temporary.replace(final)  # atomic: readers see a whole segment or none
         written += len(rows)
     return written

@@ -8,13 +8,14 @@ sealing and trimming writes the batch again, which readers de-duplicate.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import TYPE_CHECKING
 
 import orjson
 
 from . import keys
-from .archive import ArchiveLayout, write_segments
+from .archive import CONTENT, DELETIONS, MAILBOX, ArchiveLayout, write_segments
 from .scripts import script
 
 if TYPE_CHECKING:
@@ -24,12 +25,20 @@ if TYPE_CHECKING:
     from .models import Message
 
 LOCK_MS = 60_000
+PLUGIN_TABLE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
 def queue_message(pipe: Pipeline, app_id: str, partition: int, message: Message, members: list[str]) -> None:
     """Add the message's archive record to a pipeline (one RPUSH)."""
     record = {"kind": "message", "message": message.model_dump(), "members": members}
     pipe.rpush(keys.archive_pending(app_id, partition), orjson.dumps(record))
+
+
+async def enqueue_rows(redis: Redis, app_id: str, partition: int, table: str, rows: list[dict]) -> None:
+    """Rows for a plugin's own archive table (``[a-z_]+``); readers de-duplicate on its key."""
+    if not PLUGIN_TABLE.match(table) or table in (CONTENT, MAILBOX, DELETIONS):
+        raise ValueError(f"invalid archive table name {table!r}")
+    await redis.rpush(keys.archive_pending(app_id, partition), orjson.dumps({"kind": "rows", "table": table, "rows": rows}))
 
 
 async def enqueue_deletion(redis: Redis, app_id: str, partition: int, owner: str, mid: int, at_ms: int) -> None:

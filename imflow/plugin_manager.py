@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "imflow"
-DEFAULT_PLUGINS: tuple[str, ...] = ()  # module names, e.g. "imflow.plugins.red_packets"
+DEFAULT_PLUGINS: tuple[str, ...] = ("imflow.plugins.red_packets",)  # module names
 
 
 def make_hooks(settings: Settings, extra: list[tuple[str, Any]] | None = None) -> Hooks:

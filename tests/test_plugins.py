@@ -189,7 +189,9 @@ def test_a_misspelled_hook_fails_loudly() -> None:
 
 def test_plugins_can_be_disabled_and_are_described() -> None:
     hooks = make_hooks(Settings(disabled_plugins="broken, other"), extra=[("everything", Everything()), ("broken", Broken())])
-    rows = describe(hooks)
-    assert [row["name"] for row in rows] == ["everything"]
-    assert rows[0]["origin"] == "registered in code"
-    assert "imflow_before_send" in rows[0]["hooks"] and "imflow_stream_agents" in rows[0]["hooks"]
+    rows = {row["name"]: row for row in describe(hooks)}
+    assert sorted(rows) == ["everything", "red_packets"]
+    assert rows["red_packets"]["origin"] == "built-in"
+    assert rows["everything"]["origin"] == "registered in code"
+    assert "imflow_before_send" in rows["everything"]["hooks"] and "imflow_stream_agents" in rows["everything"]["hooks"]
+    assert "red_packets" not in {row["name"] for row in describe(make_hooks(Settings(disabled_plugins="red_packets")))}

@@ -1,0 +1,199 @@
+"""Red packets (R15), a built-in plugin written only against the hook API.
+
+A ``red_packet`` message carries ``total_cents``, ``count`` and an optional ``greeting``.
+Members of the conversation grab shares (``red_packet.grab``); the split is computed in
+Redis by one Lua script (double-average method: every share at least 1 cent, the shares add
+up to the total exactly, nobody grabs twice, nothing is overdrawn however many gateways
+grab at once). What is not grabbed when the packet expires (24 h by default) is refunded by
+a timer. Every packet, grab and refund goes to the archive tables ``red_packets`` and
+``red_packet_events``.
+
+Settings: ``IMFLOW_RED_PACKETS_TTL_SECONDS``, ``IMFLOW_RED_PACKETS_MAX_TOTAL_CENTS``,
+``IMFLOW_RED_PACKETS_MAX_COUNT``.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from imflow.core import archive_queue
+from imflow.core.agents import TimerSpec
+from imflow.core.hookspecs import hookimpl
+from imflow.core.ids import now_ms
+from imflow.core.plugin_types import MessageType, Operation, OperationError, Rejection
+from imflow.core.send_path import members_of
+
+TYPE = "red_packet"
+EXPIRIES = "rp:expiries"  # sorted set mid -> expires_at_ms, for the refund timer
+PACKETS_TABLE = "red_packets"
+EVENTS_TABLE = "red_packet_events"
+
+
+class RedPacketSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMFLOW_RED_PACKETS_", env_file=".env", extra="ignore")
+
+    ttl_seconds: int = Field(86_400, gt=0, description="How long a packet can be grabbed before the rest is refunded")
+    max_total_cents: int = Field(20_000, gt=0, description="Largest amount one packet may hold, in cents")
+    max_count: int = Field(1_000, gt=0, description="Most shares one packet may be split into")
+
+
+settings = RedPacketSettings()
+
+
+def packet_key(mid: int) -> str:
+    return f"rp:{{{mid}}}:packet"
+
+
+def grabs_key(mid: int) -> str:
+    return f"rp:{{{mid}}}:grabs"
+
+
+@cache
+def _lua(name: str) -> str:
+    return resources.files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _script(redis: Any, name: str) -> Any:
+    scripts = redis.__dict__.setdefault("_red_packet_scripts", {})
+    if name not in scripts:
+        scripts[name] = redis.register_script(_lua(name))
+    return scripts[name]
+
+
+def validate(body: dict[str, Any]) -> dict[str, Any]:
+    """The shape of a red packet body (the amounts are checked in imflow_before_send)."""
+    total, count, greeting = body.get("total_cents"), body.get("count"), body.get("greeting", "")
+    for name, value in (("total_cents", total), ("count", count)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{name} must be an integer")
+    if not isinstance(greeting, str) or len(greeting) > 100:
+        raise ValueError("greeting must be text of at most 100 characters")
+    extra = set(body) - {"total_cents", "count", "greeting"}
+    if extra:
+        raise ValueError(f"unknown fields {sorted(extra)}")
+    return {"total_cents": total, "count": count, "greeting": greeting}
+
+
+def amount_problem(total: int, count: int) -> Rejection | None:
+    if total <= 0 or count <= 0:
+        return Rejection("red_packet.bad_amount", "amount and count must be positive")
+    if count > settings.max_count:
+        return Rejection("red_packet.bad_amount", f"at most {settings.max_count} shares")
+    if count > total:
+        return Rejection("red_packet.bad_amount", "every share needs at least 1 cent: count must not exceed the amount in cents")
+    if total > settings.max_total_cents:
+        return Rejection("red_packet.too_large", f"at most {settings.max_total_cents} cents per packet")
+    return None
+
+
+def _partition(mid: int, settings_: Any) -> int:
+    return zlib.crc32(str(mid).encode()) % settings_.topic_partitions
+
+
+async def grab(context: Any, frame: dict[str, Any]) -> dict[str, Any]:
+    conversation, mid = frame.get("conversation"), frame.get("mid")
+    if not isinstance(conversation, str) or not isinstance(mid, int) or isinstance(mid, bool) or not 0 <= mid < 1 << 53:
+        raise OperationError("red_packet.bad_request", "give the conversation and the packet's mid")
+    members = members_of(conversation)
+    if members is None or context.user not in members:
+        raise OperationError("red_packet.not_member", "only members of the conversation can grab")
+    redis = context.redis
+    if (await redis.hget(packet_key(mid), "conversation") or b"").decode() != conversation:
+        raise OperationError("red_packet.not_found", "no such red packet in this conversation")
+    at = now_ms()
+    status, share, cents_left, count_left = await _script(redis, "grab")(
+        keys=[packet_key(mid), grabs_key(mid)], args=[context.user, at, random.random()]
+    )
+    if status == -1:
+        raise OperationError("red_packet.not_found", "no such red packet in this conversation")
+    if status == -2:
+        raise OperationError("red_packet.expired", "this red packet has expired")
+    if status == -3:
+        raise OperationError("red_packet.already_grabbed", f"you already grabbed {share} cents")
+    if status == -4:
+        raise OperationError("red_packet.empty", "all shares are taken")
+    event = {"mid": mid, "kind": "grab", "user": context.user, "cents": int(share), "at_ms": at}
+    await archive_queue.enqueue_rows(redis, context.settings.app_id, _partition(mid, context.settings), EVENTS_TABLE, [event])
+    return {"mid": mid, "share_cents": int(share), "cents_left": int(cents_left), "count_left": int(count_left)}
+
+
+async def status(context: Any, frame: dict[str, Any]) -> dict[str, Any]:
+    conversation, mid = frame.get("conversation"), frame.get("mid")
+    members = members_of(conversation) if isinstance(conversation, str) else None
+    if members is None or context.user not in members or not isinstance(mid, int):
+        raise OperationError("red_packet.not_found", "no such red packet in this conversation")
+    packet = {k.decode(): v.decode() for k, v in (await context.redis.hgetall(packet_key(mid))).items()}
+    if packet.get("conversation") != conversation:
+        raise OperationError("red_packet.not_found", "no such red packet in this conversation")
+    grabs = {user.decode(): int(cents) for user, cents in (await context.redis.hgetall(grabs_key(mid))).items()}
+    numbers = ("total", "count", "cents_left", "count_left", "expires_at", "refunded")
+    return {"mid": mid, "sender": packet["sender"], **{k: int(packet[k]) for k in numbers}, "grabs": grabs}
+
+
+async def refund_expired(context: Any) -> None:
+    """The refund timer: close expired packets (any worker; the script refunds once)."""
+    at = now_ms()
+    for mid in await context.redis.zrangebyscore(EXPIRIES, 0, at, start=0, num=500):
+        mid = int(mid)
+        refunded = await _script(context.redis, "refund")(keys=[packet_key(mid)], args=[at])
+        if refunded > 0:
+            event = {"mid": mid, "kind": "refund", "user": "", "cents": int(refunded), "at_ms": at}
+            s = context.settings
+            await archive_queue.enqueue_rows(context.redis, s.app_id, _partition(mid, s), EVENTS_TABLE, [event])
+        if refunded != -1:
+            await context.redis.zrem(EXPIRIES, mid)
+
+
+@hookimpl
+def imflow_configure(settings: Any) -> None:
+    globals()["settings"] = RedPacketSettings()
+
+
+@hookimpl
+def imflow_message_types() -> list[MessageType]:
+    return [MessageType(TYPE, validate)]
+
+
+@hookimpl
+def imflow_client_operations() -> list[Operation]:
+    return [Operation("red_packet.grab", grab), Operation("red_packet.status", status)]
+
+
+@hookimpl
+def imflow_stream_agents() -> list[TimerSpec]:
+    return [TimerSpec("red_packet.refund", lambda s: 1.0, refund_expired)]
+
+
+@hookimpl
+def imflow_before_send(command: Any) -> Rejection | None:
+    if command.type != TYPE:
+        return None
+    return amount_problem(command.body["total_cents"], command.body["count"])
+
+
+@hookimpl
+async def imflow_after_persist(messages: list[Any], context: Any) -> None:
+    """Open each new packet (idempotent: a replay finds it open) and put it in the ledger."""
+    for message in messages:
+        if message.type != TYPE:
+            continue
+        expires = message.sent_at_ms + settings.ttl_seconds * 1000
+        body = message.body
+        opened = await _script(context.redis, "open")(
+            keys=[packet_key(message.mid)],
+            args=[body["total_cents"], body["count"], message.sender, message.conversation, expires],
+        )
+        await context.redis.zadd(EXPIRIES, {message.mid: expires}, nx=True)
+        if opened:
+            row = {"mid": message.mid, "conversation": message.conversation, "sender": message.sender,
+                   "total_cents": body["total_cents"], "count": body["count"], "greeting": body["greeting"],
+                   "expires_at_ms": expires}
+            s = context.settings
+            await archive_queue.enqueue_rows(context.redis, s.app_id, _partition(message.mid, s), PACKETS_TABLE, [row])
