@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -50,6 +51,24 @@ class Backend(Protocol):
         ...
 
 
+HOME = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>imflow</title>
+<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#1d2430}
+code{background:#eef1f5;padding:.1rem .3rem;border-radius:4px}h1{font-size:1.6rem}</style></head>
+<body><h1>imflow is running</h1>
+<p>Gateway <code>$node</code>. Clients connect to the WebSocket at <code>/ws</code>
+(first frame: <code>{"op": "auth", "token": "..."}</code>; <code>imflow token alice</code> prints a development token).</p>
+<ul><li><a href="/healthz">/healthz</a>: the process is alive</li>
+<li><a href="/readyz">/readyz</a>: its Redis and transport answer</li></ul>
+<p>The protocol, every frame and error code: <code>docs/protocol.md</code>. A Python client: <code>imflow.client</code>.</p>
+</body></html>"""
+
+
+async def home(request: Request) -> HTMLResponse:
+    return HTMLResponse(HOME.replace("$node", html.escape(request.app.state.backend.node_name)))
+
+
 async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "alive"})
 
@@ -79,7 +98,7 @@ def create_gateway(backend: Backend) -> Starlette:
             await backend.stop()
 
     extensions = Extensions.from_hooks(backend.hooks)
-    routes = [Route("/healthz", healthz), Route("/readyz", readyz), WebSocketRoute("/ws", client_socket), *extensions.routes]
+    routes = [Route("/", home), Route("/healthz", healthz), Route("/readyz", readyz), WebSocketRoute("/ws", client_socket), *extensions.routes]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.backend = backend
     app.state.extensions = extensions

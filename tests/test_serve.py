@@ -12,6 +12,8 @@ def test_serve_embedded_needs_no_servers(tmp_path: Path) -> None:
     serve = ImflowProcess(["serve", "--port", str(port)], env, tmp_path / "serve.log", tmp_path)
     try:
         assert serve.wait_http(f"http://127.0.0.1:{port}/healthz").json() == {"status": "alive"}
+        home = serve.wait_http(f"http://127.0.0.1:{port}/")
+        assert home.status_code == 200 and "imflow is running" in home.text and "/ws" in home.text
         ready = serve.wait_http(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 200
         assert ready.json()["checks"] == {"redis": True, "transport": True, "gateway_channel": True}
@@ -55,3 +57,25 @@ def test_gateway_reports_unready_when_redis_does_not_answer(tmp_path: Path, kafk
         assert gateway.wait_http(f"http://127.0.0.1:{port}/healthz").status_code == 200
     finally:
         gateway.stop_gracefully()
+
+
+@pytest.mark.kafka
+@pytest.mark.redis
+async def test_serve_with_real_kafka_and_redis_runs_faust_in_process(tmp_path: Path, kafka_url: str, redis_url: str, app_id: str) -> None:
+    """``imflow serve --kafka --redis``: one process, the real servers, the Faust agents inside."""
+    from imflow.client import Client
+    from imflow.core import tokens
+
+    port, secret = free_port(), "k" * 40
+    env = {"IMFLOW_APP_ID": app_id, "IMFLOW_SECRET_KEY": secret, "IMFLOW_DATA_DIR": str(tmp_path / "data")}
+    serve = ImflowProcess(["serve", "--port", str(port), "--kafka", kafka_url, "--redis", redis_url], env, tmp_path / "serve.log", tmp_path)
+    try:
+        ready = serve.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=90)
+        assert ready.json()["checks"] == {"redis": True, "kafka": True, "gateway_channel": True}
+        url = f"ws://127.0.0.1:{port}/ws"
+        a, b = f"alice-{app_id}", f"bob-{app_id}"  # users of this test only: the database is shared
+        async with await Client.connect(url, tokens.issue(secret, a, 60)) as alice, await Client.connect(url, tokens.issue(secret, b, 60)) as bob:
+            sent = await alice.send_text(b, "through Kafka", timeout=10, attempts=6)  # the group may still be joining
+            assert (await bob.next_message(timeout=30))["message"]["mid"] == sent["mid"]
+    finally:
+        serve.stop_gracefully()
