@@ -8,8 +8,10 @@ with its plugin's name and skipped. Async implementations are awaited (datasette
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pluggy
@@ -39,33 +41,30 @@ class Hooks:
         # pluggy's order: last registered first (tryfirst/trylast respected)
         return list(reversed(getattr(self.manager.hook, name).get_hookimpls()))
 
-    async def results(self, name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """(plugin name, result) of every implementation that returned something."""
-        out = []
+    async def _answers(self, name: str, kwargs: dict[str, Any]) -> AsyncIterator[tuple[str, Any]]:
+        """(plugin name, result) of each implementation in turn; a failing one is logged and skipped."""
         for impl in self._implementations(name):
             try:
                 value = await await_me_maybe(impl.function(*[kwargs[arg] for arg in impl.argnames]))
             except Exception:
                 log.exception("plugin %s failed in %s; skipped", impl.plugin_name, name)
                 continue
-            if value is not None:
-                out.append((impl.plugin_name, value))
-        return out
+            yield impl.plugin_name, value
+
+    async def results(self, name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """(plugin name, result) of every implementation that returned something."""
+        return [(plugin, value) async for plugin, value in self._answers(name, kwargs) if value is not None]
 
     async def call(self, name: str, **kwargs: Any) -> None:
         """Every implementation, results ignored."""
         await self.results(name, **kwargs)
 
     async def first(self, name: str, **kwargs: Any) -> Any:
-        """The first result that is not None (``firstresult`` hooks)."""
-        for impl in self._implementations(name):
-            try:
-                value = await await_me_maybe(impl.function(*[kwargs[arg] for arg in impl.argnames]))
-            except Exception:
-                log.exception("plugin %s failed in %s; skipped", impl.plugin_name, name)
-                continue
-            if value is not None:
-                return value
+        """The first result that is not None (``firstresult`` hooks); later ones are not called."""
+        async with contextlib.aclosing(self._answers(name, kwargs)) as answers:
+            async for _, value in answers:
+                if value is not None:
+                    return value
         return None
 
     def collect_sync(self, name: str, **kwargs: Any) -> list[Any]:
