@@ -1,7 +1,11 @@
 """Tokens and frame parsing (pure functions)."""
 
+import json
+
 import jwt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imflow.core import tokens
 from imflow.core.errors import ImflowError
@@ -53,3 +57,28 @@ def test_ref_of_only_echoes_safe_refs() -> None:
     assert protocol.ref_of('{"ref": true}') is None
     assert protocol.ref_of('{"ref": "' + "x" * 100 + '"}') is None
     assert protocol.ref_of("[1]") is None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+frame_like = st.fixed_dictionaries(
+    {"op": st.sampled_from([*protocol.OPS, "x.y", "", "nope"])},
+    optional={"ref": json_values, "cmid": json_values, "to": json_values, "body": json_values, "mids": json_values,
+              "conversation": json_values, "seq": json_values, "limit": json_values, "token": json_values},
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(json_values, frame_like).map(lambda v: json.dumps(v).encode()) | st.binary(max_size=200))
+def test_no_input_escapes_parse_as_anything_but_a_coded_error(data: bytes) -> None:
+    """Whatever bytes a client sends, parsing gives a frame or an ImflowError with a known code."""
+    try:
+        frame = protocol.parse(data, frozenset({"x.y"}))
+    except ImflowError as error:
+        assert error.code in {"bad_json", "bad_frame", "unknown_op"}
+        assert error.message
+    else:
+        assert isinstance(frame, protocol.ClientFrame)
