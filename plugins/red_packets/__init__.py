@@ -186,14 +186,15 @@ async def imflow_after_persist(messages: list[Any], context: Any) -> None:
             continue
         expires = message.sent_at_ms + settings.ttl_seconds * 1000
         body = message.body
-        opened = await _script(context.redis, "open")(
+        await _script(context.redis, "open")(
             keys=[packet_key(message.mid)],
             args=[body["total_cents"], body["count"], message.sender, message.conversation, expires],
         )
         await context.redis.zadd(EXPIRIES, {message.mid: expires}, nx=True)
-        if opened:
-            row = {"mid": message.mid, "conversation": message.conversation, "sender": message.sender,
-                   "total_cents": body["total_cents"], "count": body["count"], "greeting": body["greeting"],
-                   "expires_at_ms": expires}
-            s = context.settings
-            await archive_queue.enqueue_rows(context.redis, s.app_id, _partition(message.mid, s), PACKETS_TABLE, [row])
+        # written on every replay too (a crash may have come between opening and this):
+        # the row is the same each time, and the archive view keeps one
+        row = {"mid": message.mid, "conversation": message.conversation, "sender": message.sender,
+               "total_cents": body["total_cents"], "count": body["count"], "greeting": body["greeting"],
+               "expires_at_ms": expires}
+        s = context.settings
+        await archive_queue.enqueue_rows(context.redis, s.app_id, _partition(message.mid, s), PACKETS_TABLE, [row])
