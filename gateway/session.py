@@ -35,15 +35,23 @@ async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub, extens
     connection = Connection(websocket, user, OUTBOUND_QUEUE)
     connection.push({"op": "welcome", "user": user, "node": backend.node_name})  # always the first frame
     hub.add(connection)
-    await presence.connected(backend.redis, user, backend.node_name)
-    await backend.hooks.call("imflow_on_connect", user=user, node=backend.node_name)
     try:
+        await _presence(presence.connected, backend, user)
+        await backend.hooks.call("imflow_on_connect", user=user, node=backend.node_name)
         await _serve(websocket, backend, connection, extensions)
     finally:
         hub.remove(connection)
-        await presence.disconnected(backend.redis, user, backend.node_name)
+        await _presence(presence.disconnected, backend, user)
         await backend.hooks.call("imflow_on_disconnect", user=user, node=backend.node_name)
         await connection.finish()
+
+
+async def _presence(change: Any, backend: Backend, user: str) -> None:
+    """Record where the user is; if Redis is out, the session goes on (pushes may miss it, sync won't)."""
+    try:
+        await change(backend.redis, user, backend.node_name)
+    except Exception as exc:
+        log.warning("presence of %s not recorded (%s); the client will still sync", user, exc)
 
 
 async def _authenticate(websocket: WebSocket, backend: Backend) -> str | None:
