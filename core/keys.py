@@ -84,3 +84,27 @@ def archive_pending(app_id: str, partition: int) -> str:
 
 def archive_lock(app_id: str, partition: int) -> str:
     return f"{PREFIX}:archive:{app_id}:lock:{partition}"
+
+
+def group_tag(gid: str) -> str:
+    return f"{{g:{gid}}}"
+
+
+def group_members(gid: str) -> str:
+    """Hash user -> role (owner, admin, member): the truth about who is in a group."""
+    return f"{PREFIX}:{group_tag(gid)}:members"
+
+
+def group_joined(gid: str) -> str:
+    """Hash user -> the group conversation's seq when they joined (they see what comes after)."""
+    return f"{PREFIX}:{group_tag(gid)}:joined"
+
+
+def group_info(gid: str) -> str:
+    """Hash name, owner, created_at_ms."""
+    return f"{PREFIX}:{group_tag(gid)}:info"
+
+
+def user_groups(user: str) -> str:
+    """Set of the groups a user is in (an index of the members hashes)."""
+    return f"{PREFIX}:{user_tag(user)}:groups"

@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from imflow.core import archive_queue, gateway_events, inbox, keys
+from imflow.core import archive_queue, gateway_events, groups, inbox, keys
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
 from imflow.core.models import SendCommand, direct_conversation
 from imflow.core.plugin_calls import await_me_maybe
 from imflow.core.plugin_types import OperationContext, OperationError, Rejection
-from imflow.core.send_path import members_of
 
 from . import protocol
 
@@ -24,20 +23,17 @@ if TYPE_CHECKING:
     from .hub import Connection
 
 
-def _require_member(user: str, conversation: str) -> list[str]:
-    members = members_of(conversation)
-    if members is None or user not in members:
+async def _require_member(backend: Backend, user: str, conversation: str) -> None:
+    if not await groups.is_member(backend.redis, conversation, user):
         # non-members learn nothing about a conversation, not even that it exists
         raise ImflowError(ErrorCode.NOT_FOUND, f"no conversation {conversation!r} for you")
-    return members
 
 
 async def send(frame: protocol.Send, connection: Connection, backend: Backend, extensions: Extensions) -> None:
     user = connection.user
     conversation = direct_conversation(user, frame.to) if frame.to else frame.conversation
     assert conversation is not None  # the frame validator guarantees one of them
-    members = members_of(conversation)
-    if members is None or user not in members:
+    if not await groups.is_member(backend.redis, conversation, user):
         raise ImflowError(ErrorCode.FORBIDDEN, f"you are not a member of {conversation!r}")
     message_type = extensions.message_types.get(frame.type)
     if message_type is None:
@@ -87,7 +83,7 @@ async def ack(frame: protocol.Ack, connection: Connection, backend: Backend, ext
 
 async def read(frame: protocol.Read, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     user = connection.user
-    _require_member(user, frame.conversation)
+    await _require_member(backend, user, frame.conversation)
     unread = await inbox.mark_read(backend.redis, user, frame.conversation, frame.seq)
     reply = {"op": "unread", **unread.to_dict()}
     await gateway_events.to_user(backend.redis, user, reply)  # the user's other devices
@@ -105,14 +101,17 @@ async def sync(frame: protocol.Sync, connection: Connection, backend: Backend, e
 
 async def history(frame: protocol.History, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     user = connection.user
-    _require_member(user, frame.conversation)
+    await _require_member(backend, user, frame.conversation)
+    gid = groups.group_id(frame.conversation)
+    # a group member sees what came after they joined, nothing before
+    floor = await groups.joined_seq(backend.redis, gid, user) if gid else 0
     upper = f"({frame.before_seq}" if frame.before_seq is not None else "+inf"
     entries = await backend.redis.zrevrangebyscore(
-        keys.conversation_log(frame.conversation), upper, "-inf", start=0, num=frame.limit
+        keys.conversation_log(frame.conversation), upper, f"({floor}", start=0, num=frame.limit
     )
     messages = [orjson.loads(entry) for entry in entries]
     oldest = messages[-1]["seq"] if messages else (frame.before_seq or 1 << 53)
-    if len(messages) < frame.limit and oldest > 1:
+    if len(messages) < frame.limit and oldest > floor + 1:
         # older than what Redis keeps: the archive's mailbox index, then the contents
         older = await asyncio.to_thread(
             backend.archive.history_page, user, frame.conversation, oldest, frame.limit - len(messages)
@@ -125,13 +124,13 @@ async def history(frame: protocol.History, connection: Connection, backend: Back
         "op": "history",
         "conversation": frame.conversation,
         "messages": visible,
-        "next_before_seq": last_seq if last_seq is not None and last_seq > 1 else None,
+        "next_before_seq": last_seq if last_seq is not None and last_seq > floor + 1 else None,
     }
 
 
 async def delete(frame: protocol.Delete, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     user = connection.user
-    _require_member(user, frame.conversation)
+    await _require_member(backend, user, frame.conversation)
     await inbox.delete_for_me(backend.redis, user, frame.mid)
     partition = zlib.crc32(user.encode()) % backend.settings.topic_partitions
     await archive_queue.enqueue_deletion(backend.redis, backend.settings.app_id, partition, user, frame.mid, now_ms())

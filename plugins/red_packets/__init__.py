@@ -28,7 +28,7 @@ from imflow.core.agents import TimerSpec
 from imflow.core.hookspecs import hookimpl
 from imflow.core.ids import now_ms
 from imflow.core.plugin_types import MessageType, Operation, OperationError, Rejection
-from imflow.core.send_path import members_of
+from imflow.core.groups import is_member
 
 TYPE = "red_packet"
 EXPIRIES = "rp:expiries"  # sorted set mid -> expires_at_ms, for the refund timer
@@ -101,8 +101,7 @@ async def grab(context: Any, frame: dict[str, Any]) -> dict[str, Any]:
     conversation, mid = frame.get("conversation"), frame.get("mid")
     if not isinstance(conversation, str) or not isinstance(mid, int) or isinstance(mid, bool) or not 0 <= mid < 1 << 53:
         raise OperationError("red_packet.bad_request", "give the conversation and the packet's mid")
-    members = members_of(conversation)
-    if members is None or context.user not in members:
+    if not await is_member(context.redis, conversation, context.user):
         raise OperationError("red_packet.not_member", "only members of the conversation can grab")
     redis = context.redis
     if (await redis.hget(packet_key(mid), "conversation") or b"").decode() != conversation:
@@ -126,8 +125,7 @@ async def grab(context: Any, frame: dict[str, Any]) -> dict[str, Any]:
 
 async def status(context: Any, frame: dict[str, Any]) -> dict[str, Any]:
     conversation, mid = frame.get("conversation"), frame.get("mid")
-    members = members_of(conversation) if isinstance(conversation, str) else None
-    if members is None or context.user not in members or not isinstance(mid, int):
+    if not isinstance(conversation, str) or not isinstance(mid, int) or not await is_member(context.redis, conversation, context.user):
         raise OperationError("red_packet.not_found", "no such red packet in this conversation")
     packet = {k.decode(): v.decode() for k, v in (await context.redis.hgetall(packet_key(mid))).items()}
     if packet.get("conversation") != conversation:

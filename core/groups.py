@@ -1,0 +1,154 @@
+"""Groups (R3): who is in a group, with which role, and who may change that.
+
+The members hash of a group is the truth; each user's set of groups is an index written after
+it. Every gateway and worker reads membership from Redis when it needs it, so a change is
+visible everywhere at once. Roles: the owner (one), admins, members.
+
+- the owner and admins add members; the owner adds admins (``set_role``);
+- the owner removes anyone but themself, an admin removes plain members;
+- anyone but the owner may leave (the owner hands the group over first).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import keys
+from .errors import ErrorCode, ImflowError
+from .ids import now_ms
+from .models import direct_members
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+OWNER, ADMIN, MEMBER = "owner", "admin", "member"
+MAX_MEMBERS = 100_000
+
+
+def group_id(conversation: str) -> str | None:
+    kind, _, gid = conversation.partition(":")
+    return gid if kind == "g" and gid else None
+
+
+async def conversation_members(redis: Redis, conversation: str) -> list[str] | None:
+    """The members of any conversation, or None if there is no such conversation."""
+    pair = direct_members(conversation)
+    if pair is not None:
+        return sorted(set(pair))
+    gid = group_id(conversation)
+    if gid is None:
+        return None
+    members = await redis.hkeys(keys.group_members(gid))
+    return sorted(member.decode() for member in members) or None
+
+
+async def is_member(redis: Redis, conversation: str, user: str) -> bool:
+    pair = direct_members(conversation)
+    if pair is not None:
+        return user in pair
+    gid = group_id(conversation)
+    return gid is not None and bool(await redis.hexists(keys.group_members(gid), user))
+
+
+async def role_of(redis: Redis, gid: str, user: str) -> str | None:
+    role = await redis.hget(keys.group_members(gid), user)
+    return role.decode() if role else None
+
+
+async def joined_seq(redis: Redis, gid: str, user: str) -> int:
+    return int(await redis.hget(keys.group_joined(gid), user) or 0)
+
+
+async def members(redis: Redis, gid: str, asker: str) -> dict[str, str]:
+    roles = {user.decode(): role.decode() for user, role in (await redis.hgetall(keys.group_members(gid))).items()}
+    if asker not in roles:
+        raise ImflowError(ErrorCode.NOT_FOUND, f"no group {gid!r} for you")
+    return roles
+
+
+async def _join(redis: Redis, gid: str, users: dict[str, str]) -> None:
+    seq = int(await redis.get(keys.conversation_seq(f"g:{gid}")) or 0)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.group_members(gid), mapping=users)
+        pipe.hset(keys.group_joined(gid), mapping={user: seq for user in users})
+        await pipe.execute()
+    for user in users:
+        await redis.sadd(keys.user_groups(user), gid)
+
+
+async def create(redis: Redis, gid: str, owner: str, name: str, initial: list[str]) -> dict[str, str]:
+    if not await redis.hsetnx(keys.group_info(gid), "owner", owner):
+        raise ImflowError(ErrorCode.BAD_FRAME, f"group {gid!r} exists already")
+    await redis.hset(keys.group_info(gid), mapping={"name": name, "created_at_ms": now_ms()})
+    roles = {user: MEMBER for user in initial if user != owner}
+    roles[owner] = OWNER
+    await _join(redis, gid, roles)
+    return roles
+
+
+async def add(redis: Redis, gid: str, actor: str, users: list[str]) -> list[str]:
+    """Add members (owner or admin); returns those who were not in the group yet."""
+    if await role_of(redis, gid, actor) not in (OWNER, ADMIN):
+        raise ImflowError(ErrorCode.FORBIDDEN, "only the owner and admins add members")
+    current = set(await conversation_members(redis, f"g:{gid}") or ())
+    new = sorted(set(users) - current)
+    if len(current) + len(new) > MAX_MEMBERS:
+        raise ImflowError(ErrorCode.FORBIDDEN, f"a group has at most {MAX_MEMBERS} members")
+    if new:
+        await _join(redis, gid, {user: MEMBER for user in new})
+    return new
+
+
+async def remove(redis: Redis, gid: str, actor: str, user: str) -> None:
+    actor_role, user_role = await role_of(redis, gid, actor), await role_of(redis, gid, user)
+    if actor_role is None:
+        raise ImflowError(ErrorCode.NOT_FOUND, f"no group {gid!r} for you")
+    if user_role is None:
+        raise ImflowError(ErrorCode.NOT_FOUND, f"{user} is not in the group")
+    allowed = (actor_role == OWNER and user_role != OWNER) or (actor_role == ADMIN and user_role == MEMBER)
+    if not allowed:
+        raise ImflowError(ErrorCode.FORBIDDEN, f"a group's {actor_role} cannot remove its {user_role}")
+    await _leave(redis, gid, user)
+
+
+async def leave(redis: Redis, gid: str, user: str) -> None:
+    role = await role_of(redis, gid, user)
+    if role is None:
+        raise ImflowError(ErrorCode.NOT_FOUND, f"no group {gid!r} for you")
+    if role == OWNER:
+        raise ImflowError(ErrorCode.FORBIDDEN, "the owner cannot leave; make someone else owner first")
+    await _leave(redis, gid, user)
+
+
+async def _leave(redis: Redis, gid: str, user: str) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(keys.group_members(gid), user)
+        pipe.hdel(keys.group_joined(gid), user)
+        await pipe.execute()
+    await redis.srem(keys.user_groups(user), gid)
+
+
+async def set_role(redis: Redis, gid: str, actor: str, user: str, role: str) -> None:
+    """The owner makes a member an admin or an admin a member, or hands ownership over."""
+    if await role_of(redis, gid, actor) != OWNER:
+        raise ImflowError(ErrorCode.FORBIDDEN, "only the owner changes roles")
+    if await role_of(redis, gid, user) is None:
+        raise ImflowError(ErrorCode.NOT_FOUND, f"{user} is not in the group")
+    if role not in (OWNER, ADMIN, MEMBER) or user == actor:
+        raise ImflowError(ErrorCode.BAD_FRAME, "role must be owner, admin or member, for someone else")
+    changes = {user: role}
+    if role == OWNER:  # one owner: the old one becomes an admin
+        changes[actor] = ADMIN
+        await redis.hset(keys.group_info(gid), "owner", user)
+    await redis.hset(keys.group_members(gid), mapping=changes)
+
+
+async def groups_of(redis: Redis, user: str) -> list[dict[str, str]]:
+    gids = sorted(gid.decode() for gid in await redis.smembers(keys.user_groups(user)))
+    out = []
+    for gid in gids:
+        info = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.group_info(gid))).items()}
+        role = await role_of(redis, gid, user)
+        if role is not None:  # the index may lag a removal by a moment
+            out.append({"gid": gid, "conversation": f"g:{gid}", "name": info.get("name", ""), "role": role})
+    return out
