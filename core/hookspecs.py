@@ -96,7 +96,8 @@ def imflow_before_send(command: SendCommand) -> SendCommand | Rejection | None:
 
 @hookspec
 def imflow_after_persist(messages: list[Message], context: AgentContext) -> None:
-    """Called by the ingest agent after a batch of messages is durable, in seq order.
+    """Called by the ingest agent after a batch of messages is durable, in seq order, and
+    before any client is told about them (no push or ACK has gone out yet).
 
     ``context`` is the agent's (Redis, settings, ``producer`` and ``topic()`` to feed an agent
     of your own). Kafka delivers at least once: the same message can come again, so what you

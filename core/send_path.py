@@ -11,7 +11,7 @@ A replay after a crash half-way through finishes the work the crash interrupted.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from . import archive_queue, gateway_events, keys
@@ -54,10 +54,13 @@ async def handle_sends(
     ids_for: Callable[[int], IdGenerator],
     settings: Settings,
     batch: list[tuple[SendCommand, int]],
+    after_persist: Callable[[list[Message]], Awaitable[None]] | None = None,
 ) -> list[Message]:
     """Process sends in topic order; returns the stored messages (a replay's too), in order.
 
-    ``ids_for(partition)`` gives that partition's id generator.
+    ``ids_for(partition)`` gives that partition's id generator. ``after_persist`` runs once the
+    batch is durable and before anyone is told, so what it sets up (a red packet, say) exists
+    by the time a client sees the message.
     """
     work = []
     known = await members_by_conversation(redis, {command.conversation for command, _ in batch})
@@ -100,6 +103,10 @@ async def handle_sends(
     (deliveries, first_lookup), results = await run_pipeline(redis, fan_out)
     gateways = {user: [node.decode() for node in nodes] for user, nodes in zip(users, results[first_lookup:], strict=True)}
 
+    stored = [message for _, message in answers if message is not None]
+    if after_persist is not None and stored:
+        await after_persist(stored)
+
     # 3. the messages are durable now (conversation log, inboxes, archive queue): tell everyone
     frames = gateway_events.GatewayBatch()
     for message, member, index, skip in deliveries:
@@ -116,4 +123,4 @@ async def handle_sends(
     async with redis.pipeline(transaction=False) as pipe:
         frames.queue(pipe)
         await pipe.execute()
-    return [message for _, message in answers if message is not None]
+    return stored

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -145,7 +146,51 @@ async def already_authenticated(frame: protocol.Auth, connection: Connection, ba
     raise ImflowError(ErrorCode.BAD_FRAME, "already authenticated; open a new connection to change user")
 
 
+# -- groups
+
+
+async def create_group(frame: protocol.CreateGroup, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
+    gid = uuid.uuid4().hex[:16]
+    roles = await groups.create(backend.redis, gid, connection.user, frame.name, list(frame.members))
+    return {"op": "group", "gid": gid, "conversation": f"g:{gid}", "name": frame.name, "members": roles}
+
+
+async def add_members(frame: protocol.AddMembers, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
+    added = await groups.add(backend.redis, frame.gid, connection.user, list(frame.users))
+    return {"op": "members_added", "gid": frame.gid, "added": added}
+
+
+async def remove_member(frame: protocol.RemoveMember, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
+    await groups.remove(backend.redis, frame.gid, connection.user, frame.user)
+    return {"op": "member_removed", "gid": frame.gid, "user": frame.user}
+
+
+async def leave_group(frame: protocol.LeaveGroup, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
+    await groups.leave(backend.redis, frame.gid, connection.user)
+    return {"op": "left", "gid": frame.gid}
+
+
+async def set_role(frame: protocol.SetRole, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
+    await groups.set_role(backend.redis, frame.gid, connection.user, frame.user, frame.role)
+    return {"op": "role_set", "gid": frame.gid, "user": frame.user, "role": frame.role}
+
+
+async def group_members(frame: protocol.GroupMembers, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
+    return {"op": "group_members", "gid": frame.gid, "members": await groups.members(backend.redis, frame.gid, connection.user)}
+
+
+async def my_groups(frame: protocol.MyGroups, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
+    return {"op": "my_groups", "groups": await groups.groups_of(backend.redis, connection.user)}
+
+
 HANDLERS = {
+    protocol.CreateGroup: create_group,
+    protocol.AddMembers: add_members,
+    protocol.RemoveMember: remove_member,
+    protocol.LeaveGroup: leave_group,
+    protocol.SetRole: set_role,
+    protocol.GroupMembers: group_members,
+    protocol.MyGroups: my_groups,
     protocol.Auth: already_authenticated,
     protocol.Send: send,
     protocol.Ack: ack,

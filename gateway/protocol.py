@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, model_validator
 
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.models import MAX_SAFE_INT, ClientMsgId, ConversationId, MessageType, SafeInt, UserId
@@ -81,6 +81,49 @@ class Ping(ClientFrame):
     op: Literal["ping"]
 
 
+GroupId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+Users = Annotated[list[UserId], Field(max_length=1000)]
+
+
+class CreateGroup(ClientFrame):
+    op: Literal["create_group"]
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    members: Users = []
+
+
+class AddMembers(ClientFrame):
+    op: Literal["add_members"]
+    gid: GroupId
+    users: Annotated[list[UserId], Field(min_length=1, max_length=1000)]
+
+
+class RemoveMember(ClientFrame):
+    op: Literal["remove_member"]
+    gid: GroupId
+    user: UserId
+
+
+class LeaveGroup(ClientFrame):
+    op: Literal["leave_group"]
+    gid: GroupId
+
+
+class SetRole(ClientFrame):
+    op: Literal["set_role"]
+    gid: GroupId
+    user: UserId
+    role: Literal["owner", "admin", "member"]
+
+
+class GroupMembers(ClientFrame):
+    op: Literal["group_members"]
+    gid: GroupId
+
+
+class MyGroups(ClientFrame):
+    op: Literal["my_groups"]
+
+
 class PluginCall(ClientFrame):
     """An operation a plugin added; its own handler validates ``fields``."""
 
@@ -92,8 +135,15 @@ class PluginCall(ClientFrame):
         return dict(self.model_extra or {})
 
 
-Frame = Annotated[Auth | Send | Ack | Read | Sync | History | Delete | Ping, Field(discriminator="op")]
-OPS = ("auth", "send", "ack", "read", "sync", "history", "delete", "ping")
+Frame = Annotated[
+    Auth | Send | Ack | Read | Sync | History | Delete | Ping
+    | CreateGroup | AddMembers | RemoveMember | LeaveGroup | SetRole | GroupMembers | MyGroups,
+    Field(discriminator="op"),
+]
+OPS = (
+    "auth", "send", "ack", "read", "sync", "history", "delete", "ping",
+    "create_group", "add_members", "remove_member", "leave_group", "set_role", "group_members", "my_groups",
+)
 _frame = TypeAdapter(Frame)
 
 

@@ -15,7 +15,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from imflow.core import archive_queue
 from imflow.core.agents import AgentContext, AgentSpec, Records, TimerSpec
-from imflow.core.models import SendCommand
+from imflow.core.models import Message, SendCommand
 from imflow.core.plugin_calls import Hooks
 from imflow.core.send_path import handle_sends
 
@@ -32,9 +32,10 @@ async def ingest(ctx: AgentContext, records: Records) -> None:
             batch.append((SendCommand.model_validate_json(value), partition))
         except pydantic.ValidationError as exc:
             log.error("ingest: skipped a malformed record on partition %d: %s", partition, exc)
-    persisted = await handle_sends(ctx.redis, ctx.ids, ctx.settings, batch)
-    if persisted:
-        await ctx.hooks.call("imflow_after_persist", messages=persisted, context=ctx)
+    async def after_persist(messages: list[Message]) -> None:
+        await ctx.hooks.call("imflow_after_persist", messages=messages, context=ctx)
+
+    await handle_sends(ctx.redis, ctx.ids, ctx.settings, batch, after_persist)
 
 
 AGENTS: tuple[AgentSpec, ...] = (AgentSpec("ingest", topics.INGEST, ingest),)
