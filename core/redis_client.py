@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 
-def connect(url: str | None) -> Redis:
-    """A client for ``url``; without one, an in-process fakeredis server private to this client."""
+def connect(url: str | None, max_connections: int = 64) -> Redis:
+    """A client for ``url``; without one, an in-process fakeredis server private to this client.
+
+    The pool blocks (up to 10 s) when all its connections are busy instead of failing, so a
+    burst of a thousand requests queues for a connection rather than erroring.
+    """
     if url:
-        return Redis.from_url(url, decode_responses=False, health_check_interval=30)
+        pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10, health_check_interval=30)
+        return Redis(connection_pool=pool, decode_responses=False)
     import fakeredis  # only the embedded default needs it
 
     return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=False)
