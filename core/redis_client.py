@@ -16,4 +16,9 @@ def connect(url: str | None, max_connections: int = 64) -> Redis:
         return Redis(connection_pool=pool, decode_responses=False)
     import fakeredis  # only the embedded default needs it
 
-    return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=False)
+    return fakeredis.FakeAsyncRedis(
+        server=fakeredis.FakeServer(),
+        decode_responses=False,
+        connection_pool_class=BlockingConnectionPool,
+        max_connections=max_connections,
+    )

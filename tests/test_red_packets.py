@@ -143,3 +143,35 @@ async def test_unclaimed_amount_is_refunded_on_expiry(imflow_server, monkeypatch
             with pytest.raises(ClientError) as late:
                 await alice.request({"op": "red_packet.grab", "conversation": conversation, "mid": sent["mid"]})
             assert late.value.code == "red_packet.expired"
+
+
+async def test_concurrent_grabs_through_the_gateways(stack, users) -> None:
+    """300 members of a group grab a 100-share packet at once, through both gateways of the stack."""
+    from imflow.client import Client
+
+    names = [getattr(users, f"m{i}") for i in range(300)]
+    clients = []
+    for start in range(0, 300, 50):
+        clients += await asyncio.gather(*(Client.connect(stack.url(i), stack.token(names[i])) for i in range(start, start + 50)))
+    host = await Client.connect(stack.url(0), stack.token(users.host))
+    try:
+        group = await host.request({"op": "create_group", "name": "race", "members": names})
+        sent = await host.send({"conversation": group["conversation"], **red_packet(5_000, 100)}, timeout=30)
+        await asyncio.gather(*(client.next_message(timeout=60) for client in clients))
+
+        async def grab(client) -> tuple[str, int]:
+            try:
+                reply = await client.request({"op": "red_packet.grab", "conversation": group["conversation"], "mid": sent["mid"]}, timeout=60)
+                return "won", reply["share_cents"]
+            except ClientError as error:
+                return error.code, 0
+
+        results = await asyncio.gather(*(grab(client) for client in clients))
+        won = [cents for outcome, cents in results if outcome == "won"]
+        assert len(won) == 100 and sum(won) == 5_000 and min(won) >= 1
+        assert sorted({outcome for outcome, _ in results}) == ["red_packet.empty", "won"]
+        state = await host.request({"op": "red_packet.status", "conversation": group["conversation"], "mid": sent["mid"]})
+        assert sum(state["grabs"].values()) == 5_000 and state["cents_left"] == 0
+    finally:
+        for client in [*clients, host]:
+            await client.close()
