@@ -13,7 +13,7 @@ def connect(url: str | None, max_connections: int = 64) -> Redis:
     """
     if url:
         pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10, health_check_interval=30)
-        return Redis(connection_pool=pool, decode_responses=False)
+        return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections too
     import fakeredis  # only the embedded default needs it
 
     return fakeredis.FakeAsyncRedis(
