@@ -11,9 +11,10 @@ visible everywhere at once. Roles: the owner (one), admins, members.
 
 from __future__ import annotations
 
+import zlib
 from typing import TYPE_CHECKING
 
-from . import keys
+from . import archive_queue, keys
 from .errors import ErrorCode, ImflowError
 from .ids import now_ms
 from .models import direct_members
@@ -23,6 +24,15 @@ if TYPE_CHECKING:
 
 OWNER, ADMIN, MEMBER = "owner", "admin", "member"
 MAX_MEMBERS = 100_000
+EVENTS_TABLE = "im_group_events"  # the durable record of every membership change, in the archive
+
+
+async def record(redis: Redis, app_id: str, partitions: int, gid: str, actor: str, kind: str, changes: dict[str, str]) -> None:
+    """Write membership changes to the archive (Redis holds the hot set; this is the record)."""
+    at = now_ms()
+    rows = [{"gid": gid, "user": user, "kind": kind, "role": role, "actor": actor, "at_ms": at} for user, role in changes.items()]
+    partition = zlib.crc32(gid.encode()) % partitions
+    await archive_queue.enqueue_rows(redis, app_id, partition, EVENTS_TABLE, rows)
 
 
 def group_id(conversation: str) -> str | None:

@@ -149,29 +149,39 @@ async def already_authenticated(frame: protocol.Auth, connection: Connection, ba
 # -- groups
 
 
+async def _record(backend: Backend, gid: str, actor: str, kind: str, changes: dict[str, str]) -> None:
+    s = backend.settings
+    await groups.record(backend.redis, s.app_id, s.topic_partitions, gid, actor, kind, changes)
+
+
 async def create_group(frame: protocol.CreateGroup, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     gid = uuid.uuid4().hex[:16]
     roles = await groups.create(backend.redis, gid, connection.user, frame.name, list(frame.members))
+    await _record(backend, gid, connection.user, "joined", roles)
     return {"op": "group", "gid": gid, "conversation": f"g:{gid}", "name": frame.name, "members": roles}
 
 
 async def add_members(frame: protocol.AddMembers, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     added = await groups.add(backend.redis, frame.gid, connection.user, list(frame.users))
+    await _record(backend, frame.gid, connection.user, "joined", dict.fromkeys(added, groups.MEMBER))
     return {"op": "members_added", "gid": frame.gid, "added": added}
 
 
 async def remove_member(frame: protocol.RemoveMember, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     await groups.remove(backend.redis, frame.gid, connection.user, frame.user)
+    await _record(backend, frame.gid, connection.user, "removed", {frame.user: ""})
     return {"op": "member_removed", "gid": frame.gid, "user": frame.user}
 
 
 async def leave_group(frame: protocol.LeaveGroup, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     await groups.leave(backend.redis, frame.gid, connection.user)
+    await _record(backend, frame.gid, connection.user, "left", {connection.user: ""})
     return {"op": "left", "gid": frame.gid}
 
 
 async def set_role(frame: protocol.SetRole, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     await groups.set_role(backend.redis, frame.gid, connection.user, frame.user, frame.role)
+    await _record(backend, frame.gid, connection.user, "role", {frame.user: frame.role})
     return {"op": "role_set", "gid": frame.gid, "user": frame.user, "role": frame.role}
 
 

@@ -109,3 +109,26 @@ async def test_a_group_red_packet_is_shared_by_the_fastest(stack, users) -> None
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_membership_changes_are_recorded_in_the_archive(imflow_server) -> None:
+    from imflow.analytics import Archive
+    from imflow.testing import eventually
+
+    async with imflow_server() as server:
+        async with await server.client("ann") as ann:
+            gid = (await ann.request({"op": "create_group", "name": "g", "members": ["bob"]}))["gid"]
+            await ann.request({"op": "add_members", "gid": gid, "users": ["cat"]})
+            await ann.request({"op": "set_role", "gid": gid, "user": "bob", "role": "admin"})
+            await ann.request({"op": "remove_member", "gid": gid, "user": "cat"})
+
+            async def recorded():
+                with Archive(server.settings.archive_dir) as archive:
+                    if "im_group_events" not in archive.tables():
+                        return None
+                    rows = archive.sql(f"SELECT user, kind, role FROM im_group_events WHERE gid = '{gid}' ORDER BY at_ms, user").fetchall()
+                    return rows if len(rows) == 5 else None
+
+            rows = await eventually(recorded, timeout=10, interval=0.2)
+    assert sorted(rows) == sorted([("ann", "joined", "owner"), ("bob", "joined", "member"), ("cat", "joined", "member"),
+                                   ("bob", "role", "admin"), ("cat", "removed", "")])
