@@ -74,11 +74,3 @@ async def flush(redis: Redis, app_id: str, layout: ArchiveLayout, partitions: ra
         unlock = script(redis, "unlock")
         for partition, _ in held:
             await unlock(keys=[keys.archive_lock(app_id, partition)], args=[token])
-
-
-async def pending(redis: Redis, app_id: str, partitions: int) -> int:
-    """How many records wait for the archive, over all partitions."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for partition in range(partitions):
-            pipe.llen(keys.archive_pending(app_id, partition))
-        return sum(await pipe.execute())

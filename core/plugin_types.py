@@ -15,6 +15,12 @@ if TYPE_CHECKING:
 PLUGIN_CODE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
+def plugin_error_code(code: str) -> str:
+    """A plugin's error code as clients see it: ``plugin.reason``; anything else is a plugin bug,
+    reported as ``plugin.error`` so it can never pass for one of imflow's own codes."""
+    return code if isinstance(code, str) and PLUGIN_CODE.match(code) else "plugin.error"
+
+
 @dataclass(frozen=True)
 class Rejection:
     """A refusal with a stable error code (``plugin.reason``) and a message for the user."""

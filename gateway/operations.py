@@ -14,7 +14,7 @@ from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
 from imflow.core.models import SendCommand, direct_conversation
 from imflow.core.plugin_calls import await_me_maybe
-from imflow.core.plugin_types import OperationContext, OperationError, Rejection
+from imflow.core.plugin_types import OperationContext, OperationError, Rejection, plugin_error_code
 
 from . import protocol
 
@@ -56,7 +56,7 @@ async def send(frame: protocol.Send, connection: Connection, backend: Backend, e
     )
     verdict = await backend.hooks.first("imflow_before_send", command=command)
     if isinstance(verdict, Rejection):
-        raise ImflowError(verdict.code, verdict.message)
+        raise ImflowError(plugin_error_code(verdict.code), verdict.message)
     if isinstance(verdict, SendCommand):
         command = verdict
     try:
@@ -222,7 +222,7 @@ async def plugin_call(frame: protocol.PluginCall, connection: Connection, backen
     try:
         reply = await await_me_maybe(operation.handle(context, frame.fields))
     except OperationError as error:
-        raise ImflowError(error.code, error.message) from error
+        raise ImflowError(plugin_error_code(error.code), error.message) from error
     if reply is not None:
         reply.setdefault("op", frame.op)
     return reply

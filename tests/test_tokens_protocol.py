@@ -82,3 +82,11 @@ def test_no_input_escapes_parse_as_anything_but_a_coded_error(data: bytes) -> No
         assert error.message
     else:
         assert isinstance(frame, protocol.ClientFrame)
+
+
+def test_plugin_error_codes_keep_their_namespace() -> None:
+    from imflow.core.plugin_types import plugin_error_code
+
+    assert plugin_error_code("red_packet.expired") == "red_packet.expired"
+    for bad in ("forbidden", "not_found", "Red.Packet", "shout.", ""):
+        assert plugin_error_code(bad) == "plugin.error"
