@@ -65,6 +65,14 @@ async def role_of(redis: Redis, gid: str, user: str) -> str | None:
     return role.decode() if role else None
 
 
+async def _require_role(redis: Redis, gid: str, user: str) -> str:
+    """The user's role; a non-member learns nothing about the group, not even that it exists."""
+    role = await role_of(redis, gid, user)
+    if role is None:
+        raise ImflowError(ErrorCode.NOT_FOUND, f"no group {gid!r} for you")
+    return role
+
+
 async def joined_seq(redis: Redis, gid: str, user: str) -> int:
     return int(await redis.hget(keys.group_joined(gid), user) or 0)
 
@@ -98,7 +106,8 @@ async def create(redis: Redis, gid: str, owner: str, name: str, initial: list[st
 
 async def add(redis: Redis, gid: str, actor: str, users: list[str]) -> list[str]:
     """Add members (owner or admin); returns those who were not in the group yet."""
-    if await role_of(redis, gid, actor) not in (OWNER, ADMIN):
+    role = await _require_role(redis, gid, actor)
+    if role not in (OWNER, ADMIN):
         raise ImflowError(ErrorCode.FORBIDDEN, "only the owner and admins add members")
     current = set(await conversation_members(redis, f"g:{gid}") or ())
     new = sorted(set(users) - current)
@@ -110,9 +119,7 @@ async def add(redis: Redis, gid: str, actor: str, users: list[str]) -> list[str]
 
 
 async def remove(redis: Redis, gid: str, actor: str, user: str) -> None:
-    actor_role, user_role = await role_of(redis, gid, actor), await role_of(redis, gid, user)
-    if actor_role is None:
-        raise ImflowError(ErrorCode.NOT_FOUND, f"no group {gid!r} for you")
+    actor_role, user_role = await _require_role(redis, gid, actor), await role_of(redis, gid, user)
     if user_role is None:
         raise ImflowError(ErrorCode.NOT_FOUND, f"{user} is not in the group")
     allowed = (actor_role == OWNER and user_role != OWNER) or (actor_role == ADMIN and user_role == MEMBER)
@@ -122,10 +129,7 @@ async def remove(redis: Redis, gid: str, actor: str, user: str) -> None:
 
 
 async def leave(redis: Redis, gid: str, user: str) -> None:
-    role = await role_of(redis, gid, user)
-    if role is None:
-        raise ImflowError(ErrorCode.NOT_FOUND, f"no group {gid!r} for you")
-    if role == OWNER:
+    if await _require_role(redis, gid, user) == OWNER:
         raise ImflowError(ErrorCode.FORBIDDEN, "the owner cannot leave; make someone else owner first")
     await _leave(redis, gid, user)
 
@@ -140,7 +144,7 @@ async def _leave(redis: Redis, gid: str, user: str) -> None:
 
 async def set_role(redis: Redis, gid: str, actor: str, user: str, role: str) -> None:
     """The owner makes a member an admin or an admin a member, or hands ownership over."""
-    if await role_of(redis, gid, actor) != OWNER:
+    if await _require_role(redis, gid, actor) != OWNER:
         raise ImflowError(ErrorCode.FORBIDDEN, "only the owner changes roles")
     if await role_of(redis, gid, user) is None:
         raise ImflowError(ErrorCode.NOT_FOUND, f"{user} is not in the group")

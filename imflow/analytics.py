@@ -19,7 +19,7 @@ from typing import Literal
 import duckdb
 import pandas as pd
 
-from imflow.core.archive import CONTENT, CONTENT_SCHEMA, DELETIONS, DELETIONS_SCHEMA, MAILBOX, MAILBOX_SCHEMA
+from imflow.core.archive import CONTENT, CONTENT_SCHEMA, DELETIONS, DELETIONS_SCHEMA, MAILBOX, MAILBOX_SCHEMA, ArchiveLayout
 
 Bucket = Literal["minute", "hour", "day", "week", "month"]
 _DUCK_TYPES = {"int64": "BIGINT", "string": "VARCHAR"}
@@ -34,6 +34,7 @@ def _empty(schema) -> str:
 class Archive:
     def __init__(self, root: str | Path = "data/archive") -> None:
         self.root = Path(root)
+        self.layout = ArchiveLayout(self.root)  # shard counts do not matter to readers of every shard
         self.db = duckdb.connect()
         self.refresh()
 
@@ -46,11 +47,8 @@ class Archive:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _files(self, table: str) -> list[str]:
-        return sorted(str(path) for path in (self.root / table).glob("shard=*/*.parquet"))
-
     def _source(self, table: str, schema) -> str:
-        files = self._files(table)
+        files = self.layout.files(table)
         return f"read_parquet({files!r}, union_by_name = true)" if files else f"({_empty(schema)})"
 
     def refresh(self) -> None:
@@ -71,7 +69,7 @@ class Archive:
         """)
         core = {CONTENT, MAILBOX, DELETIONS}
         for folder in sorted(p for p in self.root.glob("*") if p.is_dir() and p.name not in core):
-            files = self._files(folder.name)
+            files = self.layout.files(folder.name)
             if files and folder.name.isidentifier():
                 self.db.execute(f"CREATE OR REPLACE VIEW {folder.name} AS SELECT DISTINCT * FROM read_parquet({files!r}, union_by_name = true)")
 

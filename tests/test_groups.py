@@ -58,6 +58,9 @@ async def test_roles_decide_who_may_change_the_group(stack, users) -> None:
         assert members == {users.owner: "admin", users.adam: "owner", users.mia: "member"}
         assert (await owner.request({"op": "leave_group", "gid": gid}))["op"] == "left"
         await refused(owner.request({"op": "group_members", "gid": gid}), "not_found")
+        for op in ({"op": "add_members", "users": [users.owner]}, {"op": "leave_group"},
+                   {"op": "set_role", "user": users.mia, "role": "admin"}, {"op": "remove_member", "user": users.mia}):
+            await refused(owner.request({**op, "gid": gid}), "not_found")  # no longer in it: nothing to see
 
 
 async def test_removed_members_stop_receiving_and_are_refused(stack, users) -> None:
