@@ -8,70 +8,24 @@ A Faust worker and a gateway run as their own processes on the local Kafka and R
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-import redis as redis_sync
+from stack import Stack, arguments, percentile
 
 from imflow.client import Client
-from imflow.core import tokens
-from imflow.testing import ImflowProcess, free_port
-
-SECRET = "bench-secret-" + uuid.uuid4().hex
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-class Stack:
-    def __init__(self, kafka: str, redis_url: str, folder: Path, workers: int) -> None:
-        self.port = free_port()
-        env = {
-            "IMFLOW_KAFKA_URL": kafka,
-            "IMFLOW_REDIS_URL": redis_url,
-            "IMFLOW_APP_ID": f"bench{uuid.uuid4().hex[:8]}",
-            "IMFLOW_DATA_DIR": str(folder / "data"),
-            "IMFLOW_SECRET_KEY": SECRET,
-            "IMFLOW_LOG_LEVEL": "warning",
-        }
-        self.workers = [
-            ImflowProcess(["worker"], {**env, "IMFLOW_LOG_LEVEL": "info"}, folder / f"worker{i}.log", folder) for i in range(workers)
-        ]
-        for worker in self.workers:
-            worker.wait_output("Worker ready", timeout=120)
-        self.gateway = ImflowProcess(["gateway", "--port", str(self.port)], env, folder / "gateway.log", folder)
-        self.gateway.wait_http(f"http://127.0.0.1:{self.port}/readyz")
-        time.sleep(2)  # let a multi-worker group settle its partitions
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def stop(self) -> None:
-        self.gateway.stop_gracefully()
-        for worker in self.workers:
-            worker.stop_gracefully()
-
-
-async def connect(stack: Stack, user: str) -> Client:
-    return await Client.connect(stack.url, tokens.issue(SECRET, user, 3600))
 
 
 async def pairs(stack: Stack, count: int) -> list[tuple[Client, Client, str]]:
     tag = uuid.uuid4().hex[:6]
     out = []
     for i in range(count):
-        sender = await connect(stack, f"s{i}-{tag}")
-        receiver = await connect(stack, f"r{i}-{tag}")
+        sender = await stack.connect(f"s{i}-{tag}")
+        receiver = await stack.connect(f"r{i}-{tag}")
         out.append((sender, receiver, receiver.user))
     return out
 
@@ -171,11 +125,11 @@ async def fixed_rate(stack: Stack, n_pairs: int, seconds: float, rate: int) -> d
 async def offline_drain(stack: Stack, messages: int = 1000) -> tuple[float, float]:
     """Seconds for a user coming online to fetch ``messages`` waiting in the inbox, and to fetch and ACK them."""
     tag = uuid.uuid4().hex[:6]
-    sender = await connect(stack, f"d-s-{tag}")
+    sender = await stack.connect(f"d-s-{tag}")
     futures = [await sender.send_nowait({"to": f"d-r-{tag}", "body": {"text": f"m{i}"}}) for i in range(messages)]
     await asyncio.wait_for(asyncio.gather(*futures), 60)
     await sender.close()
-    receiver = await connect(stack, f"d-r-{tag}")
+    receiver = await stack.connect(f"d-r-{tag}")
     start = time.perf_counter()
     fetched, before, fetching = 0, None, 0.0
     while True:
@@ -194,21 +148,13 @@ async def offline_drain(stack: Stack, messages: int = 1000) -> tuple[float, floa
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kafka", required=True)
-    parser.add_argument("--redis", required=True)
-    parser.add_argument("--runs", type=int, default=3)
+    parser = arguments(__doc__, "artifacts/bench-one-to-one.json")
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--rates", type=lambda text: [int(r) for r in text.split(",")], default=[500, 1000, 2000])
     parser.add_argument("--pairs", type=int, default=50)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--json", type=Path, default=Path("artifacts/bench-one-to-one.json"))
     args = parser.parse_args()
 
-    with redis_sync.Redis.from_url(args.redis) as client:
-        client.flushdb()
-    folder = Path(tempfile.mkdtemp(prefix="imflow-bench-"))
-    stack = Stack(args.kafka, args.redis, folder, args.workers)
+    stack = Stack(args.kafka, args.redis, workers=args.workers, gateways=1)
     results: dict[str, list] = {"throughput_per_s": [], "drain_fetch_1000_ms": [], "drain_1000_ms": [], **{f"rate_{r}": [] for r in args.rates}}
     try:
         for run in range(1, args.runs + 1):

@@ -6,39 +6,25 @@ through two real gateways.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-import redis as redis_sync
+from stack import Stack, arguments, percentile
 
 from imflow.client import Client, ClientError
-from imflow.core import tokens
-from imflow.testing import ImflowProcess, free_port
-
-SECRET = "bench-secret-" + uuid.uuid4().hex
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def one_run(urls: list[str], grabbers: int, shares: int, total_cents: int) -> dict:
+async def one_run(stack: Stack, grabbers: int, shares: int, total_cents: int) -> dict:
     tag = uuid.uuid4().hex[:6]
     users = [f"g{i}-{tag}" for i in range(grabbers)]
     clients = []
     for i in range(0, grabbers, 100):  # connect in waves
-        clients += await asyncio.gather(
-            *(Client.connect(urls[j % len(urls)], tokens.issue(SECRET, users[j], 3600)) for j in range(i, min(i + 100, grabbers)))
-        )
-    host = await Client.connect(urls[0], tokens.issue(SECRET, f"host-{tag}", 3600))
+        clients += await asyncio.gather(*(stack.connect(users[j], gateway=j) for j in range(i, min(i + 100, grabbers))))
+    host = await stack.connect(f"host-{tag}")
     group = await host.request({"op": "create_group", "name": "bench", "members": []})
     for i in range(0, grabbers, 1000):
         await host.request({"op": "add_members", "gid": group["gid"], "users": users[i : i + 1000]})
@@ -79,39 +65,22 @@ async def one_run(urls: list[str], grabbers: int, shares: int, total_cents: int)
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kafka", required=True)
-    parser.add_argument("--redis", required=True)
-    parser.add_argument("--runs", type=int, default=3)
+    parser = arguments(__doc__, "artifacts/bench-red-packets.json")
     parser.add_argument("--grabbers", type=int, default=1000)
     parser.add_argument("--shares", type=int, default=500)
     parser.add_argument("--total-cents", type=int, default=10_000)
-    parser.add_argument("--json", type=Path, default=Path("artifacts/bench-red-packets.json"))
     args = parser.parse_args()
 
-    with redis_sync.Redis.from_url(args.redis) as client:
-        client.flushdb()
-    folder = Path(tempfile.mkdtemp(prefix="imflow-bench-rp-"))
-    env = {"IMFLOW_KAFKA_URL": args.kafka, "IMFLOW_REDIS_URL": args.redis, "IMFLOW_APP_ID": f"rp{uuid.uuid4().hex[:8]}",
-           "IMFLOW_DATA_DIR": str(folder / "data"), "IMFLOW_SECRET_KEY": SECRET, "IMFLOW_LOG_LEVEL": "warning"}
-    worker = ImflowProcess(["worker"], {**env, "IMFLOW_LOG_LEVEL": "info"}, folder / "worker.log", folder)
-    worker.wait_output("Worker ready", timeout=120)
-    gateways, urls = [], []
-    for i in range(2):
-        port = free_port()
-        gateways.append(ImflowProcess(["gateway", "--port", str(port)], env, folder / f"gateway{i}.log", folder))
-        gateways[-1].wait_http(f"http://127.0.0.1:{port}/readyz")
-        urls.append(f"ws://127.0.0.1:{port}/ws")
+    stack = Stack(args.kafka, args.redis, workers=args.workers, gateways=2)
     runs = []
     try:
         for run in range(1, args.runs + 1):
             print(f"run {run}/{args.runs}: {args.grabbers} grabbers, {args.shares} shares ...", file=sys.stderr, flush=True)
-            result = await one_run(urls, args.grabbers, args.shares, args.total_cents)
+            result = await one_run(stack, args.grabbers, args.shares, args.total_cents)
             assert result["sum_cents"] == args.total_cents and result["winners"] == args.shares, result
             runs.append(result)
     finally:
-        for process in [*gateways, worker]:
-            process.stop_gracefully()
+        stack.stop()
     summary = {
         "runs": args.runs, "grabbers": args.grabbers, "shares": args.shares, "total_cents": args.total_cents,
         "grab_p50_ms": statistics.median(r["grab_p50_ms"] for r in runs),

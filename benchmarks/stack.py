@@ -1,0 +1,80 @@
+"""What every benchmark shares: imflow workers and gateways as their own processes on the real
+Kafka and Redis, the common command-line options, and percentiles."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import redis as redis_sync
+
+from imflow.client import Client
+from imflow.core import tokens
+from imflow.testing import ImflowProcess, free_port
+
+SECRET = "bench-secret-" + uuid.uuid4().hex
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def arguments(doc: str, json_default: str) -> argparse.ArgumentParser:
+    """A parser with the options every benchmark takes; add your own before ``parse_args``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kafka", required=True)
+    parser.add_argument("--redis", required=True, help="a database of its own: it is flushed first")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=Path(json_default))
+    return parser
+
+
+class Stack:
+    """N Faust workers and M gateways on a flushed Redis database and a fresh Faust app id."""
+
+    def __init__(self, kafka: str, redis_url: str, workers: int = 1, gateways: int = 1) -> None:
+        with redis_sync.Redis.from_url(redis_url) as client:
+            client.flushdb()
+        folder = Path(tempfile.mkdtemp(prefix="imflow-bench-"))
+        env = {
+            "IMFLOW_KAFKA_URL": kafka,
+            "IMFLOW_REDIS_URL": redis_url,
+            "IMFLOW_APP_ID": f"bench{uuid.uuid4().hex[:8]}",
+            "IMFLOW_DATA_DIR": str(folder / "data"),
+            "IMFLOW_SECRET_KEY": SECRET,
+            "IMFLOW_LOG_LEVEL": "warning",
+        }
+        self.processes: list[ImflowProcess] = []
+        self.urls: list[str] = []
+        try:
+            for i in range(workers):
+                worker = ImflowProcess(["worker"], {**env, "IMFLOW_LOG_LEVEL": "info"}, folder / f"worker{i}.log", folder)
+                self.processes.append(worker)
+                worker.wait_output("Worker ready", timeout=120)
+            for i in range(gateways):
+                port = free_port()
+                gateway = ImflowProcess(["gateway", "--port", str(port)], env, folder / f"gateway{i}.log", folder)
+                self.processes.append(gateway)
+                gateway.wait_http(f"http://127.0.0.1:{port}/readyz")
+                self.urls.append(f"ws://127.0.0.1:{port}/ws")
+        except BaseException:
+            for process in self.processes:
+                process.terminate()
+            raise
+        time.sleep(2)  # let a multi-worker group settle its partitions
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    async def connect(self, user: str, gateway: int = 0) -> Client:
+        return await Client.connect(self.urls[gateway % len(self.urls)], tokens.issue(SECRET, user, 3600))
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):  # gateways first, then workers
+            process.stop_gracefully()
