@@ -145,23 +145,33 @@ class ArchiveReader:
     def close(self) -> None:
         self._db.close()
 
-    def history_page(self, owner: str, conversation: str, before_seq: int, limit: int) -> list[dict[str, Any]]:
-        """One page of the owner's mailbox in a conversation, newest first: index first, then contents."""
-        shard = mailbox_shard(owner, self.layout.mailbox_shards)
-        boxes = self.layout.files(MAILBOX, shard)
+    def history_page(
+        self, owner: str, conversation: str, before_seq: int, limit: int, after_seq: int = 0
+    ) -> list[dict[str, Any]]:
+        """One page of the owner's mailbox in a conversation, newest first: index first, then contents.
+
+        A group's messages stored by read fan-out have one mailbox row owned by the group
+        conversation itself, so a group's page reads those rows too.
+        """
+        owners = [owner] + ([conversation] if conversation.startswith("g:") else [])
+        shards = sorted({mailbox_shard(name, self.layout.mailbox_shards) for name in owners})
+        boxes = [path for shard in shards for path in self.layout.files(MAILBOX, shard)]
         if not boxes:
             return []
-        deletions = self.layout.files(DELETIONS, shard)
+        deletions = self.layout.files(DELETIONS, mailbox_shard(owner, self.layout.mailbox_shards))
         hidden = (
             "AND mid NOT IN (SELECT mid FROM read_parquet($deleted) WHERE owner_uid = $owner)" if deletions else ""
         )
-        params: dict[str, Any] = {"boxes": boxes, "owner": owner, "conversation": conversation, "before": before_seq, "limit": limit}
+        params: dict[str, Any] = {
+            "boxes": boxes, "owners": owners, "conversation": conversation, "before": before_seq,
+            "after": after_seq, "limit": limit,
+        }
         if deletions:
-            params["deleted"] = deletions
+            params["deleted"], params["owner"] = deletions, owner
         index = self._db.execute(
             f"""
             SELECT DISTINCT mid, seq FROM read_parquet($boxes)
-            WHERE owner_uid = $owner AND conversation = $conversation AND seq < $before {hidden}
+            WHERE owner_uid IN (SELECT unnest($owners)) AND conversation = $conversation AND seq < $before AND seq > $after {hidden}
             ORDER BY seq DESC LIMIT $limit
             """,
             params,

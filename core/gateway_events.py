@@ -40,6 +40,13 @@ class GatewayBatch:
     def add(self, node: str, user: str, frame: dict[str, Any], skip: str = "") -> None:
         self.by_node[node].append(event(user, frame, skip))
 
+    def add_many(self, node: str, users: list[str], frame: dict[str, Any], skip: str = "") -> None:
+        """One event for many users of a gateway: the frame is carried and serialised once."""
+        out: dict[str, Any] = {"users": users, "frame": frame}
+        if skip:
+            out["skip"] = skip
+        self.by_node[node].append(out)
+
     def queue(self, pipe: Pipeline) -> None:
         for node, events in self.by_node.items():
             pipe.publish(keys.gateway_channel(node), orjson.dumps(events))

@@ -18,9 +18,11 @@ from . import archive_queue, keys
 from .errors import ErrorCode, ImflowError
 from .ids import now_ms
 from .models import direct_members
+from .scripts import queue_script, run_pipeline
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
 
 OWNER, ADMIN, MEMBER = "owner", "admin", "member"
 MAX_MEMBERS = 100_000
@@ -85,13 +87,35 @@ async def members(redis: Redis, gid: str, asker: str) -> dict[str, str]:
 
 
 async def _join(redis: Redis, gid: str, users: dict[str, str]) -> None:
-    seq = int(await redis.get(keys.conversation_seq(f"g:{gid}")) or 0)
+    """Add members: they see what comes after this seq, counted from there, and if connected
+    they are pushed to from the next message on."""
+    conversation = f"g:{gid}"
+    seq = int(await redis.get(keys.conversation_seq(conversation)) or 0)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.group_members(gid), mapping=users)
         pipe.hset(keys.group_joined(gid), mapping={user: seq for user in users})
         await pipe.execute()
-    for user in users:
-        await redis.sadd(keys.user_groups(user), gid)
+    names = sorted(users)
+    nodes = await _gateways(redis, names)
+
+    def index(pipe: Pipeline) -> None:
+        for user in names:
+            queue_script(pipe, "advance", keys=keys.user_state_keys(user), args=[conversation, seq, seq])
+            pipe.sadd(keys.user_groups(user), gid)
+        online = {f"{node}|{user}": count for user in names for node, count in nodes[user].items()}
+        if online:
+            pipe.hset(keys.group_online(gid), mapping=online)
+
+    await run_pipeline(redis, index)
+
+
+async def _gateways(redis: Redis, users: list[str]) -> dict[str, dict[str, int]]:
+    """Each user's gateways and how many connections each holds."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for user in users:
+            pipe.hgetall(keys.user_gateways(user))
+        found = await pipe.execute()
+    return {user: {node.decode(): int(count) for node, count in held.items()} for user, held in zip(users, found, strict=True)}
 
 
 async def create(redis: Redis, gid: str, owner: str, name: str, initial: list[str]) -> dict[str, str]:
@@ -109,9 +133,13 @@ async def add(redis: Redis, gid: str, actor: str, users: list[str]) -> list[str]
     role = await _require_role(redis, gid, actor)
     if role not in (OWNER, ADMIN):
         raise ImflowError(ErrorCode.FORBIDDEN, "only the owner and admins add members")
-    current = set(await conversation_members(redis, f"g:{gid}") or ())
-    new = sorted(set(users) - current)
-    if len(current) + len(new) > MAX_MEMBERS:
+    wanted = sorted(set(users))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hlen(keys.group_members(gid))
+        pipe.hmget(keys.group_members(gid), wanted)
+        count, roles = await pipe.execute()
+    new = [user for user, role in zip(wanted, roles, strict=True) if role is None]
+    if count + len(new) > MAX_MEMBERS:
         raise ImflowError(ErrorCode.FORBIDDEN, f"a group has at most {MAX_MEMBERS} members")
     if new:
         await _join(redis, gid, {user: MEMBER for user in new})
@@ -139,7 +167,15 @@ async def _leave(redis: Redis, gid: str, user: str) -> None:
         pipe.hdel(keys.group_members(gid), user)
         pipe.hdel(keys.group_joined(gid), user)
         await pipe.execute()
-    await redis.srem(keys.user_groups(user), gid)
+    nodes = (await _gateways(redis, [user]))[user]
+
+    def forget(pipe: Pipeline) -> None:
+        pipe.srem(keys.user_groups(user), gid)
+        if nodes:
+            pipe.hdel(keys.group_online(gid), *(f"{node}|{user}" for node in nodes))
+        queue_script(pipe, "forget", keys=keys.user_state_keys(user), args=[f"g:{gid}"])
+
+    await run_pipeline(redis, forget)
 
 
 async def set_role(redis: Redis, gid: str, actor: str, user: str, role: str) -> None:

@@ -105,6 +105,21 @@ def imflow_after_persist(messages: list[Message], context: AgentContext) -> None
     """
 
 
+@hookspec(firstresult=True)
+def imflow_fan_out_policy(conversation: str, members: int, sender: str) -> str | None:
+    """Write or read fan-out for a group message? Called by the ingest agent once per group and
+    sender in each batch (async allowed), before the messages are stored.
+
+    Return ``"write"`` (an inbox entry and unread update per member: cheap below a few hundred
+    members), ``"read"`` (one stored copy, pushed to the members online, counts flushed every
+    few seconds), or ``None`` for the default: read fan-out from
+    ``IMFLOW_READ_FAN_OUT_THRESHOLD`` members up. ``firstresult``: the first answer decides;
+    anything else is ignored. Either way the client sees the same frames, and a group may
+    change mode between any two messages without a message lost or shown twice.
+    Direct (one-to-one) conversations always use write fan-out and never reach this hook.
+    """
+
+
 # -------------------------------------------------------------------------------------------
 # connections
 

@@ -108,3 +108,17 @@ def group_info(gid: str) -> str:
 def user_groups(user: str) -> str:
     """Set of the groups a user is in (an index of the members hashes)."""
     return f"{PREFIX}:{user_tag(user)}:groups"
+
+
+def group_online(gid: str) -> str:
+    """Hash ``gateway|user`` -> connections: the members connected now, by gateway."""
+    return f"{PREFIX}:{group_tag(gid)}:online"
+
+
+def fan_out_pending() -> str:
+    """Hash conversation -> newest seq stored by read fan-out whose unread counts are not yet
+    flushed to the members (the 5-second flush works through it; it survives a worker restart)."""
+    return f"{PREFIX}:fanout:pending"
+
+
+READ_UPTO = "read_upto"  # field of group_info: the newest seq stored by read fan-out

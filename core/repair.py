@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import keys
+from . import fan_out, keys
 from .scripts import script
 
 if TYPE_CHECKING:
@@ -30,5 +30,6 @@ async def users_with_state(redis: Redis) -> AsyncIterator[str]:
 
 
 async def repair_user(redis: Redis, user: str) -> UnreadRepair:
+    await fan_out.catch_up(redis, user)  # read fan-out groups first: their seqs are the truth
     fixed, old, new = await script(redis, "repair_unread")(keys=keys.user_state_keys(user), args=[])
     return UnreadRepair(user, int(fixed), int(old), int(new))

@@ -61,6 +61,15 @@ class Settings(BaseSettings):
     conversation_log_limit: int = Field(
         1000, gt=0, description="Newest messages of each conversation kept in Redis; older come from the archive"
     )
+    read_fan_out_threshold: int = Field(
+        100,
+        ge=2,
+        description="Groups with at least this many members use read fan-out (one stored copy, unread "
+        "derived from seqs); smaller ones write each member's inbox. Plugins may choose per group",
+    )
+    group_unread_flush_seconds: float = Field(
+        5.0, gt=0, description="How often unread counts of read fan-out groups are flushed to their members"
+    )
     archive_flush_seconds: float = Field(1.0, gt=0, description="How often pending records are sealed into the archive")
     archive_batch: int = Field(50_000, gt=0, description="Most records one partition gives to one archive write")
     archive_content_shards: int = Field(4, gt=0, description="Shards of im_msg_content (by mid); fixed once data exists")

@@ -14,6 +14,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from . import http_api
 from .extensions import Extensions
 from .hub import Hub
 from .session import serve_session
@@ -98,7 +99,10 @@ def create_gateway(backend: Backend) -> Starlette:
             await backend.stop()
 
     extensions = Extensions.from_hooks(backend.hooks)
-    routes = [Route("/", home), Route("/healthz", healthz), Route("/readyz", readyz), WebSocketRoute("/ws", client_socket), *extensions.routes]
+    routes = [
+        Route("/", home), Route("/healthz", healthz), Route("/readyz", readyz), WebSocketRoute("/ws", client_socket),
+        *http_api.ROUTES, *extensions.routes,
+    ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.backend = backend
     app.state.extensions = extensions

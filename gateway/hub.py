@@ -36,8 +36,13 @@ class Connection:
         self.user = user
         self.id = uuid.uuid4().hex[:16]
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(queue_size)
+        self._open = asyncio.Event()  # frames queue up until the session is set up
         self._writer = asyncio.create_task(self._write())
         self.closed = asyncio.Event()
+
+    def open(self) -> None:
+        """Start sending what is queued (the welcome first): the user is reachable now."""
+        self._open.set()
 
     def push(self, frame: dict[str, Any]) -> None:
         self.push_raw(orjson.dumps(frame))
@@ -63,6 +68,7 @@ class Connection:
 
     async def _write(self) -> None:
         try:
+            await self._open.wait()
             while (data := await self._queue.get()) is not None:
                 await self.websocket.send_text(data.decode())
         except asyncio.CancelledError:
@@ -72,6 +78,7 @@ class Connection:
 
     async def finish(self) -> None:
         """Flush what is queued (briefly), then stop the writer."""
+        self._open.set()
         if not self.closed.is_set():
             with contextlib.suppress(asyncio.QueueFull):
                 self._queue.put_nowait(None)
@@ -102,11 +109,16 @@ class Hub:
                 del self.connections[connection.user]
 
     def to_user(self, user: str, frame: dict[str, Any], skip: str = "") -> None:
-        targets = [c for c in self.connections.get(user, ()) if c.id != skip]
-        if targets:
-            data = orjson.dumps(frame)
-            for connection in targets:
-                connection.push_raw(data)
+        self.to_users([user], frame, skip)
+
+    def to_users(self, users: list[str], frame: dict[str, Any], skip: str = "") -> None:
+        """Push one frame to every connection of these users (but ``skip``), serialised once."""
+        data = None
+        for user in users:
+            for connection in self.connections.get(user, ()):
+                if connection.id != skip:
+                    data = data or orjson.dumps(frame)
+                    connection.push_raw(data)
 
     @property
     def listening(self) -> bool:
@@ -147,6 +159,7 @@ class Hub:
     def _route(self, data: bytes) -> None:
         try:
             for event in orjson.loads(data):
-                self.to_user(event["user"], event["frame"], event.get("skip", ""))
+                users = event["users"] if "users" in event else [event["user"]]
+                self.to_users(users, event["frame"], event.get("skip", ""))
         except Exception:
             log.exception("dropped a malformed gateway event")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from imflow.core import archive_queue, gateway_events, groups, inbox, keys
+from imflow.core import archive_queue, fan_out, gateway_events, groups, inbox, keys
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
 from imflow.core.models import SendCommand, direct_conversation
@@ -85,6 +85,9 @@ async def ack(frame: protocol.Ack, connection: Connection, backend: Backend, ext
 async def read(frame: protocol.Read, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     user = connection.user
     await _require_member(backend, user, frame.conversation)
+    gid = groups.group_id(frame.conversation)
+    if gid:  # a read fan-out group's count may wait for its flush: bring it up to date first
+        await fan_out.catch_up(backend.redis, user, [gid])
     unread = await inbox.mark_read(backend.redis, user, frame.conversation, frame.seq)
     reply = {"op": "unread", **unread.to_dict()}
     await gateway_events.to_user(backend.redis, user, reply)  # the user's other devices
@@ -93,10 +96,19 @@ async def read(frame: protocol.Read, connection: Connection, backend: Backend, e
 
 async def sync(frame: protocol.Sync, connection: Connection, backend: Backend, extensions: Extensions) -> dict[str, Any]:
     user = connection.user
-    messages, next_before = await inbox.inbox_page(backend.redis, user, frame.before_mid, frame.limit)
+    first_page = frame.before_mid is None
+    # a sync flushes this user's read fan-out groups first, so its counts are exact now
+    marks = await fan_out.catch_up(backend.redis, user) if first_page else {}
+    messages, next_before, in_inbox = await inbox.inbox_page(backend.redis, user, frame.before_mid, frame.limit)
     reply: dict[str, Any] = {"op": "sync", "messages": messages, "next_before_mid": next_before}
-    if frame.before_mid is None:  # the first page also carries every conversation's state
+    if first_page:  # the first page also carries every conversation's state
         reply["conversations"], reply["total_unread"] = await inbox.conversation_states(backend.redis, user)
+        # and the unread messages of read fan-out groups, which are in no inbox
+        unread = await fan_out.unread_messages(backend.redis, user, marks, frame.limit)
+        if unread:
+            for entry in unread:
+                if orjson.loads(entry)["mid"] not in in_inbox:  # in both if the group switched mode
+                    messages.append(orjson.Fragment(entry))
     return reply
 
 
@@ -115,7 +127,7 @@ async def history(frame: protocol.History, connection: Connection, backend: Back
     if len(messages) < frame.limit and oldest > floor + 1:
         # older than what Redis keeps: the archive's mailbox index, then the contents
         older = await asyncio.to_thread(
-            backend.archive.history_page, user, frame.conversation, oldest, frame.limit - len(messages)
+            backend.archive.history_page, user, frame.conversation, oldest, frame.limit - len(messages), floor
         )
         messages.extend(older)
     hidden = await inbox.deleted_among(backend.redis, user, [m["mid"] for m in messages])

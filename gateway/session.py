@@ -38,6 +38,8 @@ async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub, extens
     try:
         await _presence(presence.connected, backend, user)
         await backend.hooks.call("imflow_on_connect", user=user, node=backend.node_name)
+        # the welcome goes out once pushes reach this connection, and any queued meanwhile follow it
+        connection.open()
         await _serve(websocket, backend, connection, extensions)
     finally:
         hub.remove(connection)

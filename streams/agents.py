@@ -13,8 +13,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from imflow.core import archive_queue
+from imflow.core import archive_queue, fan_out
 from imflow.core.agents import AgentContext, AgentSpec, Records, TimerSpec
+from imflow.core.fan_out import MODES, Mode
 from imflow.core.models import Message, SendCommand
 from imflow.core.plugin_calls import Hooks
 from imflow.core.send_path import handle_sends
@@ -32,10 +33,18 @@ async def ingest(ctx: AgentContext, records: Records) -> None:
             batch.append((SendCommand.model_validate_json(value), partition))
         except pydantic.ValidationError as exc:
             log.error("ingest: skipped a malformed record on partition %d: %s", partition, exc)
+
     async def after_persist(messages: list[Message]) -> None:
         await ctx.hooks.call("imflow_after_persist", messages=messages, context=ctx)
 
-    await handle_sends(ctx.redis, ctx.ids, ctx.settings, batch, after_persist)
+    async def choose_mode(conversation: str, members: int, sender: str) -> Mode | None:
+        chosen = await ctx.hooks.first("imflow_fan_out_policy", conversation=conversation, members=members, sender=sender)
+        if chosen is not None and chosen not in MODES:
+            log.warning("imflow_fan_out_policy answered %r for %s; using the default", chosen, conversation)
+            return None
+        return chosen
+
+    await handle_sends(ctx.redis, ctx.ids, ctx.settings, batch, after_persist, choose_mode)
 
 
 AGENTS: tuple[AgentSpec, ...] = (AgentSpec("ingest", topics.INGEST, ingest),)
@@ -73,7 +82,15 @@ async def seal_archive(ctx: AgentContext) -> None:
         pass  # a full batch: more may wait
 
 
-TIMERS: tuple[TimerSpec, ...] = (TimerSpec("archive", lambda s: s.archive_flush_seconds, seal_archive),)
+async def flush_group_unread(ctx: AgentContext) -> None:
+    """The group unread agent: bring members of read fan-out groups with new messages up to date."""
+    await fan_out.flush_pending(ctx.redis)
+
+
+TIMERS: tuple[TimerSpec, ...] = (
+    TimerSpec("archive", lambda s: s.archive_flush_seconds, seal_archive),
+    TimerSpec("group_unread", lambda s: s.group_unread_flush_seconds, flush_group_unread),
+)
 
 
 def all_agents(hooks: Hooks) -> tuple[list[AgentSpec], list[TimerSpec]]:

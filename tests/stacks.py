@@ -12,10 +12,14 @@ from imflow.testing import ImflowProcess, free_port
 from imflow.core import tokens
 
 SECRET = "test-secret-" + uuid.uuid4().hex
-# small enough that history pages cross from Redis into the archive in ordinary tests
+# small enough that history pages cross from Redis into the archive in ordinary tests, and
+# that groups of the tests switch between write and read fan-out
+READ_FAN_OUT_THRESHOLD = 6
 STACK_ENV = {
     "IMFLOW_SECRET_KEY": SECRET,
     "IMFLOW_CONVERSATION_LOG_LIMIT": "50",
+    "IMFLOW_READ_FAN_OUT_THRESHOLD": str(READ_FAN_OUT_THRESHOLD),
+    "IMFLOW_GROUP_UNREAD_FLUSH_SECONDS": "1",
     "IMFLOW_ARCHIVE_FLUSH_SECONDS": "0.2",
     "IMFLOW_LOG_LEVEL": "info",
 }

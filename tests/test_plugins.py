@@ -43,6 +43,7 @@ class Everything:
         self.disconnected: list[str] = []
         self.audited: list[bytes] = []
         self.ticks = 0
+        self.policy_asked: list[tuple[str, int, str]] = []
 
     @hookimpl
     def imflow_configure(self, settings: Settings) -> None:
@@ -90,6 +91,11 @@ class Everything:
         self.persisted.extend(m.mid for m in messages)
 
     @hookimpl
+    async def imflow_fan_out_policy(self, conversation: str, members: int, sender: str) -> str | None:
+        self.policy_asked.append((conversation, members, sender))
+        return "read" if sender == "alice" else None  # alice is a celebrity: read fan-out for her
+
+    @hookimpl
     def imflow_on_connect(self, user: str, node: str) -> None:
         self.connected.append(user)
 
@@ -116,6 +122,10 @@ class Broken:
     @hookimpl
     def imflow_message_types(self):
         raise RuntimeError("broken message_types")
+
+    @hookimpl
+    def imflow_fan_out_policy(self, conversation, members, sender):
+        raise RuntimeError("broken fan_out_policy")
 
 
 async def test_every_hook_through_a_running_imflow(imflow_server) -> None:
@@ -152,6 +162,16 @@ async def test_every_hook_through_a_running_imflow(imflow_server) -> None:
             # imflow_stream_agents: the agent got the record, the timer ticks
             await eventually(lambda: _async(plugin.audited == [b'{"by":"alice"}']))
             await eventually(lambda: _async(plugin.ticks >= 2))
+            # imflow_fan_out_policy: alice's group messages go by read fan-out (no count in the
+            # push, none in bob's inbox), bob's by the default, write fan-out, for 2 members
+            group = (await alice.request({"op": "create_group", "name": "duo", "members": ["bob"]}))["conversation"]
+            await alice.send({"conversation": group, "body": {"text": "from the star"}})
+            by_read = await bob.next_message()
+            await bob.send({"conversation": group, "body": {"text": "from a fan"}})
+            by_write = await alice.next_message()
+            assert by_read["message"]["sender"] == "alice" and "unread" not in by_read
+            assert by_write["message"]["sender"] == "bob" and by_write["unread"]["count"] == 1
+            assert sorted(set(plugin.policy_asked)) == [(group, 2, "alice"), (group, 2, "bob")]
         # imflow_on_disconnect
         await eventually(lambda: _async(sorted(plugin.disconnected) == ["alice", "bob"]))
         # imflow_http_routes
@@ -172,8 +192,11 @@ async def test_a_failing_plugin_is_isolated_and_named(imflow_server, caplog: pyt
             await alice.send({"to": "bob", "type": "shout", "body": {"text": "still works"}})
             assert (await bob.next_message())["message"]["body"] == {"text": "STILL WORKS"}
             await eventually(lambda: _async(len(plugin.persisted) == 1))
+            group = (await alice.request({"op": "create_group", "name": "duo", "members": ["bob"]}))["conversation"]
+            await alice.send({"conversation": group, "body": {"text": "policy skipped, not stuck"}})
+            assert "unread" not in await bob.next_message(), "the working plugin still chose read fan-out"
     logged = caplog.text
-    for hook in ("imflow_before_send", "imflow_after_persist", "imflow_on_connect", "imflow_message_types"):
+    for hook in ("imflow_before_send", "imflow_after_persist", "imflow_on_connect", "imflow_message_types", "imflow_fan_out_policy"):
         assert f"plugin broken failed in {hook}" in logged
 
 

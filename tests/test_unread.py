@@ -62,10 +62,11 @@ async def test_sending_marks_the_conversation_read_for_the_sender(any_redis) -> 
 async def test_inbox_keeps_the_newest_and_acks_remove(any_redis) -> None:
     for seq in range(1, 21):
         await deliver(any_redis, message("p:alice:bob", seq, "alice"), "bob", 10)
-    fragments, cursor = await inbox_page(any_redis, "bob", None, 100)
+    fragments, cursor, mids = await inbox_page(any_redis, "bob", None, 100)
     page = orjson.loads(orjson.dumps(fragments))
     assert [m["seq"] for m in page] == list(range(20, 10, -1)) and cursor is None
-    older, cursor = await inbox_page(any_redis, "bob", None, 4)
+    assert mids == {m["mid"] for m in page}
+    older, cursor, _ = await inbox_page(any_redis, "bob", None, 4)
     assert cursor == orjson.loads(orjson.dumps(older))[-1]["mid"]
     assert await acknowledge(any_redis, "bob", [page[0]["mid"], page[1]["mid"], 12345]) == 2
     # unread counts are about the conversation, not the inbox: trimming and ACKs leave them

@@ -1,0 +1,157 @@
+"""Write and read fan-out of group messages (R9, R10), and group unread counts (R11, R12).
+
+Write fan-out puts every message into each member's inbox and moves their unread count at
+once: cheap for small groups, a Redis write per member per message for big ones. Read
+fan-out stores a group message once (the conversation log and one archive row) and pushes it
+to the members connected now, one record per gateway. Per member, only seqs move: a member's
+``last`` seq for the conversation is raised to the group's newest read fan-out seq by a flush
+every few seconds, or at once when the member syncs or reads, and unread = last - read.
+
+Both modes keep one read position, one unread count per conversation and one total per user,
+so the client protocol is the same and a group may switch mode between any two messages:
+a message is in the inboxes (write) or only in the log (read), never both or neither, and
+every count is *set* from seqs, so replays, late flushes and restarts cannot double count.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from . import keys
+from .scripts import queue_script, run_pipeline
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
+
+    from .models import Message
+
+Mode = Literal["write", "read"]
+MODES: tuple[Mode, ...] = ("write", "read")
+FLUSH_CHUNK = 1000  # members per pipeline in a flush, so Redis never stalls on one group
+
+
+def default_mode(members: int, threshold: int) -> Mode:
+    return "read" if members >= threshold else "write"
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """A group as one batch sees it: size, members (listed only below the listing size), and
+    which of the batch's senders are members."""
+
+    count: int
+    members: list[str] | None
+    senders: frozenset[str]
+
+
+def queue_group_view(pipe: Pipeline, gid: str, list_below: int, senders: list[str]) -> None:
+    queue_script(pipe, "group_view", keys=[keys.group_members(gid)], args=[list_below, *senders])
+
+
+def group_view(result: list, list_below: int, senders: list[str]) -> GroupView:
+    count, members, flags = result
+    listed = [member.decode() for member in members] if int(count) < list_below else None
+    return GroupView(int(count), sorted(listed) if listed is not None else None,
+                     frozenset(sender for sender, flag in zip(senders, flags, strict=True) if flag))
+
+
+def queue_stored(pipe: Pipeline, message: Message, gid: str) -> int:
+    """The per-message Redis work of read fan-out, whatever the group's size: raise the group's
+    read fan-out mark and the pending flush, bring the sender up to their own message, and list
+    the members connected now. Returns the pipeline index of the first reply; ``stored_result``
+    reads the replies from there."""
+    conversation, seq = message.conversation, message.seq
+    index = len(pipe)
+    queue_script(pipe, "raise_field", keys=[keys.group_info(gid)], args=[keys.READ_UPTO, seq])
+    queue_script(pipe, "raise_field", keys=[keys.fan_out_pending()], args=[conversation, seq])
+    queue_script(pipe, "advance", keys=keys.user_state_keys(message.sender), args=[conversation, seq, seq])
+    queue_script(pipe, "online_members", keys=[keys.group_online(gid), keys.group_members(gid)], args=[])
+    return index
+
+
+def stored_result(results: list, index: int) -> tuple[bool, dict[str, list[str]]]:
+    """(first time stored: a replay raised no mark and pushes nothing again, the members
+    connected now by gateway)."""
+    return bool(results[index]), online_by_gateway(results[index + 3])
+
+
+def online_by_gateway(fields: list[bytes]) -> dict[str, list[str]]:
+    """``gateway|user`` fields -> the users each gateway holds."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for field in fields:
+        node, _, user = field.decode().rpartition("|")
+        out[node].append(user)
+    return out
+
+
+async def read_upto(redis: Redis, gids: list[str]) -> dict[str, int]:
+    """Each group's newest read fan-out seq (0: it has only ever used write fan-out)."""
+    if not gids:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for gid in gids:
+            pipe.hget(keys.group_info(gid), keys.READ_UPTO)
+        return {gid: int(value or 0) for gid, value in zip(gids, await pipe.execute(), strict=True)}
+
+
+async def catch_up(redis: Redis, user: str, gids: list[str] | None = None) -> dict[str, int]:
+    """Bring one user's counts up to date in their read fan-out groups now (what the flush would
+    do for them in a few seconds). Returns those groups' newest read fan-out seqs."""
+    if gids is None:
+        gids = sorted(gid.decode() for gid in await redis.smembers(keys.user_groups(user)))
+    marks = {gid: seq for gid, seq in (await read_upto(redis, gids)).items() if seq}
+    if marks:
+        def advance_all(pipe: Pipeline) -> None:
+            for gid, seq in marks.items():
+                queue_script(pipe, "advance", keys=keys.user_state_keys(user), args=[f"g:{gid}", seq, 0])
+
+        await run_pipeline(redis, advance_all)
+    return marks
+
+
+async def flush_pending(redis: Redis) -> int:
+    """Flush the unread counts of every read fan-out group with new messages to its members.
+
+    The pending hash is in Redis, so a flush a crashed worker did not do is done by the next
+    tick of any worker. Returns the number of member updates.
+    """
+    pending = await redis.hgetall(keys.fan_out_pending())
+    updates = 0
+    for field, value in sorted(pending.items()):
+        conversation, seq = field.decode(), int(value)
+        gid = conversation.removeprefix("g:")
+        members = [member.decode() for member in await redis.hkeys(keys.group_members(gid))]
+        for start in range(0, len(members), FLUSH_CHUNK):
+            chunk = members[start : start + FLUSH_CHUNK]
+
+            def advance_chunk(pipe: Pipeline, chunk: list[str] = chunk) -> None:
+                for member in chunk:
+                    queue_script(pipe, "advance", keys=keys.user_state_keys(member), args=[conversation, seq, 0])
+
+            await run_pipeline(redis, advance_chunk)
+        updates += len(members)
+        await run_pipeline(
+            redis, lambda pipe: queue_script(pipe, "settle_field", keys=[keys.fan_out_pending()], args=[conversation, seq])
+        )
+    return updates
+
+
+async def unread_messages(redis: Redis, user: str, marks: dict[str, int], limit: int) -> list[bytes]:
+    """The user's unread messages in read fan-out groups (never in their inbox): per group the
+    newest ``limit`` after their read position, from the conversation log."""
+    if not marks:
+        return []
+    gids = sorted(marks)
+    async with redis.pipeline(transaction=False) as pipe:
+        for gid in gids:
+            pipe.hget(keys.read_seq(user), f"g:{gid}")
+            pipe.hget(keys.group_joined(gid), user)
+        positions = await pipe.execute()
+    async with redis.pipeline(transaction=False) as pipe:
+        for i, gid in enumerate(gids):
+            floor = max(int(positions[2 * i] or 0), int(positions[2 * i + 1] or 0))
+            pipe.zrevrangebyscore(keys.conversation_log(f"g:{gid}"), marks[gid], f"({floor}", start=0, num=limit)
+        return [entry for entries in await pipe.execute() for entry in entries]

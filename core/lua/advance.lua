@@ -1,0 +1,25 @@
+-- Bring one member up to date in a read fan-out conversation: the messages up to a seq exist
+-- (in the conversation's log, not in the inbox), so the member's last seq and unread move.
+-- KEYS: inbox (unused), last (hash), read (hash), unread (hash), unread_total
+-- ARGV[1] conversation  ARGV[2] seq the conversation has reached  ARGV[3] seq the member has
+-- read up to at least (their own message, or their joining point; 0 for none)
+-- Counts are set from seqs, never incremented, so running it twice or late changes nothing.
+-- Returns {unread in the conversation, unread total}.
+local conv, seq, floor = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local last = tonumber(redis.call('HGET', KEYS[2], conv) or '0')
+if seq > last then
+  last = seq
+  redis.call('HSET', KEYS[2], conv, last)
+end
+local read = tonumber(redis.call('HGET', KEYS[3], conv) or '0')
+if floor > read then
+  read = math.min(floor, last)
+  redis.call('HSET', KEYS[3], conv, read)
+end
+local old = tonumber(redis.call('HGET', KEYS[4], conv) or '0')
+local new = last - read
+if new < 0 then new = 0 end
+if new ~= old then
+  redis.call('HSET', KEYS[4], conv, new)
+end
+return {new, tonumber(redis.call('INCRBY', KEYS[5], new - old))}

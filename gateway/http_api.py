@@ -1,0 +1,95 @@
+"""Groups over HTTP: the same operations as the WebSocket frames, for servers and scripts.
+
+Each request becomes the frame it stands for and goes through the same parsing and the same
+handler, so rules, limits and error codes are the WebSocket's. ``Authorization: Bearer
+<token>`` names the user; errors are ``{"error": {"code", "message"}}`` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from imflow.core import tokens
+from imflow.core.errors import ErrorCode, ImflowError
+
+from . import operations, protocol
+
+MAX_BODY = 1 << 20
+STATUS = {
+    ErrorCode.BAD_JSON: 400,
+    ErrorCode.BAD_FRAME: 400,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.TOKEN_EXPIRED: 401,
+    ErrorCode.TOKEN_INVALID: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.FRAME_TOO_LARGE: 413,
+    ErrorCode.UNAVAILABLE: 503,
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """What an operation needs of a connection, for a request that has none."""
+
+    user: str
+
+
+def _error(error: ImflowError) -> JSONResponse:
+    return JSONResponse({"error": error.to_dict()}, status_code=STATUS.get(error.code, 400))  # type: ignore[call-overload]
+
+
+def _user(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ImflowError(ErrorCode.UNAUTHENTICATED, "send 'Authorization: Bearer <token>' (imflow token <user> prints one)")
+    return tokens.verify(request.app.state.backend.settings.secret_key.get_secret_value(), token.strip())
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    if request.method in ("GET", "DELETE"):
+        return {}
+    data = await request.body()
+    if len(data) > MAX_BODY:
+        raise ImflowError(ErrorCode.FRAME_TOO_LARGE, f"request bodies are limited to {MAX_BODY} bytes")
+    try:
+        body = orjson.loads(data or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise ImflowError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ImflowError(ErrorCode.BAD_FRAME, "the body is a JSON object")
+    return body
+
+
+def _endpoint(op: str, status: int = 200) -> Any:
+    async def handle(request: Request) -> Response:
+        try:
+            user = _user(request)
+            # path parameters win over the body, and 'op' comes from the route
+            frame = {**(await _body(request)), **request.path_params, "op": op}
+            if op == "remove_member" and frame.get("user") == user:
+                frame = {"op": "leave_group", "gid": frame["gid"]}
+            parsed = protocol.parse(orjson.dumps(frame))
+            state = request.app.state
+            reply = await operations.handle(parsed, Caller(user), state.backend, state.extensions)  # type: ignore[arg-type]
+        except ImflowError as error:
+            return _error(error)
+        return JSONResponse(reply, status_code=status)
+
+    return handle
+
+
+ROUTES = [
+    Route("/api/groups", _endpoint("create_group", 201), methods=["POST"]),
+    Route("/api/groups", _endpoint("my_groups"), methods=["GET"]),
+    Route("/api/groups/{gid}/members", _endpoint("group_members"), methods=["GET"]),
+    Route("/api/groups/{gid}/members", _endpoint("add_members"), methods=["POST"]),
+    Route("/api/groups/{gid}/members/{user}", _endpoint("remove_member"), methods=["DELETE"]),
+    Route("/api/groups/{gid}/members/{user}/role", _endpoint("set_role"), methods=["PUT"]),
+]

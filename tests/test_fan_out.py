@@ -1,0 +1,174 @@
+"""Write and read fan-out in the core (core/send_path.py, core/fan_out.py) on fakeredis and
+the real redis-server: one stored copy, counts flushed from seqs, replays and switches."""
+
+from __future__ import annotations
+
+import itertools
+
+import orjson
+import pytest
+
+from imflow.core import fan_out, groups, inbox, keys, presence
+from imflow.core.ids import IdGenerator
+from imflow.core.models import SendCommand
+from imflow.core.send_path import handle_sends
+from imflow.core.settings import Settings
+
+SETTINGS = Settings(read_fan_out_threshold=5)
+IDS = IdGenerator(1)
+CMIDS = itertools.count()
+
+
+def send(sender: str, conversation: str, text: str = "hi", cmid: str | None = None) -> tuple[SendCommand, int]:
+    command = SendCommand(
+        sender=sender, client_msg_id=cmid or f"c{next(CMIDS)}", conversation=conversation,
+        body={"text": text}, sent_at_ms=1, gateway="gw-a", origin="conn-1",
+    )
+    return command, 0
+
+
+async def run(redis, batch, choose_mode=None):
+    return await handle_sends(redis, lambda partition: IDS, SETTINGS, batch, choose_mode=choose_mode)
+
+
+async def unread(redis, user: str, conversation: str) -> tuple[int, int]:
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hget(keys.unread(user), conversation)
+        pipe.get(keys.unread_total(user))
+        count, total = await pipe.execute()
+    return int(count or 0), int(total or 0)
+
+
+async def published(redis, node: str):
+    """Subscribe to a gateway's channel; returns a function giving the events seen so far."""
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(keys.gateway_channel(node))
+    seen: list[dict] = []
+
+    async def events() -> list[dict]:
+        # an ignored subscribe confirmation also reads as None: poll for a fixed while instead
+        for _ in range(5):
+            message = await pubsub.get_message(timeout=0.05)
+            if message is not None:
+                seen.extend(orjson.loads(message["data"]))
+        return seen
+
+    return pubsub, events
+
+
+async def big_group(redis, size: int) -> tuple[str, list[str]]:
+    members = [f"m{i:03d}" for i in range(size)]
+    await groups.create(redis, "big", members[0], "big", members[1:])
+    return "g:big", members
+
+
+async def test_read_fan_out_stores_once_and_counts_from_seqs(any_redis) -> None:
+    conversation, members = await big_group(any_redis, 8)
+    stored = await run(any_redis, [send("m000", conversation), send("m001", conversation), send("m000", conversation)])
+    assert [m.seq for m in stored] == [1, 2, 3]
+    assert await any_redis.zcard(keys.conversation_log(conversation)) == 3
+    for member in members:  # no per-member copy: nobody's inbox holds a group message
+        assert await any_redis.zcard(keys.inbox(member)) == 0
+    # the senders are up to date with their own messages at once; the others after the flush
+    assert await unread(any_redis, "m000", conversation) == (0, 0)
+    assert await unread(any_redis, "m001", conversation) == (0, 0), "read up to seq 2, seq 3 not counted yet"
+    assert await unread(any_redis, "m005", conversation) == (0, 0)
+    assert await fan_out.flush_pending(any_redis) == 8
+    assert await any_redis.hlen(keys.fan_out_pending()) == 0
+    for member in members[2:]:
+        assert await unread(any_redis, member, conversation) == (3, 3)
+    assert await unread(any_redis, "m001", conversation) == (1, 1)
+    # a flush again, and a replay of the whole batch, change nothing
+    assert await fan_out.flush_pending(any_redis) == 0
+    again = await run(any_redis, [send("m000", conversation, cmid=stored[0].client_msg_id)])
+    assert [m.seq for m in again] == [1]
+    await fan_out.flush_pending(any_redis)
+    assert await unread(any_redis, "m007", conversation) == (3, 3)
+    read = await inbox.mark_read(any_redis, "m007", conversation, 2)
+    assert (read.count, read.total) == (1, 1)
+
+
+async def test_a_sync_or_read_brings_one_member_up_to_date_before_the_flush(any_redis) -> None:
+    conversation, _ = await big_group(any_redis, 6)
+    await run(any_redis, [send("m000", conversation) for _ in range(4)])
+    assert await unread(any_redis, "m003", conversation) == (0, 0), "not flushed yet"
+    marks = await fan_out.catch_up(any_redis, "m003")
+    assert marks == {"big": 4}
+    assert await unread(any_redis, "m003", conversation) == (4, 4)
+    assert await unread(any_redis, "m004", conversation) == (0, 0), "only the user who asked"
+    messages = await fan_out.unread_messages(any_redis, "m003", marks, 100)
+    assert [orjson.loads(m)["seq"] for m in messages] == [4, 3, 2, 1]
+    await inbox.mark_read(any_redis, "m003", conversation, 3)
+    assert [orjson.loads(m)["seq"] for m in await fan_out.unread_messages(any_redis, "m003", marks, 100)] == [4]
+
+
+async def test_online_members_get_one_event_per_gateway_and_replays_push_nothing(any_redis) -> None:
+    conversation, members = await big_group(any_redis, 7)
+    for member in members[:3]:
+        await presence.connected(any_redis, member, "gw-a")
+    await presence.connected(any_redis, "m003", "gw-b")
+    pubsub_a, events_a = await published(any_redis, "gw-a")
+    pubsub_b, events_b = await published(any_redis, "gw-b")
+    try:
+        command = send("m001", conversation)
+        await run(any_redis, [command])
+        pushes_a = [e for e in await events_a() if e["frame"]["op"] == "msg"]
+        pushes_b = [e for e in await events_b() if e["frame"]["op"] == "msg"]
+        assert len(pushes_a) == 1 and sorted(pushes_a[0]["users"]) == ["m000", "m001", "m002"]
+        assert pushes_a[0]["skip"] == "conn-1", "not back to the sending connection"
+        assert len(pushes_b) == 1 and pushes_b[0]["users"] == ["m003"]
+        await run(any_redis, [command])  # Kafka redelivers
+        assert [e for e in await events_a() if e["frame"]["op"] == "msg"] == pushes_a
+        # someone who left is not pushed to, even if a stale presence entry remained
+        await groups.leave(any_redis, "big", "m002")
+        await any_redis.hset(keys.group_online("big"), "gw-a|m002", 1)
+        await run(any_redis, [send("m001", conversation)])
+        latest = [e for e in await events_a() if e["frame"]["op"] == "msg"][-1]
+        assert sorted(latest["users"]) == ["m000", "m001"]
+    finally:
+        for pubsub in (pubsub_a, pubsub_b):
+            await pubsub.aclose()
+
+
+async def test_switching_modes_loses_and_repeats_nothing(any_redis) -> None:
+    await groups.create(any_redis, "grow", "a0", "grow", ["a1", "a2"])
+    conversation = "g:grow"
+    await run(any_redis, [send("a0", conversation) for _ in range(3)])  # write: 3 members
+    await groups.add(any_redis, "grow", "a0", ["a3", "a4", "a5"])  # 6 >= 5: read
+    await run(any_redis, [send("a1", conversation) for _ in range(3)])
+    await groups.remove(any_redis, "grow", "a0", "a5")
+    await groups.remove(any_redis, "grow", "a0", "a4")  # 4: write again
+    await run(any_redis, [send("a0", conversation) for _ in range(2)])
+    await fan_out.flush_pending(any_redis)
+    for member, seen_from in (("a2", 1), ("a3", 4)):
+        marks = await fan_out.catch_up(any_redis, member)
+        in_inbox = [orjson.loads(entry)["seq"] for entry in await any_redis.zrange(keys.inbox(member), 0, -1)]
+        from_log = [orjson.loads(entry)["seq"] for entry in await fan_out.unread_messages(any_redis, member, marks, 100)]
+        assert sorted(set(in_inbox) | set(from_log)) == list(range(seen_from, 9)), member
+        assert set(in_inbox) == {s for s in (1, 2, 3, 7, 8) if s >= seen_from}, "each message is in the inbox or the log"
+        assert await unread(any_redis, member, conversation) == (9 - seen_from, 9 - seen_from)
+    assert await unread(any_redis, "a4", conversation) == (0, 0), "a member who left keeps no count"
+
+
+async def test_a_policy_picks_the_mode_per_group_and_sender(any_redis) -> None:
+    await groups.create(any_redis, "fans", "star", "fans", ["f1", "f2"])
+    seen = []
+
+    async def celebrity(conversation: str, members: int, sender: str):
+        seen.append((conversation, members, sender))
+        return "read" if sender == "star" else None
+
+    await run(any_redis, [send("star", "g:fans"), send("f1", "g:fans"), send("star", "g:fans")], celebrity)
+    assert sorted(set(seen)) == [("g:fans", 3, "f1"), ("g:fans", 3, "star")], "asked once per group and sender"
+    inbox_seqs = [orjson.loads(entry)["seq"] for entry in await any_redis.zrange(keys.inbox("f2"), 0, -1)]
+    assert inbox_seqs == [2], "only the fan's message went through the inboxes"
+    await fan_out.flush_pending(any_redis)
+    assert await unread(any_redis, "f2", "g:fans") == (3, 3)
+
+
+@pytest.mark.parametrize("size", [2, 5, 9])
+async def test_the_default_policy_is_the_size_threshold(any_redis, size: int) -> None:
+    await groups.create(any_redis, f"s{size}", "u0", "s", [f"u{i}" for i in range(1, size)])
+    await run(any_redis, [send("u0", f"g:s{size}")])
+    written = await any_redis.zcard(keys.inbox("u1"))
+    assert written == (1 if size < SETTINGS.read_fan_out_threshold else 0)
