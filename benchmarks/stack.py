@@ -37,7 +37,7 @@ def arguments(doc: str, json_default: str) -> argparse.ArgumentParser:
 class Stack:
     """N Faust workers and M gateways on a flushed Redis database and a fresh Faust app id."""
 
-    def __init__(self, kafka: str, redis_url: str, workers: int = 1, gateways: int = 1) -> None:
+    def __init__(self, kafka: str, redis_url: str, workers: int = 1, gateways: int = 1, env: dict[str, str] | None = None) -> None:
         with redis_sync.Redis.from_url(redis_url) as client:
             client.flushdb()
         folder = Path(tempfile.mkdtemp(prefix="imflow-bench-"))
@@ -48,6 +48,7 @@ class Stack:
             "IMFLOW_DATA_DIR": str(folder / "data"),
             "IMFLOW_SECRET_KEY": SECRET,
             "IMFLOW_LOG_LEVEL": "warning",
+            **(env or {}),
         }
         self.processes: list[ImflowProcess] = []
         self.urls: list[str] = []

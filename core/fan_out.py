@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 Mode = Literal["write", "read"]
 MODES: tuple[Mode, ...] = ("write", "read")
-FLUSH_CHUNK = 1000  # members per pipeline in a flush, so Redis never stalls on one group
+FLUSH_CHUNK = 250  # members per pipeline in a flush: neither Redis nor the worker's loop stalls on one group
 
 
 def default_mode(members: int, threshold: int) -> Mode:

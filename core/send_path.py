@@ -151,6 +151,12 @@ async def handle_sends(
 
     # 3. the messages are durable now (conversation log, inboxes, archive queue): tell everyone
     frames = gateway_events.GatewayBatch()
+    # the senders' ACKs first: a gateway routes events in order, and a push to a thousand
+    # members of a big group should not stand in front of the one frame its sender waits for
+    for (command, *_), (accepted, _) in zip(work, answers, strict=True):
+        if command.gateway:
+            frame = {"op": "sent", "cmid": accepted.client_msg_id, "conversation": accepted.conversation, "mid": accepted.mid, "seq": accepted.seq}
+            frames.add(command.gateway, command.sender, frame)
     for message, member, index, skip in deliveries:
         fresh, unread = delivery_result(message, results[index])
         if fresh:
@@ -165,10 +171,6 @@ async def handle_sends(
         fresh, online = fan_out.stored_result(results, index)
         for node, members in online.items() if fresh else ():
             frames.add_many(node, members, frame, skip)
-    for (command, *_), (accepted, _) in zip(work, answers, strict=True):
-        if command.gateway:
-            frame = {"op": "sent", "cmid": accepted.client_msg_id, "conversation": accepted.conversation, "mid": accepted.mid, "seq": accepted.seq}
-            frames.add(command.gateway, command.sender, frame)
     async with redis.pipeline(transaction=False) as pipe:
         frames.queue(pipe)
         await pipe.execute()
