@@ -22,7 +22,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .ids import id_time_ms
+from .ids import NODE_BITS, SEQUENCE_BITS, id_time_ms
 
 CONTENT = "im_msg_content"
 MAILBOX = "im_user_msg_box"
@@ -47,7 +47,7 @@ MAILBOX_SCHEMA = pa.schema(
         ("conversation", pa.string()),
         ("mid", pa.int64()),
         ("seq", pa.int64()),
-        ("box", pa.string()),  # 'out' in the sender's mailbox, 'in' in each receiver's
+        ("box", pa.string()),  # 'out' (sender), 'in' (each receiver), 'group' (read fan-out)
         ("peer", pa.string()),  # the other side: the sender for 'in', the conversation for 'out'
         ("created_at_ms", pa.int64()),
     ]
@@ -56,7 +56,8 @@ DELETIONS_SCHEMA = pa.schema([("owner_uid", pa.string()), ("mid", pa.int64()), (
 
 
 def content_shard(mid: int, shards: int) -> int:
-    return mid % shards
+    """By the millisecond in the id: its low bits (node, sequence) are mostly zero."""
+    return (mid >> (NODE_BITS + SEQUENCE_BITS)) % shards
 
 
 def mailbox_shard(owner_uid: str, shards: int) -> int:
@@ -99,7 +100,8 @@ def message_rows(message: dict[str, Any], members: list[str]) -> tuple[dict, lis
             "conversation": message["conversation"],
             "mid": message["mid"],
             "seq": message["seq"],
-            "box": "out" if member == message["sender"] else "in",
+            # 'group': the one row of a read fan-out message, owned by the group conversation
+            "box": "out" if member == message["sender"] else ("group" if member == message["conversation"] else "in"),
             "peer": message["conversation"] if member == message["sender"] else message["sender"],
             "created_at_ms": created,
         }

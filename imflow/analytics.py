@@ -13,6 +13,7 @@ de-duplicated here. ``refresh()`` picks up segments sealed since the archive was
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +37,8 @@ class Archive:
         self.root = Path(root)
         self.layout = ArchiveLayout(self.root)  # shard counts do not matter to readers of every shard
         self.db = duckdb.connect()
+        with contextlib.suppress(duckdb.Error):  # in Jupyter DuckDB refuses the setting without ipywidgets
+            self.db.execute("SET enable_progress_bar = false")  # results, not progress bars
         self.refresh()
 
     def close(self) -> None:
@@ -49,7 +52,7 @@ class Archive:
 
     def _source(self, table: str, schema) -> str:
         files = self.layout.files(table)
-        return f"read_parquet({files!r}, union_by_name = true)" if files else f"({_empty(schema)})"
+        return f"read_parquet({files!r}, union_by_name = true, hive_partitioning = false)" if files else f"({_empty(schema)})"
 
     def refresh(self) -> None:
         """(Re)define the views over the segments sealed so far."""
@@ -67,22 +70,24 @@ class Archive:
             FROM (SELECT * FROM {mailbox} QUALIFY row_number() OVER (PARTITION BY owner_uid, mid) = 1) AS box
             LEFT JOIN (SELECT DISTINCT owner_uid, mid FROM {deletions}) AS deleted USING (owner_uid, mid)
         """)
-        core = {CONTENT, MAILBOX, DELETIONS}
+        core = {CONTENT, MAILBOX, DELETIONS}  # and folders starting with '.' (compaction's trash)
         for folder in sorted(p for p in self.root.glob("*") if p.is_dir() and p.name not in core):
             files = self.layout.files(folder.name)
             if files and folder.name.isidentifier():
-                self.db.execute(f"CREATE OR REPLACE VIEW {folder.name} AS SELECT DISTINCT * FROM read_parquet({files!r}, union_by_name = true)")
+                self.db.execute(f"CREATE OR REPLACE VIEW {folder.name} AS SELECT DISTINCT * FROM read_parquet({files!r}, union_by_name = true, hive_partitioning = false)")
 
     def tables(self) -> list[str]:
         return [row[0] for row in self.db.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()]
 
     def sql(self, query: str) -> duckdb.DuckDBPyRelation:
-        """Any SQL over the views; ``.df()`` on the result gives a DataFrame, ``.pl()`` polars."""
+        """Any SQL over the views; ``.df()`` on the result gives a DataFrame, ``.pl()`` polars.
+        The views are brought up to date first: segments sealed or compacted since are seen."""
+        self.refresh()
         return self.db.sql(query)
 
     def scalar(self, query: str) -> object:
         """The single value a query returns (a count, a maximum)."""
-        return self.db.execute(query).fetchall()[0][0]
+        return self.sql(query).fetchall()[0][0]
 
     # -- the questions analysts ask first
 
@@ -119,4 +124,105 @@ class Archive:
         return self.sql("""
             SELECT quantile_cont(created_at_ms - sent_at_ms, [0.5, 0.9, 0.99]) AS q, count(*) AS messages
             FROM im_msg_content
+        """).df()
+
+    # -- conversations and groups
+
+    def conversation_activity(self, bucket: Bucket = "day") -> pd.DataFrame:
+        """Messages per bucket in one-to-one conversations and in groups."""
+        return self.sql(f"""
+            SELECT date_trunc('{bucket}', created_at) AS {bucket},
+                   CASE WHEN conversation LIKE 'g:%' THEN 'group' ELSE 'one-to-one' END AS kind,
+                   count(*) AS messages, count(DISTINCT conversation) AS conversations
+            FROM im_msg_content GROUP BY 1, 2 ORDER BY 1, 2
+        """).df()
+
+    def group_sizes(self) -> pd.DataFrame:
+        """Members of each group now, from the membership record (joins minus leaves)."""
+        return self.sql("""
+            SELECT 'g:' || gid AS conversation, count(*) AS members FROM (
+                SELECT gid, "user", arg_max(kind, at_ms) AS last FROM im_group_events
+                WHERE kind IN ('joined', 'left', 'removed') GROUP BY 1, 2)
+            WHERE last = 'joined' GROUP BY 1 ORDER BY members DESC
+        """).df()
+
+    def top_groups(self, n: int = 10) -> pd.DataFrame:
+        """The busiest groups: messages, distinct senders, members."""
+        return self.sql(f"""
+            WITH sizes AS ({self._group_sizes_sql()})
+            SELECT c.conversation, count(*) AS messages, count(DISTINCT sender) AS senders, any_value(s.members) AS members
+            FROM im_msg_content c LEFT JOIN sizes s USING (conversation)
+            WHERE c.conversation LIKE 'g:%' GROUP BY 1 ORDER BY messages DESC LIMIT {int(n)}
+        """).df()
+
+    def _group_sizes_sql(self) -> str:
+        return """SELECT 'g:' || gid AS conversation, count(*) AS members FROM (
+                SELECT gid, "user", arg_max(kind, at_ms) AS last FROM im_group_events
+                WHERE kind IN ('joined', 'left', 'removed') GROUP BY 1, 2) WHERE last = 'joined' GROUP BY 1"""
+
+    def fan_out_economics(self) -> pd.DataFrame:
+        """Per group size band: messages, mailbox rows written, and rows per message — what write
+        fan-out costs against read fan-out (one row per message) at each size."""
+        return self.sql(f"""
+            WITH sizes AS ({self._group_sizes_sql()}),
+            per AS (SELECT conversation, count(*) AS rows, count(DISTINCT mid) AS messages FROM im_user_msg_box
+                    WHERE conversation LIKE 'g:%' GROUP BY 1)
+            SELECT CASE WHEN members < 10 THEN '3-9' WHEN members < 30 THEN '10-29' WHEN members < 100 THEN '30-99'
+                        WHEN members < 300 THEN '100-299' WHEN members < 1000 THEN '300-999' ELSE '1000+' END AS band,
+                   min(members) AS smallest, count(*) AS groups, sum(messages) AS messages, sum(rows) AS mailbox_rows,
+                   sum(rows) / sum(messages) AS rows_per_message, sum(members * messages) / sum(messages) AS write_rows_per_message
+            FROM per JOIN sizes USING (conversation) GROUP BY 1 ORDER BY smallest
+        """).df()
+
+    # -- delivery, reading, unread
+
+    def latency_distribution(self) -> pd.DataFrame:
+        """Ingest latency (gateway receipt → stored) per message, in ms, for a histogram."""
+        return self.sql("SELECT created_at_ms - sent_at_ms AS ingest_ms FROM im_msg_content USING SAMPLE 200000 ROWS").df()
+
+    def read_delay_minutes(self) -> pd.DataFrame:
+        """How long after a message was stored its receiver reported reading up to it."""
+        return self.sql("""
+            SELECT (r.at_ms - m.created_at_ms) / 60000.0 AS minutes
+            FROM im_read_events r JOIN im_user_msg_box m
+              ON m.owner_uid = r.owner_uid AND m.conversation = r.conversation AND m.seq = r.read_seq
+            USING SAMPLE 200000 ROWS
+        """).df()
+
+    def unread_backlog(self) -> pd.DataFrame:
+        """Per user: messages received but never reported read (newest seq in their mailbox minus
+        their latest read position, over their conversations)."""
+        return self.sql("""
+            WITH got AS (SELECT owner_uid, conversation, max(seq) AS last FROM im_user_msg_box WHERE box = 'in' GROUP BY 1, 2),
+                 seen AS (SELECT owner_uid, conversation, max(read_seq) AS read FROM im_read_events GROUP BY 1, 2)
+            SELECT got.owner_uid AS user, sum(greatest(last - coalesce(read, 0), 0)) AS unread,
+                   count(*) AS conversations
+            FROM got LEFT JOIN seen USING (owner_uid, conversation) GROUP BY 1 ORDER BY unread DESC
+        """).df()
+
+    # -- plugins
+
+    def red_packet_stats(self, bucket: Bucket = "day") -> pd.DataFrame:
+        """Packets sent, cents in them, grabbed and refunded, and the mean share, per bucket."""
+        return self.sql(f"""
+            WITH e AS (SELECT mid, sum(cents) FILTER (WHERE kind = 'grab') AS grabbed,
+                              sum(cents) FILTER (WHERE kind = 'refund') AS refunded,
+                              count(*) FILTER (WHERE kind = 'grab') AS grabs, max(at_ms) FILTER (WHERE kind = 'grab') AS last_grab
+                       FROM red_packet_events GROUP BY 1)
+            SELECT date_trunc('{bucket}', epoch_ms(c.created_at_ms)) AS {bucket}, count(*) AS packets,
+                   sum(p.total_cents) AS cents, sum(coalesce(e.grabbed, 0)) AS grabbed_cents,
+                   sum(coalesce(e.refunded, 0)) AS refunded_cents, sum(e.grabs) AS grabs,
+                   sum(coalesce(e.grabbed, 0)) / nullif(sum(e.grabs), 0) AS mean_share_cents,
+                   median((e.last_grab - c.created_at_ms) / 1000.0) AS median_seconds_to_last_grab
+            FROM red_packets p JOIN im_msg_content c USING (mid) LEFT JOIN e USING (mid)
+            GROUP BY 1 ORDER BY 1
+        """).df()
+
+    def live_room_peaks(self) -> pd.DataFrame:
+        """Per live room: peak viewers, when, messages at the peak minute, and dropped share."""
+        return self.sql("""
+            SELECT room, max(viewers) AS peak_viewers, epoch_ms(arg_max(minute_ms, viewers)) AS peak_at,
+                   arg_max(messages, viewers) AS messages_at_peak,
+                   sum(dropped) / nullif(sum(messages), 0) AS dropped_share
+            FROM live_room_minutes GROUP BY 1 ORDER BY peak_viewers DESC
         """).df()

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from imflow.archive_cli import archive_cli, simulate
 from imflow.core.settings import Settings
 
 cli = typer.Typer(help="imflow: instant messaging on Faust, Redis and DuckDB.", no_args_is_help=True, add_completion=False)
@@ -99,6 +100,8 @@ def token(user: Annotated[str, typer.Argument(help="The user id the token names"
 
 repair_cli = typer.Typer(help="Rebuild derived state from the source of truth.", no_args_is_help=True)
 cli.add_typer(repair_cli, name="repair")
+cli.add_typer(archive_cli, name="archive")
+cli.command()(simulate)
 
 
 @repair_cli.command("unread")

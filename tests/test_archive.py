@@ -5,12 +5,16 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from imflow.core.archive import CONTENT, MAILBOX, ArchiveLayout, ArchiveReader, mailbox_shard, write_segments
+from imflow.core.archive import CONTENT, MAILBOX, ArchiveLayout, ArchiveReader, content_shard, mailbox_shard, write_segments
+
+
+def mid_of(seq: int) -> int:
+    return (5_000 + seq) << 12  # one millisecond apart, as ids of a quiet conversation are
 
 
 def record(seq: int, sender: str = "alice", conversation: str = "p:alice:bob") -> dict:
     message = {
-        "mid": 5_000_000 + seq,
+        "mid": mid_of(seq),
         "seq": seq,
         "conversation": conversation,
         "sender": sender,
@@ -32,17 +36,17 @@ def test_history_reads_index_then_content_and_ignores_replayed_segments(tmp_path
     assert [m["seq"] for m in page] == list(range(24, 14, -1))
     assert page[0]["body"] == {"text": "m24"}
     assert reader.history_page("carol", "p:alice:bob", before_seq=99, limit=10) == []
-    # content is sharded by mid, the mailbox by owner
+    # content is sharded by the millisecond of its mid, the mailbox by owner
     content_shards = {Path(f).parent.name for f in layout.files(CONTENT)}
     mailbox_shards = {Path(f).parent.name for f in layout.files(MAILBOX)}
-    assert content_shards == {f"shard={mid % 4:03d}" for mid in range(5_000_001, 5_000_031)}
+    assert content_shards == {f"shard={content_shard(mid_of(seq), 4):03d}" for seq in range(1, 31)} == {f"shard={n:03d}" for n in range(4)}
     assert mailbox_shards == {f"shard={mailbox_shard(owner, 4):03d}" for owner in ("alice", "bob")}
 
 
 def test_delete_for_me_hides_from_one_owner(tmp_path: Path) -> None:
     layout = ArchiveLayout(tmp_path)
     write_segments(layout, [record(1), record(2)])
-    write_segments(layout, [{"kind": "delete", "owner": "bob", "mid": 5_000_002, "at_ms": 9}])
+    write_segments(layout, [{"kind": "delete", "owner": "bob", "mid": mid_of(2), "at_ms": 9}])
     reader = ArchiveReader(layout)
     assert [m["seq"] for m in reader.history_page("bob", "p:alice:bob", 99, 10)] == [1]
     assert [m["seq"] for m in reader.history_page("alice", "p:alice:bob", 99, 10)] == [2, 1]

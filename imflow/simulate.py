@@ -1,0 +1,477 @@
+"""``imflow simulate``: realistic IM traffic, straight into the archive or through a running imflow.
+
+The model, with a seed for repeatability:
+
+- users with Zipf-like activity (a few chat all day, most now and then);
+- a daily rhythm (quiet nights, a lunch bump, an evening peak; weekends a little busier);
+- one-to-one conversations between friends, and groups of 3 to 10,000 members whose sizes
+  follow a power law; groups from ``read_fan_out_threshold`` members up are stored by read
+  fan-out (one mailbox row per message), smaller ones by write fan-out (a row per member);
+- read behaviour: receivers read some conversations minutes or hours later (``im_read_events``);
+- red packets in conversations, grabbed by members with the double-average split;
+- live rooms whose audience builds up to a peak during evening broadcasts (``live_room_minutes``).
+
+``to_archive`` writes sealed segments vectorised (numpy and pyarrow), time slice by time slice,
+so seqs follow time and ten million messages take seconds; ``through_gateway`` drives a running
+imflow with real clients, for small scales.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from imflow.core.archive import (
+    CONTENT,
+    MAILBOX,
+    ArchiveLayout,
+    mailbox_shard,
+)
+from imflow.core.ids import EPOCH_MS, NODE_BITS, SEQUENCE_BITS
+
+READS = "im_read_events"
+PACKETS = "red_packets"
+GRABS = "red_packet_events"
+ROOMS = "live_room_minutes"
+GROUP_EVENTS = "im_group_events"
+ROW_GROUP = 64 * 1024  # small row groups: DuckDB skips those a history page does not need
+
+# share of the day's messages in each hour (UTC), a typical consumer IM curve
+HOURLY = np.array([1.2, 0.7, 0.4, 0.3, 0.3, 0.5, 1.2, 2.8, 4.2, 4.8, 5.0, 5.3,
+                   6.2, 5.6, 5.0, 4.9, 5.0, 5.3, 5.9, 6.6, 7.4, 7.8, 6.8, 3.6])
+HOURLY = HOURLY / HOURLY.sum()
+TEXTS = [
+    "ok", "haha", "on my way", "see you at 8?", "👍", "sounds good", "who's in for lunch",
+    "can you send me the file", "happy birthday!!", "lol", "meeting moved to 3pm", "thanks!",
+    "where are you", "did you see the game last night", "🎉🎉", "call me when you can",
+    "running late, sorry", "good morning", "night night", "that's hilarious",
+]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    users: int = 100_000
+    messages: int = 1_000_000
+    days: int = 7
+    seed: int = 1
+    start_ms: int = EPOCH_MS + 700 * 86_400_000  # late 2025
+    group_share: float = 0.45  # of messages, into groups
+    groups_per_user: float = 0.02
+    max_group: int = 10_000
+    read_fan_out_threshold: int = 100
+    read_probability: float = 0.15  # of the messages a receiver gets, the share they report reading
+    red_packet_share: float = 0.004
+    live_rooms: int = 12
+    chunk: int = 1_000_000  # messages per time slice
+    content_shards: int = 4  # the archive's shard counts (IMFLOW_ARCHIVE_*_SHARDS)
+    shards: int = 4
+
+
+@dataclass
+class Population:
+    """Who exists and who talks to whom: users, friendships, groups and their members."""
+
+    names: pa.Array
+    activity: np.ndarray  # per user, sums to 1
+    pairs: np.ndarray  # (n, 2) user indices of one-to-one conversations
+    pair_weight: np.ndarray
+    group_sizes: np.ndarray
+    group_offsets: np.ndarray  # into members
+    members: np.ndarray  # group members, flattened
+    group_weight: np.ndarray
+    conversations: pa.Array = field(init=False)  # pairs first, then groups
+
+    def __post_init__(self) -> None:
+        a, b = self.pairs[:, 0], self.pairs[:, 1]
+        low, high = np.minimum(a, b), np.maximum(a, b)
+        sep = pa.scalar(":")
+        direct = pc.binary_join_element_wise(pa.scalar("p"), pc.take(self.names, low), pc.take(self.names, high), sep)
+        groups = pc.binary_join_element_wise(pa.scalar("g"), pa.array([f"sim{g:05d}" for g in range(len(self.group_sizes))]), sep)
+        self.conversations = pa.concat_arrays([direct.cast(pa.string()), groups.cast(pa.string())])
+
+    @property
+    def gids(self) -> list[str]:
+        return [f"sim{g:05d}" for g in range(len(self.group_sizes))]
+
+
+def _dictionary(indices: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
+    """A string column of a few distinct values as indices into them (readers see strings)."""
+    return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), values)
+
+
+def _strings(indices: np.ndarray, values: pa.Array) -> pa.Array:
+    """A string column picked from many distinct values (a dictionary that large would be
+    written again with every row group)."""
+    return pc.take(values, pa.array(indices, pa.int32()))
+
+
+def _weights(values: np.ndarray) -> np.ndarray:
+    return values / values.sum()
+
+
+def population(s: Scenario, rng: np.random.Generator) -> Population:
+    users = s.users
+    names = pa.array([f"u{i:07d}" for i in range(users)])
+    activity = _weights(rng.permutation(1.0 / np.arange(1, users + 1) ** 1.07))
+    # friendships: each user has a few, the active ones more
+    n_pairs = users * 3
+    a = rng.choice(users, n_pairs, p=activity)
+    b = rng.integers(0, users, n_pairs)
+    b = np.where(a == b, (b + 1) % users, b)
+    pairs = np.unique(np.sort(np.stack([a, b], axis=1), axis=1), axis=0)
+    pair_weight = _weights(np.sqrt(activity[pairs[:, 0]] * activity[pairs[:, 1]]) * rng.lognormal(0, 1, len(pairs)))
+    # groups: power-law sizes from 3 up, a few very large ones
+    n_groups = max(8, int(users * s.groups_per_user))
+    top = min(s.max_group, users)
+    sizes = np.clip(3 + np.floor(rng.pareto(1.05, n_groups) * 3), 3, top).astype(np.int64)
+    if users >= s.max_group:
+        sizes[:2] = top  # there are always some of the largest
+    members = np.concatenate([rng.choice(users, int(size), replace=False) for size in sizes])
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    group_weight = _weights(sizes ** 0.6 * rng.lognormal(0, 0.8, n_groups))
+    return Population(names, activity, pairs, pair_weight, sizes, offsets, members, group_weight)
+
+
+def _rank_within(keys: np.ndarray) -> np.ndarray:
+    """For each element, how many equal keys come before it (keys in any order, stable)."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.r_[0, np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1]
+    rank_sorted = np.arange(len(keys)) - np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+    rank = np.empty_like(rank_sorted)
+    rank[order] = rank_sorted
+    return rank
+
+
+@dataclass
+class Slice:
+    """One time slice of traffic as Arrow tables, ready to be sealed."""
+
+    content: pa.Table
+    mailbox: pa.Table  # sorted by shard
+    mailbox_starts: np.ndarray  # where each shard's rows start, and the end
+    reads: pa.Table
+    packets: pa.Table
+    grabs: pa.Table
+
+
+class Generator:
+    def __init__(self, scenario: Scenario) -> None:
+        self.s = scenario
+        self.rng = np.random.default_rng(scenario.seed)
+        self.pop = population(scenario, self.rng)
+        self.seq = np.zeros(len(self.pop.conversations), dtype=np.int64)  # last seq per conversation
+        self.texts = pa.array([orjson.dumps({"text": t}).decode() for t in TEXTS])
+        self.times, self.within_ms = self._times()
+        # mailbox owners: the users, then the groups (a read fan-out row is owned by its group)
+        self.owner_names = pa.concat_arrays([self.pop.names, self.pop.conversations[len(self.pop.pairs):]])
+        self.peer_names = pa.concat_arrays([self.pop.names, self.pop.conversations])
+        self.owner_shard = np.array([mailbox_shard(o, scenario.shards) for o in self.owner_names.to_pylist()], dtype=np.int64)
+
+    def _times(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every message's time, sorted: a day (weekends a little busier), an hour of the daily
+        rhythm, a moment in it; and each one's rank within its millisecond (for unique mids)."""
+        s, rng = self.s, self.rng
+        weekday = (np.arange(s.days) + (s.start_ms // 86_400_000 + 3) % 7) % 7  # 1970-01-01 was a Thursday
+        day = rng.choice(s.days, s.messages, p=_weights(np.where(weekday >= 5, 1.15, 1.0)))
+        hour = rng.choice(24, s.messages, p=HOURLY)
+        t = np.sort(s.start_ms + day * 86_400_000 + hour * 3_600_000 + (rng.random(s.messages) * 3_600_000).astype(np.int64))
+        starts = np.r_[0, np.flatnonzero(t[1:] != t[:-1]) + 1]
+        within = np.arange(len(t)) - np.repeat(starts, np.diff(np.r_[starts, len(t)]))
+        assert within.max(initial=0) < 1 << (NODE_BITS + SEQUENCE_BITS), "too many messages in one millisecond"
+        return t, within
+
+    def slices(self) -> int:
+        return math.ceil(self.s.messages / self.s.chunk)
+
+    def slice(self, k: int) -> Slice:
+        s, rng, pop = self.s, self.rng, self.pop
+        t = self.times[k * s.chunk : (k + 1) * s.chunk]
+        within_ms = self.within_ms[k * s.chunk : (k + 1) * s.chunk]
+        n = len(t)
+        # conversations and senders
+        in_group = rng.random(n) < s.group_share
+        n_direct = len(pop.pairs)
+        pair = rng.choice(n_direct, n, p=pop.pair_weight)
+        side = rng.integers(0, 2, n)
+        group = rng.choice(len(pop.group_sizes), n, p=pop.group_weight)
+        member_slot = (rng.random(n) * pop.group_sizes[group]).astype(np.int64)
+        conversation = np.where(in_group, n_direct + group, pair)
+        sender = np.where(in_group, pop.members[pop.group_offsets[group] + member_slot], pop.pairs[pair, side])
+        # seqs follow time within each conversation and go on from the previous slice
+        seq = self.seq[conversation] + _rank_within(conversation) + 1
+        np.maximum.at(self.seq, conversation, seq)
+        # mids: the time, and the rank within the millisecond in the node and sequence bits
+        mid = ((t - EPOCH_MS) << (NODE_BITS + SEQUENCE_BITS)) | within_ms
+        sent = t - np.minimum(rng.lognormal(2.0, 0.7, n), 5_000).astype(np.int64)  # gateway → ingest latency
+        red = rng.random(n) < s.red_packet_share
+        index = np.arange(k * s.chunk, k * s.chunk + n)
+        totals = rng.choice([100, 500, 888, 1000, 2000, 6666, 10000], n)
+        counts = np.where(in_group, np.minimum(rng.choice([3, 5, 10, 20, 50], n), pop.group_sizes[group]), 1)
+        # bodies: the text pool, then one body per red packet
+        reds = np.flatnonzero(red)
+        red_bodies = [orjson.dumps({"total_cents": int(totals[i]), "count": int(counts[i]), "greeting": "恭喜发财"}).decode() for i in reds]
+        body = rng.integers(0, len(TEXTS), n)
+        body[reds] = len(TEXTS) + np.arange(len(reds))
+        content = pa.table({
+            "mid": mid,
+            "conversation": _strings(conversation, pop.conversations),
+            "seq": seq,
+            "sender": _strings(sender, pop.names),
+            "client_msg_id": pc.binary_join_element_wise(pa.scalar("sim"), pc.cast(pa.array(index), pa.string()), pa.scalar("-")),
+            "type": _dictionary(red.astype(np.int64), pa.array(["text", "red_packet"])),
+            "body": _strings(body, pa.concat_arrays([self.texts, pa.array(red_bodies, pa.string())])),
+            "sent_at_ms": sent,
+            "created_at_ms": t,
+        })
+        mailbox, starts, receivers = self._mailbox(mid, seq, t, conversation, sender, in_group, group, pair)
+        packets, grabs = self._red_packets(red, mid, t, conversation, sender, in_group, group, totals, counts)
+        return Slice(content, mailbox, starts, self._reads(receivers), packets, grabs)
+
+    def _mailbox(self, mid, seq, t, conversation, sender, in_group, group, pair):
+        """Rows per message: 2 for one-to-one, one per member below the threshold, one owned by
+        the group above it (read fan-out). Sorted by (shard, owner, conversation, seq), so each
+        shard is a slice and a history page reads few row groups; returns the table, where
+        each shard starts, and (is 'in', owner, conversation, seq, time) per row for the reads."""
+        pop, s = self.pop, self.s
+        users = len(pop.activity)
+        size = pop.group_sizes[group]
+        shared = in_group & (size >= s.read_fan_out_threshold)
+        direct = np.flatnonzero(~in_group)  # two rows each: both sides
+        small = np.flatnonzero(in_group & ~shared)  # a row per member
+        big = np.flatnonzero(shared)  # one row, owned by the group
+        sizes = size[small]
+        first_row = np.cumsum(sizes) - sizes
+        small_owner = pop.members[np.repeat(pop.group_offsets[group[small]] - first_row, sizes) + np.arange(sizes.sum())]
+        message = np.concatenate([np.repeat(direct, 2), np.repeat(small, sizes), big])
+        owner = np.concatenate([pop.pairs[pair[direct]].ravel(), small_owner, users + group[big]])
+        conv = conversation[message]
+        shard = self.owner_shard[owner]
+        # rows of one conversation already come in seq order: a stable sort keeps it
+        order = np.argsort((shard << 60) | (owner << 30) | conv, kind="stable")
+        message, owner, conv, shard = message[order], owner[order], conv[order], shard[order]
+        box = np.where(owner >= users, 2, np.where(owner == sender[message], 0, 1))  # out, in, group
+        rows = {
+            "owner_uid": _strings(owner, self.owner_names),
+            "conversation": _strings(conv, pop.conversations),
+            "mid": mid[message],
+            "seq": seq[message],
+            "box": _dictionary(box, pa.array(["out", "in", "group"])),
+            # 'out': the conversation, else the sender (peers index users, then conversations)
+            "peer": _strings(np.where(box == 0, users + conv, sender[message]), self.peer_names),
+            "created_at_ms": t[message],
+        }
+        starts = np.searchsorted(shard, np.arange(s.shards + 1))
+        receivers = (box == 1, owner, conv, seq[message], t[message])
+        return pa.table(rows), starts, receivers
+
+    def _reads(self, receivers) -> pa.Table:
+        """Some receivers read a while later, up to the message they saw (read positions)."""
+        is_in, owner, conversation, seq, t = receivers
+        rng = self.rng
+        chosen = np.flatnonzero(is_in & (rng.random(len(is_in)) < self.s.read_probability))
+        delay = np.minimum(rng.lognormal(11.5, 1.6, len(chosen)), 3 * 86_400_000).astype(np.int64)  # median ~2 min
+        return pa.table({
+            "owner_uid": _strings(owner[chosen], self.pop.names),
+            "conversation": _strings(conversation[chosen], self.pop.conversations),
+            "read_seq": seq[chosen],
+            "at_ms": t[chosen] + delay,
+        })
+
+    def _red_packets(self, red, mid, t, conversation, sender, in_group, group, totals, counts):
+        pop, rng = self.pop, self.rng
+        packets, grabs = [], []
+        for i in np.flatnonzero(red):
+            total, count = int(totals[i]), int(counts[i])
+            if in_group[i]:
+                g = group[i]
+                pool = pop.members[pop.group_offsets[g] : pop.group_offsets[g] + pop.group_sizes[g]]
+                pool = pool[pool != sender[i]]
+            else:
+                pool = pop.pairs[conversation[i]][pop.pairs[conversation[i]] != sender[i]]
+            grabbers = rng.choice(pool, min(len(pool), int(count * rng.uniform(0.6, 1.5)) + 1), replace=False)
+            left_cents, left_count, at = total, count, int(t[i])
+            for user in grabbers[:count]:
+                share = left_cents if left_count == 1 else int(rng.integers(1, max(2, 2 * left_cents // left_count)))
+                share = min(share, left_cents - (left_count - 1))
+                at += int(rng.lognormal(8.5, 1.5))
+                grabs.append((int(mid[i]), "grab", pop.names[int(user)].as_py(), share, at))
+                left_cents, left_count = left_cents - share, left_count - 1
+            if left_cents:
+                grabs.append((int(mid[i]), "refund", "", left_cents, int(t[i]) + 86_400_000))
+            packets.append((int(mid[i]), pop.conversations[int(conversation[i])].as_py(), pop.names[int(sender[i])].as_py(),
+                            total, count, "恭喜发财", int(t[i]) + 86_400_000))
+        packet_table = pa.table({name: [p[j] for p in packets] for j, name in enumerate(
+            ["mid", "conversation", "sender", "total_cents", "count", "greeting", "expires_at_ms"])},
+            schema=pa.schema([("mid", pa.int64()), ("conversation", pa.string()), ("sender", pa.string()),
+                              ("total_cents", pa.int64()), ("count", pa.int64()), ("greeting", pa.string()),
+                              ("expires_at_ms", pa.int64())]))
+        grab_table = pa.table({name: [g[j] for g in grabs] for j, name in enumerate(["mid", "kind", "user", "cents", "at_ms"])},
+                              schema=pa.schema([("mid", pa.int64()), ("kind", pa.string()), ("user", pa.string()),
+                                                ("cents", pa.int64()), ("at_ms", pa.int64())]))
+        return packet_table, grab_table
+
+    def group_events(self) -> pa.Table:
+        pop = self.pop
+        gid_of = np.repeat(np.arange(len(pop.group_sizes)), pop.group_sizes)
+        first = pop.group_offsets
+        roles = np.full(len(pop.members), "member", dtype=object)
+        roles[first] = "owner"
+        gids = pa.array(pop.gids)
+        return pa.table({
+            "gid": pc.take(gids, gid_of), "user": pc.take(pop.names, pop.members), "kind": pa.array(["joined"] * len(pop.members)),
+            "role": pa.array(roles.tolist()), "actor": pc.take(pop.names, pop.members[first[gid_of]]),
+            "at_ms": np.full(len(pop.members), self.s.start_ms - 86_400_000, dtype=np.int64),
+        })
+
+    def live_rooms(self) -> pa.Table:
+        """Per room and minute: viewers, messages, gifts, dropped. Evening broadcasts whose
+        audience builds to a peak and fades; a hit room peaks near a million viewers."""
+        s, rng = self.s, self.rng
+        rows: dict[str, list] = {"room": [], "minute_ms": [], "viewers": [], "messages": [], "gifts": [], "dropped": []}
+        for room in range(s.live_rooms):
+            peak = int(min(1_000_000, 200 * rng.pareto(0.9) + 300)) if room else 1_000_000
+            for day in range(s.days):
+                start = s.start_ms + day * 86_400_000 + int(rng.uniform(18, 21) * 3_600_000)
+                minutes = int(rng.uniform(60, 180))
+                shape = np.sin(np.linspace(0.05, math.pi - 0.05, minutes)) ** 1.5
+                viewers = np.minimum(peak * shape * rng.lognormal(0, 0.05, minutes), 1_000_000).astype(np.int64)
+                messages = (viewers ** 0.7 * rng.lognormal(0, 0.3, minutes)).astype(np.int64)
+                cap = 60 * 40  # what one viewer's delivery cap lets through per minute
+                rows["room"] += [f"room{room:02d}"] * minutes
+                rows["minute_ms"] += (start + np.arange(minutes) * 60_000).tolist()
+                rows["viewers"] += viewers.tolist()
+                rows["messages"] += messages.tolist()
+                rows["gifts"] += (messages * 0.02).astype(np.int64).tolist()
+                rows["dropped"] += np.maximum(messages - cap, 0).tolist()
+        return pa.table(rows)
+
+
+def _seal(folder: Path, table: pa.Table) -> None:
+    if table.num_rows == 0:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"seg-{uuid.uuid4().hex}.parquet"
+    temporary = final.with_suffix(".parquet.tmp")
+    pq.write_table(table, temporary, row_group_size=ROW_GROUP)
+    temporary.replace(final)
+
+
+@dataclass(frozen=True)
+class Written:
+    messages: int
+    mailbox_rows: int
+    other_rows: int
+    seconds: float
+
+
+def to_archive(root: Path, scenario: Scenario, progress: Callable[[int], None] | None = None) -> Written:
+    """Simulate into an archive folder (new or existing); returns what was written and how fast.
+    Segments of a slice are sealed by two threads (pyarrow writes without the GIL)."""
+    started = time.perf_counter()
+    s = scenario
+    layout = ArchiveLayout(Path(root), s.content_shards, s.shards)
+    generator = Generator(scenario)
+    mailbox_rows = other = 0
+    with ThreadPoolExecutor(2) as pool:
+        writing: list = []  # the previous slice's segments are written while this one is made
+        for k in range(generator.slices()):
+            part = generator.slice(k)
+            for job in writing:
+                job.result()
+            content, box, starts = part.content, part.mailbox, part.mailbox_starts
+            shard_of = (content["mid"].to_numpy() >> (NODE_BITS + SEQUENCE_BITS)) % s.content_shards  # content_shard()
+            jobs = [(layout.shard_dir(CONTENT, shard), content.filter(pa.array(shard_of == shard))) for shard in range(s.content_shards)]
+            jobs += [(layout.shard_dir(MAILBOX, shard), box.slice(starts[shard], starts[shard + 1] - starts[shard])) for shard in range(s.shards)]
+            jobs += [(layout.shard_dir(name, 0), table) for name, table in ((READS, part.reads), (PACKETS, part.packets), (GRABS, part.grabs))]
+            writing = [pool.submit(_seal, *job) for job in jobs]
+            mailbox_rows += box.num_rows
+            other += part.reads.num_rows + part.packets.num_rows + part.grabs.num_rows
+            if progress:
+                progress(content.num_rows)
+        for job in writing:
+            job.result()
+    events, rooms = generator.group_events(), generator.live_rooms()
+    _seal(layout.shard_dir(GROUP_EVENTS, 0), events)
+    _seal(layout.shard_dir(ROOMS, 0), rooms)
+    return Written(scenario.messages, mailbox_rows, other + events.num_rows + rooms.num_rows, time.perf_counter() - started)
+
+
+async def through_gateway(url: str, token_for: Callable[[str], str], scenario: Scenario,
+                          progress: Callable[[int], None] | None = None) -> dict[str, int]:
+    """Play the scenario's first messages through a running imflow with real clients: groups
+    are created by their owners, messages sent in time order (without waiting real time),
+    red packets sent and grabbed, and receivers report reading now and then. For small scales:
+    every user is a WebSocket connection."""
+    from imflow.client import Client, ClientError
+
+    generator = Generator(scenario)
+    pop, rng = generator.pop, generator.rng
+    names = pop.names.to_pylist()
+    clients: dict[int, Client] = {}
+
+    async def client(user: int) -> Client:
+        if user not in clients:
+            clients[user] = await Client.connect(url, token_for(names[user]))
+        return clients[user]
+
+    counts = {"messages": 0, "groups": 0, "red_packets": 0, "grabs": 0, "reads": 0}
+    gids: dict[int, str] = {}
+    try:
+        for k in range(generator.slices()):
+            part = generator.slice(k)
+            content = part.content.to_pylist()
+            for row in content:
+                sender = names.index(row["sender"]) if row["sender"] in names else 0
+                target: dict
+                if row["conversation"].startswith("g:"):
+                    g = int(row["conversation"][5:])
+                    if g not in gids:
+                        members = [names[m] for m in pop.members[pop.group_offsets[g] : pop.group_offsets[g] + pop.group_sizes[g]]]
+                        owner = await client(names.index(members[0]))
+                        made = await owner.request({"op": "create_group", "name": f"sim group {g}", "members": members[1:1000]})
+                        gids[g] = made["conversation"]
+                        counts["groups"] += 1
+                    target = {"conversation": gids[g]}
+                else:
+                    a, b = row["conversation"].split(":")[1:]
+                    target = {"to": b if row["sender"] == a else a}
+                sending = await client(sender)
+                body = orjson.loads(row["body"])
+                sent = await sending.send({**target, "type": row["type"], "body": body}, cmid=row["client_msg_id"])
+                counts["messages"] += 1
+                if row["type"] == "red_packet":
+                    counts["red_packets"] += 1
+                    conversation = sent["conversation"]
+                    for grabber in rng.choice(len(names), min(3, len(names)), replace=False):
+                        try:
+                            await (await client(int(grabber))).request(
+                                {"op": "red_packet.grab", "conversation": conversation, "mid": sent["mid"]})
+                            counts["grabs"] += 1
+                        except ClientError:
+                            pass  # not a member, or nothing left: refused cleanly
+                if rng.random() < scenario.read_probability:
+                    reader = rng.choice(len(names))
+                    try:
+                        await (await client(int(reader))).read(sent["conversation"], sent["seq"])
+                        counts["reads"] += 1
+                    except ClientError:
+                        pass  # not in that conversation
+                if progress:
+                    progress(1)
+    finally:
+        for connection in clients.values():
+            await connection.close()
+    return counts
