@@ -27,6 +27,7 @@ from .ids import NODE_BITS, SEQUENCE_BITS, id_time_ms
 CONTENT = "im_msg_content"
 MAILBOX = "im_user_msg_box"
 DELETIONS = "im_user_msg_deleted"
+READ_EVENTS = "im_read_events"  # read reports, a rows table like a plugin's (owner_uid, conversation, read_seq, at_ms)
 
 CONTENT_SCHEMA = pa.schema(
     [
@@ -55,6 +56,17 @@ MAILBOX_SCHEMA = pa.schema(
 DELETIONS_SCHEMA = pa.schema([("owner_uid", pa.string()), ("mid", pa.int64()), ("deleted_at_ms", pa.int64())])
 
 
+# Segment names say what a reader may assume. 'seg-': sealed by the archive agent, at least once
+# (a batch may be sealed again after a crash, so readers de-duplicate). 'cmp-': written by
+# compaction or the simulator, each row once; compaction only takes segments older than any
+# re-sealing can be, so a row in a 'cmp-' segment is in no 'seg-' segment.
+SEALED, COMPACTED = "seg-", "cmp-"
+
+
+def segment_path(folder: Path, kind: str = SEALED) -> Path:
+    return folder / f"{kind}{uuid.uuid4().hex}.parquet"
+
+
 def content_shard(mid: int, shards: int) -> int:
     """By the millisecond in the id: its low bits (node, sequence) are mostly zero."""
     return (mid >> (NODE_BITS + SEQUENCE_BITS)) % shards
@@ -75,8 +87,9 @@ class ArchiveLayout:
     def shard_dir(self, table: str, shard: int) -> Path:
         return self.root / table / f"shard={shard:03d}"
 
-    def files(self, table: str, shard: int | None = None) -> list[str]:
-        pattern = f"shard={shard:03d}/*.parquet" if shard is not None else "shard=*/*.parquet"
+    def files(self, table: str, shard: int | None = None, kind: str = "") -> list[str]:
+        """Segments of a table (one shard, or all); ``kind`` SEALED or COMPACTED for one kind only."""
+        pattern = f"shard={shard:03d}/{kind}*.parquet" if shard is not None else f"shard=*/{kind}*.parquet"
         return sorted(str(path) for path in (self.root / table).glob(pattern))
 
 
@@ -129,7 +142,7 @@ def write_segments(layout: ArchiveLayout, records: list[dict[str, Any]]) -> int:
     for (table, shard), rows in tables.items():
         folder = layout.shard_dir(table, shard)
         folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"seg-{uuid.uuid4().hex}.parquet"
+        final = segment_path(folder)
         temporary = final.with_suffix(".parquet.tmp")
         pq.write_table(pa.Table.from_pylist(rows, schema=schemas.get(table)), temporary)
         temporary.replace(final)  # atomic: readers see a whole segment or none

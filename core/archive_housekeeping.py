@@ -21,12 +21,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .archive import CONTENT, DELETIONS, MAILBOX, ArchiveLayout, mailbox_shard
+from .archive import COMPACTED, CONTENT, DELETIONS, MAILBOX, ArchiveLayout, mailbox_shard, segment_path
 from .ids import NODE_BITS, SEQUENCE_BITS
 
 TRASH = ".trash"
 ROW_GROUP = 64 * 1024
 SMALL_BYTES = 64 << 20  # segments below this are compacted together
+MIN_AGE = 600.0  # seconds: far beyond the archive lock (60 s) after which a batch is re-sealed
 # how each core table is de-duplicated and ordered when rewritten
 KEYS = {
     CONTENT: ("mid", "mid"),
@@ -65,7 +66,7 @@ def _segments(folder: Path) -> list[Path]:
 
 def _seal_query(db: duckdb.DuckDBPyConnection, query: str, params: dict, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"seg-{uuid.uuid4().hex}.parquet"
+    final = segment_path(folder, COMPACTED)
     temporary = final.with_suffix(".parquet.tmp")
     db.execute(f"COPY ({query}) TO '{temporary}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP})", params)
     temporary.replace(final)
@@ -105,14 +106,20 @@ def _rows(files: list[Path]) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
-def compact(root: Path, grace_seconds: float = 300, small_bytes: int = SMALL_BYTES, progress: Progress | None = None) -> Report:
-    """Merge each shard's small segments into one; returns how many went in and came out."""
+def compact(root: Path, grace_seconds: float = 300, small_bytes: int = SMALL_BYTES, min_age_seconds: float = MIN_AGE,
+            progress: Progress | None = None) -> Report:
+    """Merge each shard's small segments into one; returns how many went in and came out.
+
+    Only segments older than ``min_age_seconds`` are taken: a batch the archive agent seals
+    twice (after a crash, once its lock of 60 s expired) is sealed within that time, so both
+    copies are compacted together and the output holds each row once (a 'cmp-' segment)."""
     root = Path(root)
     report = Report()
+    settled = time.time() - min_age_seconds
     with duckdb.connect() as db:
         for table in tables(root):
             for folder in shard_dirs(root, table):
-                small = [f for f in _segments(folder) if f.stat().st_size < small_bytes]
+                small = [f for f in _segments(folder) if f.stat().st_size < small_bytes and f.stat().st_mtime <= settled]
                 if len(small) < 2:
                     continue
                 if progress:
@@ -198,7 +205,7 @@ def reshard(root: Path, content_shards: int, mailbox_shards: int, grace_seconds:
                     if int(shard) not in writers:
                         folder = layout.shard_dir(table, int(shard))
                         folder.mkdir(parents=True, exist_ok=True)
-                        writers[int(shard)] = pq.ParquetWriter(folder / f"seg-{uuid.uuid4().hex}.parquet", part.schema)
+                        writers[int(shard)] = pq.ParquetWriter(segment_path(folder, COMPACTED), part.schema)
                     writers[int(shard)].write_batch(part, row_group_size=ROW_GROUP)
                     written += part.num_rows
         finally:

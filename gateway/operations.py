@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from imflow.core import archive_queue, fan_out, gateway_events, groups, inbox, keys
+from imflow.core import archive, archive_queue, fan_out, gateway_events, groups, inbox, keys
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
 from imflow.core.models import SendCommand, direct_conversation
@@ -89,6 +89,10 @@ async def read(frame: protocol.Read, connection: Connection, backend: Backend, e
     if gid:  # a read fan-out group's count may wait for its flush: bring it up to date first
         await fan_out.catch_up(backend.redis, user, [gid])
     unread = await inbox.mark_read(backend.redis, user, frame.conversation, frame.seq)
+    # the archive keeps read reports for analysts (read delays, unread backlogs)
+    row = {"owner_uid": user, "conversation": frame.conversation, "read_seq": unread.read_seq, "at_ms": now_ms()}
+    partition = zlib.crc32(user.encode()) % backend.settings.topic_partitions
+    await archive_queue.enqueue_rows(backend.redis, backend.settings.app_id, partition, archive.READ_EVENTS, [row])
     reply = {"op": "unread", **unread.to_dict()}
     await gateway_events.to_user(backend.redis, user, reply)  # the user's other devices
     return reply

@@ -20,7 +20,9 @@ from typing import Literal
 import duckdb
 import pandas as pd
 
-from imflow.core.archive import CONTENT, CONTENT_SCHEMA, DELETIONS, DELETIONS_SCHEMA, MAILBOX, MAILBOX_SCHEMA, ArchiveLayout
+from imflow.core.archive import (
+    COMPACTED, CONTENT, CONTENT_SCHEMA, DELETIONS, DELETIONS_SCHEMA, MAILBOX, MAILBOX_SCHEMA, SEALED, ArchiveLayout,
+)
 
 Bucket = Literal["minute", "hour", "day", "week", "month"]
 _DUCK_TYPES = {"int64": "BIGINT", "string": "VARCHAR"}
@@ -50,31 +52,48 @@ class Archive:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _source(self, table: str, schema) -> str:
-        files = self.layout.files(table)
-        return f"read_parquet({files!r}, union_by_name = true, hive_partitioning = false)" if files else f"({_empty(schema)})"
+    @staticmethod
+    def _read(files: list[str]) -> str:
+        return f"read_parquet({files!r}, union_by_name = true, hive_partitioning = false)"
+
+    def _rows_once(self, table: str, key: str | None, schema=None) -> str | None:
+        """A table's rows, each once: compacted segments as they are, sealed ones de-duplicated
+        (on ``key``, or on every column) — the costly part only where a replay can be."""
+        compacted = self.layout.files(table, kind=COMPACTED)
+        sealed = self.layout.files(table, kind=SEALED)
+        parts = [f"SELECT * FROM {self._read(compacted)}"] if compacted else []
+        if sealed:
+            once = f"QUALIFY row_number() OVER (PARTITION BY {key}) = 1" if key else ""
+            parts.append(f"SELECT {'' if key else 'DISTINCT '}* FROM {self._read(sealed)} {once}")
+        if not parts:
+            return f"({_empty(schema)})" if schema is not None else None
+        return "(" + " UNION ALL BY NAME ".join(parts) + ")"
 
     def refresh(self) -> None:
-        """(Re)define the views over the segments sealed so far."""
-        content = self._source(CONTENT, CONTENT_SCHEMA)
-        mailbox = self._source(MAILBOX, MAILBOX_SCHEMA)
-        deletions = self._source(DELETIONS, DELETIONS_SCHEMA)
+        """(Re)define the views over the segments there are now (``sql()`` does it before each query)."""
+        content = self._rows_once(CONTENT, "mid", CONTENT_SCHEMA)
+        mailbox = self._rows_once(MAILBOX, "owner_uid, mid", MAILBOX_SCHEMA)
         self.db.execute(f"""
             CREATE OR REPLACE VIEW im_msg_content AS
-            SELECT *, epoch_ms(created_at_ms) AS created_at, epoch_ms(sent_at_ms) AS sent_at
-            FROM {content} QUALIFY row_number() OVER (PARTITION BY mid ORDER BY created_at_ms) = 1
+            SELECT *, epoch_ms(created_at_ms) AS created_at, epoch_ms(sent_at_ms) AS sent_at FROM {content}
         """)
-        self.db.execute(f"""
-            CREATE OR REPLACE VIEW im_user_msg_box AS
-            SELECT box.*, epoch_ms(box.created_at_ms) AS created_at, deleted.mid IS NOT NULL AS deleted
-            FROM (SELECT * FROM {mailbox} QUALIFY row_number() OVER (PARTITION BY owner_uid, mid) = 1) AS box
-            LEFT JOIN (SELECT DISTINCT owner_uid, mid FROM {deletions}) AS deleted USING (owner_uid, mid)
-        """)
+        if self.layout.files(DELETIONS):
+            deletions = self._rows_once(DELETIONS, None, DELETIONS_SCHEMA)
+            self.db.execute(f"""
+                CREATE OR REPLACE VIEW im_user_msg_box AS
+                SELECT box.*, epoch_ms(box.created_at_ms) AS created_at, deleted.mid IS NOT NULL AS deleted
+                FROM {mailbox} AS box LEFT JOIN (SELECT DISTINCT owner_uid, mid FROM {deletions}) AS deleted USING (owner_uid, mid)
+            """)
+        else:  # nobody deleted anything: no join over every mailbox row
+            self.db.execute(f"""
+                CREATE OR REPLACE VIEW im_user_msg_box AS
+                SELECT *, epoch_ms(created_at_ms) AS created_at, false AS deleted FROM {mailbox}
+            """)
         core = {CONTENT, MAILBOX, DELETIONS}  # and folders starting with '.' (compaction's trash)
         for folder in sorted(p for p in self.root.glob("*") if p.is_dir() and p.name not in core):
-            files = self.layout.files(folder.name)
-            if files and folder.name.isidentifier():
-                self.db.execute(f"CREATE OR REPLACE VIEW {folder.name} AS SELECT DISTINCT * FROM read_parquet({files!r}, union_by_name = true, hive_partitioning = false)")
+            rows = self._rows_once(folder.name, None)
+            if rows and folder.name.isidentifier():
+                self.db.execute(f"CREATE OR REPLACE VIEW {folder.name} AS SELECT * FROM {rows}")
 
     def tables(self) -> list[str]:
         return [row[0] for row in self.db.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()]
@@ -139,26 +158,24 @@ class Archive:
 
     def group_sizes(self) -> pd.DataFrame:
         """Members of each group now, from the membership record (joins minus leaves)."""
-        return self.sql("""
-            SELECT 'g:' || gid AS conversation, count(*) AS members FROM (
-                SELECT gid, "user", arg_max(kind, at_ms) AS last FROM im_group_events
-                WHERE kind IN ('joined', 'left', 'removed') GROUP BY 1, 2)
-            WHERE last = 'joined' GROUP BY 1 ORDER BY members DESC
-        """).df()
+        return self.sql(f"{self._group_sizes_sql()} ORDER BY members DESC").df()
 
     def top_groups(self, n: int = 10) -> pd.DataFrame:
-        """The busiest groups: messages, distinct senders, members."""
+        """The busiest groups: messages, distinct senders, members (counted for these groups only)."""
         return self.sql(f"""
-            WITH sizes AS ({self._group_sizes_sql()})
-            SELECT c.conversation, count(*) AS messages, count(DISTINCT sender) AS senders, any_value(s.members) AS members
-            FROM im_msg_content c LEFT JOIN sizes s USING (conversation)
-            WHERE c.conversation LIKE 'g:%' GROUP BY 1 ORDER BY messages DESC LIMIT {int(n)}
+            WITH top AS (SELECT conversation, count(*) AS messages, count(DISTINCT sender) AS senders
+                         FROM im_msg_content WHERE conversation LIKE 'g:%' GROUP BY 1 ORDER BY messages DESC LIMIT {int(n)}),
+                 sizes AS ({self._group_sizes_sql("WHERE 'g:' || gid IN (SELECT conversation FROM top)")})
+            SELECT top.*, sizes.members FROM top LEFT JOIN sizes USING (conversation) ORDER BY messages DESC
         """).df()
 
-    def _group_sizes_sql(self) -> str:
-        return """SELECT 'g:' || gid AS conversation, count(*) AS members FROM (
+    @staticmethod
+    def _group_sizes_sql(where: str = "") -> str:
+        """Members per group now: each member's latest join or leave decides."""
+        joined = f"kind IN ('joined', 'left', 'removed'){' AND ' + where.removeprefix('WHERE ') if where else ''}"
+        return f"""SELECT 'g:' || gid AS conversation, count(*) AS members FROM (
                 SELECT gid, "user", arg_max(kind, at_ms) AS last FROM im_group_events
-                WHERE kind IN ('joined', 'left', 'removed') GROUP BY 1, 2) WHERE last = 'joined' GROUP BY 1"""
+                WHERE {joined} GROUP BY 1, 2) WHERE last = 'joined' GROUP BY 1"""
 
     def fan_out_economics(self) -> pd.DataFrame:
         """Per group size band: messages, mailbox rows written, and rows per message — what write

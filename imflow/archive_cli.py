@@ -88,14 +88,18 @@ def _spinner(description: str):
 
 
 @archive_cli.command("compact")
-def compact(data_dir: DataOpt = None, grace: GraceOpt = 300) -> None:
+def compact(
+    data_dir: DataOpt = None,
+    grace: GraceOpt = 300,
+    min_age: Annotated[float, typer.Option("--min-age", help="Only segments older than this many seconds (a crashed writer re-seals within 60 s)")] = 600,
+) -> None:
     """Merge each shard's small segments into one (de-duplicated, sorted for fast history
-    pages). Safe while workers write and notebooks read."""
+    pages). Safe while workers write and notebooks read; run it every few minutes (cron)."""
     from imflow.core.archive_housekeeping import compact as run
 
     progress, say = _spinner("compacting")
     with progress:
-        report = run(_settings(data_dir).archive_dir, grace, progress=say)
+        report = run(_settings(data_dir).archive_dir, grace, min_age_seconds=min_age, progress=say)
     _report("compacted", report)
 
 

@@ -18,10 +18,8 @@ imflow with real clients, for small scales.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,12 +34,14 @@ import pyarrow.parquet as pq
 from imflow.core.archive import (
     CONTENT,
     MAILBOX,
+    COMPACTED,
+    READ_EVENTS,
     ArchiveLayout,
+    segment_path,
     mailbox_shard,
 )
 from imflow.core.ids import EPOCH_MS, NODE_BITS, SEQUENCE_BITS
 
-READS = "im_read_events"
 PACKETS = "red_packets"
 GRABS = "red_packet_events"
 ROOMS = "live_room_minutes"
@@ -363,7 +363,7 @@ def _seal(folder: Path, table: pa.Table) -> None:
     if table.num_rows == 0:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"seg-{uuid.uuid4().hex}.parquet"
+    final = segment_path(folder, COMPACTED)  # each row once: readers need not de-duplicate
     temporary = final.with_suffix(".parquet.tmp")
     pq.write_table(table, temporary, row_group_size=ROW_GROUP)
     temporary.replace(final)
@@ -395,7 +395,7 @@ def to_archive(root: Path, scenario: Scenario, progress: Callable[[int], None] |
             shard_of = (content["mid"].to_numpy() >> (NODE_BITS + SEQUENCE_BITS)) % s.content_shards  # content_shard()
             jobs = [(layout.shard_dir(CONTENT, shard), content.filter(pa.array(shard_of == shard))) for shard in range(s.content_shards)]
             jobs += [(layout.shard_dir(MAILBOX, shard), box.slice(starts[shard], starts[shard + 1] - starts[shard])) for shard in range(s.shards)]
-            jobs += [(layout.shard_dir(name, 0), table) for name, table in ((READS, part.reads), (PACKETS, part.packets), (GRABS, part.grabs))]
+            jobs += [(layout.shard_dir(name, 0), table) for name, table in ((READ_EVENTS, part.reads), (PACKETS, part.packets), (GRABS, part.grabs))]
             writing = [pool.submit(_seal, *job) for job in jobs]
             mailbox_rows += box.num_rows
             other += part.reads.num_rows + part.packets.num_rows + part.grabs.num_rows

@@ -1,0 +1,145 @@
+"""The history archive at scale: simulated ingest rate, analyst queries on 10 million messages,
+and one user's history page while the archive is being written.
+
+    scripts/bench archive [--messages 10000000] [--users 1000000] [--runs 5]
+
+1. Ingest: ``imflow.simulate.to_archive`` writes the messages with their mailbox rows (and reads,
+   red packets, live rooms) as sealed segments; once for the realistic mix (groups of 3 to
+   10,000: several mailbox rows per group message), once one-to-one only (two mailbox rows per
+   message, the figure the aim is stated in).
+2. Queries on the mixed archive through ``imflow.analytics.Archive``: messages per hour over
+   all data, daily active users, top groups (median of --runs).
+3. History pages (``ArchiveReader.history_page``, what the gateway calls) for random users and
+   conversations, while another process keeps sealing new segments into the same archive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from imflow.analytics import Archive
+from imflow.core.archive import ArchiveLayout, ArchiveReader
+from imflow.simulate import Scenario, to_archive
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def ingest(root: Path, scenario: Scenario) -> dict:
+    print(f"ingest: {scenario.messages:,} messages, group share {scenario.group_share} ...", file=sys.stderr, flush=True)
+    written = to_archive(root, scenario)
+    result = {
+        "messages": written.messages, "mailbox_rows": written.mailbox_rows, "other_rows": written.other_rows,
+        "seconds": round(written.seconds, 1),
+        "messages_per_s": round(written.messages / written.seconds),
+        "rows_per_s": round((written.messages + written.mailbox_rows + written.other_rows) / written.seconds),
+        "bytes": sum(p.stat().st_size for p in root.rglob("*.parquet")),
+    }
+    print(f"  {result}", file=sys.stderr, flush=True)
+    return result
+
+
+QUERIES = {
+    "messages per hour, all data": lambda a: a.messages_per("hour"),
+    "daily active users": lambda a: a.active_users_per("day"),
+    "top groups": lambda a: a.top_groups(10),
+    "one user's conversations": lambda a: a.sql(
+        "SELECT conversation, count(*) FROM im_user_msg_box WHERE owner_uid = 'u0000001' GROUP BY 1").df(),
+}
+
+
+def queries(root: Path, runs: int) -> dict:
+    out = {}
+    with Archive(root) as archive:
+        for name, query in QUERIES.items():
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                result = query(archive)
+                times.append(time.perf_counter() - start)
+            out[name] = {"median_s": round(statistics.median(times), 3), "rows": len(result)}
+            print(f"  {name}: {out[name]}", file=sys.stderr, flush=True)
+    return out
+
+
+def keep_writing(root: str, stop: multiprocessing.Event) -> None:
+    """Seal more traffic into the same archive until told to stop (a worker's archive agent)."""
+    seed = 100
+    while not stop.is_set():
+        to_archive(Path(root), Scenario(users=50_000, messages=200_000, chunk=50_000, seed=seed,
+                                        start_ms=Scenario().start_ms + 30 * 86_400_000))
+        seed += 1
+
+
+def history_pages(root: Path, pages: int) -> dict:
+    with Archive(root) as archive:
+        targets = archive.sql("""
+            SELECT owner_uid, conversation, max(seq) + 1 AS before
+            FROM (SELECT * FROM (SELECT * FROM im_user_msg_box WHERE box <> 'group') USING SAMPLE 5000 ROWS) GROUP BY 1, 2""").fetchall()
+    spawn = multiprocessing.get_context("spawn")
+    stop = spawn.Event()
+    writer = spawn.Process(target=keep_writing, args=(str(root), stop), daemon=True)
+    writer.start()
+    time.sleep(3)  # writing is under way
+    segments_before = len(list(root.rglob("*.parquet")))
+    reader = ArchiveReader(ArchiveLayout(root))
+    times, sizes = [], []
+    rng = random.Random(1)
+    try:
+        for _ in range(pages):
+            owner, conversation, before = rng.choice(targets)
+            start = time.perf_counter()
+            page = reader.history_page(owner, conversation, before, 50)
+            times.append((time.perf_counter() - start) * 1000)
+            sizes.append(len(page))
+    finally:
+        stop.set()
+        writer.join(60)
+        reader.close()
+    return {
+        "pages": pages, "page_p50_ms": round(percentile(times, 0.5), 2), "page_p99_ms": round(percentile(times, 0.99), 2),
+        "mean_messages_per_page": round(statistics.mean(sizes), 1),
+        "segments_sealed_meanwhile": len(list(root.rglob("*.parquet"))) - segments_before,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=10_000_000)
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--pages", type=int, default=500)
+    parser.add_argument("--folder", type=Path, default=None, help="where to build the archives (default: a temporary folder, removed)")
+    parser.add_argument("--json", type=Path, default=Path("artifacts/bench-archive.json"))
+    args = parser.parse_args()
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="imflow-archive-bench-"))
+    summary: dict = {"messages": args.messages, "users": args.users}
+    try:
+        summary["ingest_one_to_one"] = ingest(folder / "direct", Scenario(users=args.users, messages=args.messages, group_share=0.0))
+        shutil.rmtree(folder / "direct")
+        summary["ingest_mixed"] = ingest(folder / "mixed", Scenario(users=args.users, messages=args.messages))
+        print("queries ...", file=sys.stderr, flush=True)
+        summary["queries"] = queries(folder / "mixed", args.runs)
+        print("history pages while writing ...", file=sys.stderr, flush=True)
+        summary["history"] = history_pages(folder / "mixed", args.pages)
+    finally:
+        if args.folder is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
