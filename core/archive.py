@@ -11,6 +11,7 @@ on (mid) and (owner_uid, mid), so a replay never shows twice.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 import zlib
 from collections import defaultdict
@@ -144,6 +145,10 @@ def write_segments(layout: ArchiveLayout, records: list[dict[str, Any]]) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         final = segment_path(folder)
         temporary = final.with_suffix(".parquet.tmp")
+        if table == CONTENT:  # history pages read a conversation's seq range: keep it together
+            rows.sort(key=lambda row: (row["conversation"], row["seq"]))
+        elif table == MAILBOX:
+            rows.sort(key=lambda row: (row["owner_uid"], row["conversation"], row["seq"]))
         pq.write_table(pa.Table.from_pylist(rows, schema=schemas.get(table)), temporary)
         temporary.replace(final)  # atomic: readers see a whole segment or none
         written += len(rows)
@@ -156,6 +161,8 @@ class ArchiveReader:
     def __init__(self, layout: ArchiveLayout) -> None:
         self.layout = layout
         self._db = duckdb.connect()
+        with contextlib.suppress(duckdb.Error):  # footers of segments read before are kept (they never change)
+            self._db.execute("SET parquet_metadata_cache = true")
 
     def close(self) -> None:
         self._db.close()
@@ -185,7 +192,7 @@ class ArchiveReader:
             params["deleted"], params["owner"] = deletions, owner
         index = self._db.execute(
             f"""
-            SELECT DISTINCT mid, seq FROM read_parquet($boxes)
+            SELECT DISTINCT mid, seq FROM read_parquet($boxes, hive_partitioning = false)
             WHERE owner_uid IN (SELECT unnest($owners)) AND conversation = $conversation AND seq < $before AND seq > $after {hidden}
             ORDER BY seq DESC LIMIT $limit
             """,
@@ -193,22 +200,30 @@ class ArchiveReader:
         ).fetchall()
         if not index:
             return []
-        return self.contents([mid for mid, _ in index])
+        return self.contents(conversation, index)
 
-    def contents(self, mids: list[int]) -> list[dict[str, Any]]:
-        """The messages with these mids, newest seq first (content read only from their shards)."""
+    def contents(self, conversation: str, page: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        """The messages (mid, seq) of one conversation, newest seq first, read only from their
+        shards and, in segments sorted by conversation and seq, only from the row groups that
+        hold that conversation's seq range."""
+        mids = [mid for mid, _ in page]
+        seqs = [seq for _, seq in page]
         shards = {content_shard(mid, self.layout.content_shards) for mid in mids}
         files = [path for shard in sorted(shards) for path in self.layout.files(CONTENT, shard)]
         if not files:
             return []
+        # DuckDB skips row groups by their min/max of conversation and seq; the mids are
+        # integers and go into the query as literals
+        listed = ", ".join(str(int(mid)) for mid in mids)
         rows = self._db.execute(
-            """
+            f"""
             SELECT mid, conversation, seq, sender, client_msg_id, type, body, sent_at_ms
-            FROM read_parquet($files) WHERE mid IN (SELECT unnest($mids))
+            FROM read_parquet($files, hive_partitioning = false)
+            WHERE conversation = $conversation AND seq BETWEEN {min(seqs)} AND {max(seqs)} AND mid IN ({listed})
             QUALIFY row_number() OVER (PARTITION BY mid) = 1
             ORDER BY seq DESC
             """,
-            {"files": files, "mids": mids},
+            {"files": files, "conversation": conversation},
         ).fetchall()
         columns = ("mid", "conversation", "seq", "sender", "client_msg_id", "type", "body", "sent_at_ms")
         messages = [dict(zip(columns, row, strict=True)) for row in rows]

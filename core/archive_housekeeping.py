@@ -25,12 +25,12 @@ from .archive import COMPACTED, CONTENT, DELETIONS, MAILBOX, ArchiveLayout, mail
 from .ids import NODE_BITS, SEQUENCE_BITS
 
 TRASH = ".trash"
-ROW_GROUP = 64 * 1024
+ROW_GROUP = 16 * 1024  # small row groups: a history page reads few rows beyond its own
 SMALL_BYTES = 64 << 20  # segments below this are compacted together
 MIN_AGE = 600.0  # seconds: far beyond the archive lock (60 s) after which a batch is re-sealed
 # how each core table is de-duplicated and ordered when rewritten
 KEYS = {
-    CONTENT: ("mid", "mid"),
+    CONTENT: ("mid", "conversation, seq"),  # a history page reads one conversation's seq range
     MAILBOX: ("owner_uid, mid", "owner_uid, conversation, seq"),
     DELETIONS: ("owner_uid, mid", "owner_uid, mid"),
 }
