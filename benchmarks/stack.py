@@ -48,6 +48,9 @@ class Stack:
             "IMFLOW_DATA_DIR": str(folder / "data"),
             "IMFLOW_SECRET_KEY": SECRET,
             "IMFLOW_LOG_LEVEL": "warning",
+            # load generators send far beyond a person's pace: lift the send limits
+            "IMFLOW_THROTTLE_USER_RATE": "1000000", "IMFLOW_THROTTLE_USER_BURST": "1000000",
+            "IMFLOW_THROTTLE_CONNECTION_RATE": "1000000", "IMFLOW_THROTTLE_CONNECTION_BURST": "1000000",
             **(env or {}),
         }
         self.processes: list[ImflowProcess] = []

@@ -22,10 +22,11 @@ class ErrorCode(StrEnum):
 class ImflowError(Exception):
     """An error a client or operator may see, with a stable code (a plugin's codes contain a dot)."""
 
-    def __init__(self, code: ErrorCode | str, message: str) -> None:
+    def __init__(self, code: ErrorCode | str, message: str, retry_after_ms: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after_ms = retry_after_ms  # for limits: when trying again can succeed
 
     def to_dict(self) -> dict[str, str]:
         return {"code": str(self.code), "message": self.message}

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from .agents import AgentContext, AgentSpec, TimerSpec
     from .models import Message, SendCommand
-    from .plugin_types import MessageType, Operation, Rejection
+    from .plugin_types import BroadcastStream, GatewayContext, GatewayLoad, Outbound, Priority, MessageType, Operation, Rejection
     from .settings import Settings
 
 PROJECT = "imflow"
@@ -85,12 +85,13 @@ def imflow_stream_agents() -> list[AgentSpec | TimerSpec]:
 
 
 @hookspec(firstresult=True)
-def imflow_before_send(command: SendCommand) -> SendCommand | Rejection | None:
-    """May this send go ahead? Called by the gateway before the message is queued.
+def imflow_before_send(command: SendCommand, gateway: GatewayContext | None) -> SendCommand | Rejection | None:
+    """May this send go ahead? Called by the gateway before the message is queued, with the
+    gateway's context (its Redis, load and hooks; declare ``gateway`` only if you need it).
 
-    Return ``None`` to let it pass unchanged, a ``Rejection`` (error code and message) to
-    refuse it, or a new ``SendCommand`` to replace it (for example a filtered body).
-    ``firstresult``: the first plugin that returns something decides.
+    Return ``None`` to let it pass unchanged, a ``Rejection`` (error code, message, and for a
+    limit ``retry_after_ms``) to refuse it, or a new ``SendCommand`` to replace it (for example
+    a filtered body). ``firstresult``: the first plugin that returns something decides.
     """
 
 
@@ -125,13 +126,41 @@ def imflow_fan_out_policy(conversation: str, members: int, sender: str) -> str |
 
 
 @hookspec
-def imflow_on_connect(user: str, node: str) -> None:
-    """A connection of ``user`` was authenticated on gateway ``node``. Results are ignored."""
+def imflow_on_connect(user: str, node: str, connection: Outbound) -> None:
+    """A connection of ``user`` was authenticated on gateway ``node``; ``connection`` is how to
+    push to it (declare only the arguments you need). Results are ignored."""
 
 
 @hookspec
-def imflow_on_disconnect(user: str, node: str) -> None:
+def imflow_on_disconnect(user: str, node: str, connection: Outbound) -> None:
     """A connection of ``user`` on gateway ``node`` closed. Results are ignored."""
+
+
+# -------------------------------------------------------------------------------------------
+# broadcast streams (live rooms) and throttling
+
+
+@hookspec
+def imflow_broadcast_streams() -> list[BroadcastStream]:
+    """Topics every gateway reads in full, each with the function that handles their records
+    on the gateway (live rooms: every gateway hears every room message and pushes it to the
+    viewers it holds). Called once at start-up, not async; the lists are concatenated."""
+
+
+@hookspec(firstresult=True)
+def imflow_admit_broadcast(stream: str, key: str, user: str, priority: Priority, gateway: GatewayContext) -> Rejection | None:
+    """May ``user`` put a record of this priority on broadcast ``stream`` for ``key`` (a room)?
+    Called by the plugin that owns the stream before it broadcasts, with the gateway's context.
+    ``None`` admits it; a
+    ``Rejection`` (with ``retry_after_ms``) refuses it. ``firstresult``; async allowed."""
+
+
+@hookspec(firstresult=True)
+def imflow_shape_broadcast(stream: str, key: str, messages: list[dict], load: GatewayLoad) -> list[dict] | None:
+    """Which of a batch of broadcast messages (each with a ``priority``) every viewer of ``key``
+    on this gateway gets, given the gateway's load: a per-viewer cap samples ordinary ones, a
+    circuit breaker sheds them. Return the messages to deliver in order, or ``None`` for all.
+    Called once per batch and key, not per viewer. ``firstresult``; async allowed."""
 
 
 __all__ = [name for name in dir() if name.startswith("imflow_")] + ["hookimpl", "hookspec", "PROJECT"]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from .plugin_calls import Hooks
     from .settings import Settings
 
 PLUGIN_CODE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
@@ -23,10 +25,65 @@ def plugin_error_code(code: str) -> str:
 
 @dataclass(frozen=True)
 class Rejection:
-    """A refusal with a stable error code (``plugin.reason``) and a message for the user."""
+    """A refusal with a stable error code (``plugin.reason``) and a message for the user;
+    ``retry_after_ms`` tells the client when trying again can succeed (rate limits)."""
 
     code: str
     message: str
+    retry_after_ms: int | None = None
+
+
+class Priority(IntEnum):
+    """How much a frame to a client matters when its connection falls behind."""
+
+    LOW = 0  # may be dropped or sampled: ordinary live-room chat
+    NORMAL = 1  # replies, messages of conversations (the inbox has them anyway)
+    HIGH = 2  # never dropped while the connection lives: gifts, red packets, a room host's words
+
+
+class Outbound(Protocol):
+    """A client connection as plugins see it: who, and a bounded, prioritised way to it."""
+
+    id: str
+    user: str
+
+    def push(self, frame: dict[str, Any], priority: Priority = Priority.NORMAL) -> None: ...
+    def push_raw(self, data: bytes, priority: Priority = Priority.NORMAL) -> None: ...
+    @property
+    def is_closed(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class GatewayLoad:
+    """How hard-pressed a gateway is now (what a circuit breaker looks at)."""
+
+    connections: int
+    queued_frames: int  # waiting in all outbound queues
+    slow_connections: int  # whose queue is full
+    loop_lag_ms: float  # how late the event loop runs timers
+
+
+@dataclass(frozen=True)
+class GatewayContext:
+    """What a plugin gets on a gateway: its node, storage, hooks, load, and the way to put a
+    record on a broadcast stream (which every gateway reads whole)."""
+
+    node: str
+    settings: Settings
+    redis: Redis
+    hooks: Hooks
+    load: Callable[[], GatewayLoad]
+    broadcast: Callable[[str, bytes, bytes], Awaitable[None]]  # broadcast(topic, key, value)
+
+
+@dataclass(frozen=True)
+class BroadcastStream:
+    """A topic every gateway reads in full (unlike an agent's, which workers share out): the way
+    to reach viewers wherever they are connected. ``handle(context, values)`` gets batches of
+    record values in order; records written before the gateway started are not replayed."""
+
+    topic: str
+    handle: Callable[[GatewayContext, list[bytes]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -47,6 +104,8 @@ class OperationContext:
     settings: Settings
     push: Callable[[str, dict[str, Any]], Awaitable[None]]  # push(user, frame) to all their connections
     produce: Callable[[str, bytes, bytes], Awaitable[None]]  # produce(topic, key, value): to a plugin agent
+    connection: Outbound | None = None  # the connection the operation came on
+    gateway: GatewayContext | None = None  # this gateway: broadcast streams, load, hooks
 
 
 @dataclass(frozen=True)
@@ -65,7 +124,8 @@ class Operation:
 class OperationError(Exception):
     """Raised by a plugin operation: becomes an error frame with this code."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after_ms: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after_ms = retry_after_ms

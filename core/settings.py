@@ -70,11 +70,21 @@ class Settings(BaseSettings):
     group_unread_flush_seconds: float = Field(
         5.0, gt=0, description="How often unread counts of read fan-out groups are flushed to their members"
     )
+    outbound_queue_frames: int = Field(
+        1000, ge=10, description="Frames a connection may have waiting before low-priority ones are dropped"
+    )
+    slow_consumer_seconds: float = Field(
+        5.0, gt=0, description="A connection whose outbound queue stays full this long is closed (4008)"
+    )
     archive_flush_seconds: float = Field(1.0, gt=0, description="How often pending records are sealed into the archive")
     archive_batch: int = Field(50_000, gt=0, description="Most records one partition gives to one archive write")
     archive_content_shards: int = Field(4, gt=0, description="Shards of im_msg_content (by mid); fixed once data exists")
     archive_mailbox_shards: int = Field(4, gt=0, description="Shards of im_user_msg_box (by owner_uid); fixed once data exists")
 
+    dev_login: bool | None = Field(
+        None,
+        description="Serve POST /dev/token (sign in as anyone, for development); default: on only for the embedded server",
+    )
     disabled_plugins: str = Field("", description="Comma-separated names of plugins not to load")
 
     log_level: str = Field("info", description="Log level: debug, info, warning, error")
@@ -85,6 +95,11 @@ class Settings(BaseSettings):
         if len(value.get_secret_value().encode()) < 32:
             raise ValueError("must be at least 32 bytes (HMAC-SHA256 keys shorter than that are guessable)")
         return value
+
+    @property
+    def dev_login_enabled(self) -> bool:
+        # 'not': the embedded stack of the tests sets the URLs to empty strings
+        return self.dev_login if self.dev_login is not None else (not self.kafka_url and not self.redis_url)
 
     @property
     def embedded_transport(self) -> bool:

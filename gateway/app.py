@@ -1,20 +1,28 @@
-"""The gateway's ASGI app: the client WebSocket at /ws, health at /healthz, readiness at /readyz."""
+"""The gateway's ASGI app: the browser client at /, the client WebSocket at /ws, health at /healthz,
+readiness at /readyz."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 from starlette.websockets import WebSocket
 
-from . import http_api
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from imflow.core.plugin_types import GatewayContext
+
+from . import dev_login, http_api
 from .extensions import Extensions
 from .hub import Hub
 from .session import serve_session
@@ -51,23 +59,29 @@ class Backend(Protocol):
         """Each dependency's name and whether it answers now."""
         ...
 
+    async def broadcast(self, topic: str, key: bytes, value: bytes) -> None:
+        """Put a record on a broadcast stream (short name), which every gateway reads whole."""
+        ...
 
-HOME = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>imflow</title>
-<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#1d2430}
-code{background:#eef1f5;padding:.1rem .3rem;border-radius:4px}h1{font-size:1.6rem}</style></head>
-<body><h1>imflow is running</h1>
-<p>Gateway <code>$node</code>. Clients connect to the WebSocket at <code>/ws</code>
-(first frame: <code>{"op": "auth", "token": "..."}</code>; <code>imflow token alice</code> prints a development token).</p>
-<ul><li><a href="/healthz">/healthz</a>: the process is alive</li>
-<li><a href="/readyz">/readyz</a>: its Redis and transport answer</li></ul>
-<p>The protocol, every frame and error code: <code>docs/protocol.md</code>. A Python client: <code>imflow.client</code>.</p>
-</body></html>"""
+    async def subscribe_broadcast(self, topic: str, handle: Callable[[list[bytes]], Awaitable[None]]) -> None:
+        """Feed this gateway every record put on a broadcast stream from now on."""
+        ...
 
 
-async def home(request: Request) -> HTMLResponse:
-    return HTMLResponse(HOME.replace("$node", html.escape(request.app.state.backend.node_name)))
+WEB = Path(__file__).with_name("web")  # the browser client: static files, no build step
+
+
+class WebFiles(StaticFiles):
+    """The client's files, revalidated on every load (ETag) so a new version shows at once."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
+async def home(request: Request) -> Response:
+    return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -86,6 +100,19 @@ async def client_socket(websocket: WebSocket) -> None:
     await serve_session(websocket, state.backend, state.hub, state.extensions)
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this process (dropped and sampled frames, loop lag, breaker state)."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _start_broadcast_streams(backend: Backend, hub: Hub, extensions: Extensions) -> None:
+    """Give plugins this gateway's context, and feed each broadcast stream's records to its handler."""
+    context = GatewayContext(backend.node_name, backend.settings, backend.redis, backend.hooks, hub.load, backend.broadcast)
+    extensions.gateway = context
+    for stream in extensions.broadcast_streams:
+        await backend.subscribe_broadcast(stream.topic, partial(stream.handle, context))
+
+
 def create_gateway(backend: Backend) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -93,6 +120,7 @@ def create_gateway(backend: Backend) -> Starlette:
         app.state.hub = Hub(backend.redis, backend.node_name)
         try:
             await app.state.hub.start()
+            await _start_broadcast_streams(backend, app.state.hub, extensions)
             yield
         finally:
             await app.state.hub.stop()
@@ -100,8 +128,10 @@ def create_gateway(backend: Backend) -> Starlette:
 
     extensions = Extensions.from_hooks(backend.hooks)
     routes = [
-        Route("/", home), Route("/healthz", healthz), Route("/readyz", readyz), WebSocketRoute("/ws", client_socket),
-        *http_api.ROUTES, *extensions.routes,
+        Route("/", home), Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
+        WebSocketRoute("/ws", client_socket),
+        Mount("/static", WebFiles(directory=WEB), name="static"),
+        *http_api.ROUTES, *dev_login.routes(backend.settings), *extensions.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.backend = backend

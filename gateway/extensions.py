@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from imflow.core.plugin_types import MessageType, Operation
+from imflow.core.plugin_types import BroadcastStream, GatewayContext, MessageType, Operation
 
 from . import protocol
 
@@ -27,6 +27,8 @@ class Extensions:
     message_types: dict[str, MessageType] = field(default_factory=lambda: {"text": MessageType("text", _text)})
     operations: dict[str, Operation] = field(default_factory=dict)
     routes: list[BaseRoute] = field(default_factory=list)
+    broadcast_streams: list[BroadcastStream] = field(default_factory=list)
+    gateway: GatewayContext | None = None  # set once the gateway runs
 
     @classmethod
     def from_hooks(cls, hooks: Hooks) -> Extensions:
@@ -42,4 +44,5 @@ class Extensions:
                 continue
             extensions.operations[operation.name] = operation
         extensions.routes = hooks.collect_sync("imflow_http_routes")
+        extensions.broadcast_streams = hooks.collect_sync("imflow_broadcast_streams")
         return extensions

@@ -8,12 +8,17 @@ import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+import time
 import uuid
+from collections import deque
+from collections.abc import Callable
 
 import orjson
+from prometheus_client import Counter, Gauge
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from imflow.core import keys
+from imflow.core.plugin_types import GatewayLoad, Priority
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -22,39 +27,93 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLOSE_SLOW_CONSUMER = 4008
+DROPPED_FRAMES = Counter("imflow_dropped_frames", "Low-priority frames dropped because a client fell behind")
+SLOW_CLOSES = Counter("imflow_slow_connections_closed", "Connections closed (4008) for staying too slow")
+LOOP_LAG = Gauge("imflow_gateway_loop_lag_ms", "How late the gateway's event loop runs timers")
 
 
 class Connection:
-    """One client connection with its own bounded outbound queue and writer task.
+    """One client connection with its own bounded, prioritised outbound queue and writer task.
 
-    A client that cannot keep up never blocks the sender of a frame: when its queue is full
-    the connection is closed (code 4008) and the client resyncs when it reconnects.
+    A client that cannot keep up never blocks whoever pushes to it. When its queue is full,
+    low-priority frames (live-room chat) are dropped first, and a queued low-priority frame
+    makes room for a more important one; a connection whose queue stays full for
+    ``slow_seconds``, or that would need twice its queue for frames that may not be dropped,
+    is closed with 4008 and resyncs when it reconnects.
     """
 
-    def __init__(self, websocket: WebSocket, user: str, queue_size: int) -> None:
+    def __init__(self, websocket: WebSocket, user: str, queue_size: int, slow_seconds: float = 5.0) -> None:
         self.websocket = websocket
         self.user = user
         self.id = uuid.uuid4().hex[:16]
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(queue_size)
+        self.limit = queue_size
+        self.slow_seconds = slow_seconds
+        self._queue: deque[tuple[Priority, bytes | None]] = deque()
+        self._ready = asyncio.Event()  # something queued
         self._open = asyncio.Event()  # frames queue up until the session is set up
+        self._full_since: float | None = None
+        self.dropped = 0
         self._writer = asyncio.create_task(self._write())
         self.closed = asyncio.Event()
+
+    @property
+    def is_closed(self) -> bool:
+        return self.closed.is_set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def slow(self) -> bool:
+        return self._full_since is not None
 
     def open(self) -> None:
         """Start sending what is queued (the welcome first): the user is reachable now."""
         self._open.set()
 
-    def push(self, frame: dict[str, Any]) -> None:
-        self.push_raw(orjson.dumps(frame))
+    def push(self, frame: dict[str, Any], priority: Priority = Priority.NORMAL) -> None:
+        self.push_raw(orjson.dumps(frame), priority)
 
-    def push_raw(self, data: bytes) -> None:
+    def push_raw(self, data: bytes, priority: Priority = Priority.NORMAL) -> None:
         if self.closed.is_set():
             return
-        try:
-            self._queue.put_nowait(data)
-        except asyncio.QueueFull:
-            log.warning("closing a slow connection of %s: outbound queue full", self.user)
-            self.close(CLOSE_SLOW_CONSUMER, "too slow: resync after reconnecting")
+        if len(self._queue) >= self.limit:
+            now = time.monotonic()
+            self._full_since = self._full_since or now
+            if now - self._full_since > self.slow_seconds:
+                return self._too_slow("its queue stayed full")
+            if priority == Priority.LOW:
+                self._drop()
+                return
+            if not self._evict_low():
+                if len(self._queue) >= 2 * self.limit:
+                    return self._too_slow("frames that may not be dropped piled up")
+        self._queue.append((priority, data))
+        self._ready.set()
+
+    def _evict_low(self) -> bool:
+        for index, (queued, _) in enumerate(self._queue):
+            if queued == Priority.LOW:
+                del self._queue[index]
+                self._drop()
+                return True
+        return False
+
+    def check_slow(self, now: float) -> None:
+        """Close the connection if its queue has stayed full for too long (swept regularly, so
+        it happens even when nothing new is pushed to it)."""
+        if self._full_since is not None and now - self._full_since > self.slow_seconds and not self.closed.is_set():
+            self._too_slow("its queue stayed full")
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        DROPPED_FRAMES.inc()
+
+    def _too_slow(self, why: str) -> None:
+        log.warning("closing a slow connection of %s: %s", self.user, why)
+        SLOW_CLOSES.inc()
+        self.close(CLOSE_SLOW_CONSUMER, "too slow: resync after reconnecting")
 
     def close(self, code: int, reason: str) -> None:
         if not self.closed.is_set():
@@ -69,7 +128,15 @@ class Connection:
     async def _write(self) -> None:
         try:
             await self._open.wait()
-            while (data := await self._queue.get()) is not None:
+            while True:
+                while not self._queue:
+                    self._ready.clear()
+                    await self._ready.wait()
+                _, data = self._queue.popleft()
+                if data is None:
+                    return
+                if self._full_since is not None and len(self._queue) < self.limit // 2:
+                    self._full_since = None  # caught up
                 await self.websocket.send_text(data.decode())
         except asyncio.CancelledError:
             raise
@@ -80,14 +147,44 @@ class Connection:
         """Flush what is queued (briefly), then stop the writer."""
         self._open.set()
         if not self.closed.is_set():
-            with contextlib.suppress(asyncio.QueueFull):
-                self._queue.put_nowait(None)
+            self._queue.append((Priority.HIGH, None))
+            self._ready.set()
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(self._writer), 1.0)
         self.closed.set()
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._writer
+
+
+class LoopLag:
+    """How late the event loop runs a timer: the gateway's own measure of being overloaded."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.lag_ms = 0.0
+        self.on_tick: Callable[[], None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._measure())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _measure(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(self.interval)
+            late = (loop.time() - start - self.interval) * 1000
+            self.lag_ms = max(late, self.lag_ms * 0.8)  # rises at once, falls off gently
+            LOOP_LAG.set(self.lag_ms)
+            if self.on_tick is not None:
+                self.on_tick()
 
 
 class Hub:
@@ -97,6 +194,9 @@ class Hub:
         self.connections: dict[str, set[Connection]] = defaultdict(set)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self.lag = LoopLag()
+        self.lag.on_tick = self._sweep
+        self._swept = 0.0
 
     def add(self, connection: Connection) -> None:
         self.connections[connection.user].add(connection)
@@ -107,6 +207,24 @@ class Hub:
             held.discard(connection)
             if not held:
                 del self.connections[connection.user]
+
+    def _sweep(self) -> None:
+        """Twice a second: close connections whose queue stayed full too long."""
+        now = time.monotonic()
+        if now - self._swept >= 0.5:
+            self._swept = now
+            for connections in list(self.connections.values()):
+                for connection in list(connections):
+                    connection.check_slow(now)
+
+    def load(self) -> GatewayLoad:
+        held = [c for connections in self.connections.values() for c in connections]
+        return GatewayLoad(
+            connections=len(held),
+            queued_frames=sum(c.queued for c in held),
+            slow_connections=sum(1 for c in held if c.slow),
+            loop_lag_ms=self.lag.lag_ms,
+        )
 
     def to_user(self, user: str, frame: dict[str, Any], skip: str = "") -> None:
         self.to_users([user], frame, skip)
@@ -127,11 +245,13 @@ class Hub:
 
     async def start(self) -> None:
         """Start listening; a Redis that is down now is retried in the background."""
+        self.lag.start()
         self._listener = asyncio.create_task(self._listen())
         with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._subscribed.wait()), 5)
 
     async def stop(self) -> None:
+        await self.lag.stop()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

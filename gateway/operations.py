@@ -54,9 +54,9 @@ async def send(frame: protocol.Send, connection: Connection, backend: Backend, e
         gateway=backend.node_name,
         origin=connection.id,
     )
-    verdict = await backend.hooks.first("imflow_before_send", command=command)
+    verdict = await backend.hooks.first("imflow_before_send", command=command, gateway=extensions.gateway)
     if isinstance(verdict, Rejection):
-        raise ImflowError(plugin_error_code(verdict.code), verdict.message)
+        raise ImflowError(plugin_error_code(verdict.code), verdict.message, verdict.retry_after_ms)
     if isinstance(verdict, SendCommand):
         command = verdict
     try:
@@ -234,11 +234,14 @@ async def plugin_call(frame: protocol.PluginCall, connection: Connection, backen
     async def push(user: str, pushed: dict[str, Any]) -> None:
         await gateway_events.to_user(backend.redis, user, pushed)
 
-    context = OperationContext(connection.user, backend.node_name, backend.redis, backend.settings, push, backend.produce)
+    context = OperationContext(
+        connection.user, backend.node_name, backend.redis, backend.settings, push, backend.produce,
+        connection=connection, gateway=extensions.gateway,
+    )
     try:
         reply = await await_me_maybe(operation.handle(context, frame.fields))
     except OperationError as error:
-        raise ImflowError(plugin_error_code(error.code), error.message) from error
+        raise ImflowError(plugin_error_code(error.code), error.message, error.retry_after_ms) from error
     if reply is not None:
         reply.setdefault("op", frame.op)
     return reply

@@ -186,6 +186,8 @@ def ref_of(text: str | bytes) -> Any:
 
 def error_frame(error: ImflowError, ref: Any = None) -> dict[str, Any]:
     frame: dict[str, Any] = {"op": "error", "code": str(error.code), "message": error.message}
+    if getattr(error, "retry_after_ms", None) is not None:
+        frame["retry_after_ms"] = error.retry_after_ms
     if ref is not None:
         frame["ref"] = ref
     return frame

@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 AUTH_TIMEOUT_S = 10
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_LARGE = 1009
-OUTBOUND_QUEUE = 2000
 
 
 async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub, extensions: Extensions) -> None:
@@ -32,19 +31,19 @@ async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub, extens
     user = await _authenticate(websocket, backend)
     if user is None:
         return
-    connection = Connection(websocket, user, OUTBOUND_QUEUE)
+    connection = Connection(websocket, user, backend.settings.outbound_queue_frames, backend.settings.slow_consumer_seconds)
     connection.push({"op": "welcome", "user": user, "node": backend.node_name})  # always the first frame
     hub.add(connection)
     try:
         await _presence(presence.connected, backend, user)
-        await backend.hooks.call("imflow_on_connect", user=user, node=backend.node_name)
+        await backend.hooks.call("imflow_on_connect", user=user, node=backend.node_name, connection=connection)
         # the welcome goes out once pushes reach this connection, and any queued meanwhile follow it
         connection.open()
         await _serve(websocket, backend, connection, extensions)
     finally:
         hub.remove(connection)
         await _presence(presence.disconnected, backend, user)
-        await backend.hooks.call("imflow_on_disconnect", user=user, node=backend.node_name)
+        await backend.hooks.call("imflow_on_disconnect", user=user, node=backend.node_name, connection=connection)
         await connection.finish()
 
 

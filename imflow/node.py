@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ from imflow.core.agents import AgentContext, AgentSpec, TimerSpec, topic_name
 from imflow.core.plugin_calls import Hooks
 from imflow.plugin_manager import make_hooks
 from imflow.streams.agents import all_agents, run_body, run_timer, seal_archive
-from imflow.streams.kafka import KafkaProducer, ensure_topics
+from imflow.streams.kafka import BroadcastConsumer, KafkaProducer, ensure_topics
 from imflow.streams.local import LocalBus
 from imflow.streams.topics import INGEST, all_topic_names
 
@@ -45,6 +46,8 @@ class Node:
         self.run_agents = run_agents
         self.hooks = hooks if hooks is not None else make_hooks(settings)
         self.agents, self.timers = all_agents(self.hooks)
+        self.broadcast_topics = sorted({stream.topic for stream in self.hooks.collect_sync("imflow_broadcast_streams")})
+        self._broadcast_consumers: list[BroadcastConsumer] = []
         self.node_name = settings.node_name
         self.redis: Redis
         self.producer: Producer
@@ -71,7 +74,7 @@ class Node:
                 self._timers = [asyncio.create_task(self._tick(timer, self._context)) for timer in self.timers]
             await self.bus.start()
         else:
-            topics = all_topic_names(s.app_id, [spec.topic for spec in self.agents])
+            topics = all_topic_names(s.app_id, [spec.topic for spec in self.agents] + self.broadcast_topics)
             await ensure_topics(s.kafka_bootstrap, topics, s.topic_partitions, s.topic_replication_factor)
             self._kafka = self.producer = KafkaProducer(s.kafka_bootstrap, f"{s.node_name}-gateway")
             await self._kafka.start()
@@ -104,6 +107,8 @@ class Node:
             _, running = await asyncio.wait(self._timers, timeout=5)
             for task in running:
                 task.cancel()
+        for consumer in self._broadcast_consumers:
+            await consumer.stop()
         if self._faust is not None:
             await self._faust.stop()
         if self.bus is not None:
@@ -122,6 +127,23 @@ class Node:
     async def produce(self, topic: str, key: bytes, value: bytes) -> None:
         """Put a record on an agent's topic (its short name); returns once it is durable."""
         await self.producer.send(topic_name(self.settings.app_id, topic), key, value)
+
+    async def broadcast(self, topic: str, key: bytes, value: bytes) -> None:
+        """Put a record on a broadcast stream (short name), which every gateway reads whole."""
+        await self.producer.send(topic_name(self.settings.app_id, topic), key, value)
+
+    async def subscribe_broadcast(self, topic: str, handle: Callable[[list[bytes]], Awaitable[None]]) -> None:
+        """Feed this gateway every record put on a broadcast stream from now on."""
+        name = topic_name(self.settings.app_id, topic)
+        if self.bus is not None:  # in process: every subscriber of a topic gets every record
+            async def consume(values: list[bytes], partition: int) -> None:
+                await handle(values)
+
+            self.bus.subscribe(name, consume)
+            return
+        consumer = BroadcastConsumer(self.settings.kafka_bootstrap, name, self.settings.topic_partitions, handle)
+        await consumer.start()
+        self._broadcast_consumers.append(consumer)
 
     async def submit(self, command: SendCommand) -> asyncio.Future:
         """Queue a client's send on the ingest topic, in the order of the calls.

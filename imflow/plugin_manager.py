@@ -20,7 +20,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "imflow"
-DEFAULT_PLUGINS: tuple[str, ...] = ("imflow.plugins.red_packets",)  # module names
+DEFAULT_PLUGINS: tuple[str, ...] = (  # module names
+    "imflow.plugins.red_packets",
+    "imflow.plugins.live_rooms",
+    "imflow.plugins.throttling",
+)
 
 
 def make_hooks(settings: Settings, extra: list[tuple[str, Any]] | None = None) -> Hooks:

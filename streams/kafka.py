@@ -1,12 +1,18 @@
-"""The Kafka producer used by gateways: idempotent, acks=all (aiokafka defaults to neither)."""
+"""Kafka for gateways: the producer (idempotent, acks=all: aiokafka defaults to neither) and the
+broadcast consumer."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
 
 
 class KafkaProducer:
@@ -55,3 +61,35 @@ async def ensure_topics(bootstrap: str, names: list[str], partitions: int, repli
                 pass
     finally:
         await admin.close()
+
+
+class BroadcastConsumer:
+    """Reads every partition of a topic from its end, outside any consumer group: each gateway
+    gets every record of a broadcast stream (live rooms), none before it started."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, handle: Callable[[list[bytes]], Awaitable[None]]) -> None:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        self._topic, self._partitions, self._handle = topic, partitions, handle
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._consumer.assign([TopicPartition(self._topic, p) for p in range(self._partitions)])
+        await self._consumer.seek_to_end()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=20, max_records=5_000)
+            for records in batches.values():
+                try:
+                    await self._handle([record.value for record in records if record.value is not None])
+                except Exception:
+                    log.exception("broadcast stream %s: a handler failed; its records are skipped", self._topic)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()

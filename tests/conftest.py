@@ -105,18 +105,20 @@ def app_id() -> str:
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """A running imflow: ``imflow serve`` alone, or 2 gateways and a Faust worker on Kafka and Redis.
 
-    Shared by the tests of a module; each test uses users of its own.
+    Shared by the tests of a module; each test uses users of its own. A module's
+    ``STACK_EXTRA_ENV`` dict adds settings of its own.
     """
     from stacks import embedded_stack, real_stack
 
     folder = tmp_path_factory.mktemp(f"stack-{request.param}")
+    extra = getattr(request.module, "STACK_EXTRA_ENV", {})
     if request.param == "embedded":
-        running = embedded_stack(folder)
+        running = embedded_stack(folder, extra)
     else:
         url = request.getfixturevalue("redis_url")
         with redis_sync.Redis.from_url(url) as client:
             client.flushdb()
-        running = real_stack(folder, request.getfixturevalue("kafka_url"), url)
+        running = real_stack(folder, request.getfixturevalue("kafka_url"), url, extra_env=extra)
     yield running
     running.stop()
 

@@ -20,6 +20,11 @@ STACK_ENV = {
     "IMFLOW_CONVERSATION_LOG_LIMIT": "50",
     "IMFLOW_READ_FAN_OUT_THRESHOLD": str(READ_FAN_OUT_THRESHOLD),
     "IMFLOW_GROUP_UNREAD_FLUSH_SECONDS": "1",
+    # the tests send in bursts far beyond a person's pace; tests/test_throttling.py sets its own limits
+    "IMFLOW_THROTTLE_USER_RATE": "100000",
+    "IMFLOW_THROTTLE_USER_BURST": "100000",
+    "IMFLOW_THROTTLE_CONNECTION_RATE": "100000",
+    "IMFLOW_THROTTLE_CONNECTION_BURST": "100000",
     "IMFLOW_ARCHIVE_FLUSH_SECONDS": "0.2",
     "IMFLOW_LOG_LEVEL": "info",
 }
@@ -79,8 +84,8 @@ class Stack:
             process.stop_gracefully()
 
 
-def embedded_stack(folder: Path) -> Stack:
-    env = {**STACK_ENV, "IMFLOW_KAFKA_URL": "", "IMFLOW_REDIS_URL": "", "IMFLOW_DATA_DIR": str(folder / "data")}
+def embedded_stack(folder: Path, extra_env: dict[str, str] | None = None) -> Stack:
+    env = {**STACK_ENV, "IMFLOW_KAFKA_URL": "", "IMFLOW_REDIS_URL": "", "IMFLOW_DATA_DIR": str(folder / "data"), **(extra_env or {})}
     stack = Stack("embedded", folder, env)
     try:
         stack.start_gateway(["serve"])
@@ -90,13 +95,14 @@ def embedded_stack(folder: Path) -> Stack:
     return stack
 
 
-def real_stack(folder: Path, kafka_url: str, redis_url: str, gateways: int = 2) -> Stack:
+def real_stack(folder: Path, kafka_url: str, redis_url: str, gateways: int = 2, extra_env: dict[str, str] | None = None) -> Stack:
     env = {
         **STACK_ENV,
         "IMFLOW_KAFKA_URL": kafka_url,
         "IMFLOW_REDIS_URL": redis_url,
         "IMFLOW_APP_ID": f"t{uuid.uuid4().hex[:10]}",
         "IMFLOW_DATA_DIR": str(folder / "data"),
+        **(extra_env or {}),
     }
     stack = Stack("real", folder, env)
     try:

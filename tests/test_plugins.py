@@ -20,7 +20,7 @@ from imflow.client import ClientError
 from imflow.core.agents import AgentSpec, TimerSpec
 from imflow.core.hookspecs import hookimpl
 from imflow.core.models import SendCommand
-from imflow.core.plugin_types import MessageType, Operation, OperationError, Rejection
+from imflow.core.plugin_types import BroadcastStream, GatewayContext, MessageType, Operation, OperationError, Rejection
 from imflow.core.settings import Settings
 from imflow.plugin_manager import describe, make_hooks
 from imflow.testing import eventually
@@ -44,6 +44,7 @@ class Everything:
         self.audited: list[bytes] = []
         self.ticks = 0
         self.policy_asked: list[tuple[str, int, str]] = []
+        self.broadcasts: list[bytes] = []
 
     @hookimpl
     def imflow_configure(self, settings: Settings) -> None:
@@ -59,6 +60,7 @@ class Everything:
             if frame.get("fail"):
                 raise OperationError("shout.refused", "asked to fail")
             await context.produce("shout.audit", context.user.encode(), orjson.dumps({"by": context.user}))
+            await context.gateway.broadcast("shout.live", b"k", orjson.dumps({"by": context.user}))
             return {"persisted": len(self.persisted)}
 
         return [Operation("shout.count", count)]
@@ -94,6 +96,21 @@ class Everything:
     async def imflow_fan_out_policy(self, conversation: str, members: int, sender: str) -> str | None:
         self.policy_asked.append((conversation, members, sender))
         return "read" if sender == "alice" else None  # alice is a celebrity: read fan-out for her
+
+    @hookimpl
+    def imflow_broadcast_streams(self) -> list[BroadcastStream]:
+        async def heard(context: GatewayContext, values: list[bytes]) -> None:
+            self.broadcasts.extend(values)
+
+        return [BroadcastStream("shout.live", heard)]
+
+    @hookimpl
+    def imflow_admit_broadcast(self, stream: str, user: str) -> Rejection | None:
+        return Rejection("shout.muted", "muted for a second", 1000) if user == "mallory" else None
+
+    @hookimpl
+    def imflow_shape_broadcast(self, stream: str, messages: list[dict]) -> list[dict]:
+        return [{**message, "text": message["text"].upper()} for message in messages]
 
     @hookimpl
     def imflow_on_connect(self, user: str, node: str) -> None:
@@ -161,6 +178,18 @@ async def test_every_hook_through_a_running_imflow(imflow_server) -> None:
             assert failed.value.code == "shout.refused"
             # imflow_stream_agents: the agent got the record, the timer ticks
             await eventually(lambda: _async(plugin.audited == [b'{"by":"alice"}']))
+            # imflow_broadcast_streams: every gateway's handler hears the record
+            await eventually(lambda: _async(plugin.broadcasts == [b'{"by":"alice"}']))
+            # imflow_shape_broadcast and imflow_admit_broadcast, through the live rooms plugin
+            await alice.request({"op": "room.join", "room": "stage"})
+            await bob.request({"op": "room.join", "room": "stage"})
+            await bob.request({"op": "room.post", "room": "stage", "text": "quiet words"})
+            assert (await alice.next_message(op="room.batch"))["messages"][0]["text"] == "QUIET WORDS"
+            async with await server.client("mallory") as mallory:
+                await mallory.request({"op": "room.join", "room": "stage"})
+                with pytest.raises(ClientError) as muted:
+                    await mallory.request({"op": "room.post", "room": "stage", "text": "spam"})
+                assert muted.value.code == "shout.muted" and muted.value.frame["retry_after_ms"] == 1000
             await eventually(lambda: _async(plugin.ticks >= 2))
             # imflow_fan_out_policy: alice's group messages go by read fan-out (no count in the
             # push, none in bob's inbox), bob's by the default, write fan-out, for 2 members
@@ -173,7 +202,7 @@ async def test_every_hook_through_a_running_imflow(imflow_server) -> None:
             assert by_write["message"]["sender"] == "bob" and by_write["unread"]["count"] == 1
             assert sorted(set(plugin.policy_asked)) == [(group, 2, "alice"), (group, 2, "bob")]
         # imflow_on_disconnect
-        await eventually(lambda: _async(sorted(plugin.disconnected) == ["alice", "bob"]))
+        await eventually(lambda: _async(sorted(plugin.disconnected) == ["alice", "bob", "mallory"]))
         # imflow_http_routes
         async with httpx.AsyncClient() as http:
             reply = await http.get(f"{server.http}/plugins/shout/hello")
@@ -213,7 +242,7 @@ def test_a_misspelled_hook_fails_loudly() -> None:
 def test_plugins_can_be_disabled_and_are_described() -> None:
     hooks = make_hooks(Settings(disabled_plugins="broken, other"), extra=[("everything", Everything()), ("broken", Broken())])
     rows = {row["name"]: row for row in describe(hooks)}
-    assert sorted(rows) == ["everything", "red_packets"]
+    assert sorted(rows) == ["everything", "live_rooms", "red_packets", "throttling"]
     assert rows["red_packets"]["origin"] == "built-in"
     assert rows["everything"]["origin"] == "registered in code"
     assert "imflow_before_send" in rows["everything"]["hooks"] and "imflow_stream_agents" in rows["everything"]["hooks"]

@@ -1,0 +1,79 @@
+// Small DOM and formatting helpers shared by the views.
+
+/** h('div.card', {onclick}, child, ...): an element with classes, attributes and children. */
+export function h(tag, attrs = {}, ...children) {
+  const [name, ...classes] = tag.split('.');
+  const el = document.createElement(name || 'div');
+  if (classes.length) el.className = classes.join(' ');
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
+    else if (key === 'dataset') {
+      for (const [name, data] of Object.entries(value)) if (data !== null && data !== undefined) el.dataset[name] = data;
+    }
+    else if (key === 'html') el.innerHTML = value; // only for our own icon markup
+    else el.setAttribute(key, value === true ? '' : value);
+  }
+  el.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  return el;
+}
+
+export const $ = (selector, root = document) => root.querySelector(selector);
+
+// Stroke icons drawn inline (no icon font, no network).
+const ICONS = {
+  edit: '<path d="M4 20h4L19 9l-4-4L4 16v4z"/><path d="M14 6l4 4"/>',
+  group: '<circle cx="9" cy="8" r="3.2"/><path d="M3 19c0-3.3 2.7-5.5 6-5.5s6 2.2 6 5.5"/><path d="M16 5.2a3 3 0 0 1 0 5.6M18 13.8c1.9.6 3 2.4 3 5.2"/>',
+  send: '<path d="M4 12l16-8-6 16-2.5-6.5L4 12z"/>',
+  back: '<path d="M15 5l-7 7 7 7"/>',
+  packet: '<rect x="4" y="3" width="16" height="18" rx="2.5"/><path d="M4 8.5c2.5 2 5.2 3 8 3s5.5-1 8-3"/><circle cx="12" cy="11.5" r="2"/>',
+  logout: '<path d="M14 4h4a2 2 0 0 1 2 2v12a2 2 0 0 1-2 2h-4"/><path d="M9 8l-4 4 4 4M5 12h11"/>',
+  clock: '<circle cx="12" cy="12" r="8"/><path d="M12 8v4.5l3 2"/>',
+  check: '<path d="M5 12.5l4.5 4.5L19 7.5"/>',
+  alert: '<circle cx="12" cy="12" r="8.5"/><path d="M12 7.5v5.5M12 16.3v.2"/>',
+  retry: '<path d="M19 12a7 7 0 1 1-2.1-5"/><path d="M19 4.5V9h-4.5"/>',
+};
+
+export function icon(name, label) {
+  const el = h('span.icon', { 'aria-hidden': label ? null : 'true', title: label || null });
+  el.innerHTML = `<svg viewBox="0 0 24 24" width="20" height="20" fill="none" stroke="currentColor" stroke-width="1.8" stroke-linecap="round" stroke-linejoin="round">${ICONS[name]}</svg>`;
+  return el;
+}
+
+/** A round avatar with the name's initial, its colour fixed by the name. */
+export function avatar(name, kind = 'user') {
+  let hash = 0;
+  for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+  const hue = hash % 360;
+  const initial = [...name.trim()][0]?.toUpperCase() || (kind === 'group' ? '#' : '?');
+  return h(`span.avatar.avatar-${kind}`, { style: `--hue:${hue}`, 'aria-hidden': 'true' }, initial);
+}
+
+const time = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+const weekday = new Intl.DateTimeFormat(undefined, { weekday: 'short' });
+const date = new Intl.DateTimeFormat(undefined, { day: 'numeric', month: 'short' });
+const longDate = new Intl.DateTimeFormat(undefined, { weekday: 'long', day: 'numeric', month: 'long' });
+
+export const clockTime = (ms) => time.format(ms);
+
+/** A conversation list timestamp: the time today, the weekday this week, else the date. */
+export function shortWhen(ms) {
+  const now = new Date();
+  const then = new Date(ms);
+  if (then.toDateString() === now.toDateString()) return time.format(then);
+  if (now - then < 6 * 86400e3) return weekday.format(then);
+  return date.format(then);
+}
+
+export function dayLabel(ms) {
+  const then = new Date(ms);
+  const today = new Date();
+  const yesterday = new Date(today.getTime() - 86400e3);
+  if (then.toDateString() === today.toDateString()) return 'Today';
+  if (then.toDateString() === yesterday.toDateString()) return 'Yesterday';
+  return longDate.format(then);
+}
+
+export const money = (cents) => `¥${(cents / 100).toFixed(2)}`;
+
+export const USER_ID = /^[A-Za-z0-9_.-]{1,64}$/;

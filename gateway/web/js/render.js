@@ -1,0 +1,267 @@
+// Rendering: the conversation list, the total, and the open conversation's pane. Message
+// elements are kept by key and rebuilt only when what they show changes, so scrolling,
+// selection and the scroll position survive the frequent re-renders.
+
+import { $, avatar, clockTime, dayLabel, h, icon, money, shortWhen } from './dom.js';
+
+export const LOAD_OLDER_PX = 150; // this close to the top, the next older page loads
+const STATE_LABEL = { sending: 'Sending…', retrying: 'Not sent yet · retrying', failed: 'Not sent', sent: 'Sent' };
+const STATE_ICON = { sending: 'clock', retrying: 'retry', failed: 'alert', sent: 'check' };
+
+export class View {
+  #items = new Map(); // key -> {el, signature}
+  #shownId = null;
+
+  constructor(store, outbox, chat, actions) {
+    this.store = store;
+    this.outbox = outbox;
+    this.chat = chat;
+    this.actions = actions; // open, back, retry, discard, packet, members, packetStatus
+  }
+
+  render(parts) {
+    if (parts.has('list') || parts.has('total')) this.renderList();
+    if (parts.has('pane')) this.renderPane();
+  }
+
+  // -- the list and the total
+
+  renderList() {
+    const { store } = this;
+    const list = $('#conversation-list');
+    const items = store.sorted().map((conversation) => this.#listItem(conversation));
+    list.replaceChildren(...items);
+    $('#list-empty').hidden = items.length > 0;
+    const total = store.totalUnread;
+    const badge = $('#total-unread');
+    badge.hidden = total === 0;
+    badge.textContent = total > 99 ? '99+' : String(total);
+    badge.dataset.count = String(total);
+    badge.title = `${total} unread`;
+    document.title = total ? `(${total}) imflow` : 'imflow';
+  }
+
+  #listItem(conversation) {
+    const pending = this.outbox.in(conversation.id).at(-1);
+    const last = conversation.last;
+    let preview = '';
+    let when = conversation.sortKey;
+    if (pending && (!last || pending.createdAt >= last.sent_at_ms)) {
+      preview = `You: ${describe(pending)}`;
+      when = pending.createdAt;
+    } else if (last) {
+      const who = last.sender === this.store.me ? 'You' : conversation.kind === 'group' ? last.sender : null;
+      preview = `${who ? `${who}: ` : ''}${describe(last)}`;
+    } else {
+      preview = conversation.kind === 'group' ? 'Group created' : 'No messages yet';
+    }
+    const unread = conversation.unread;
+    return h(
+      'li.conversation',
+      { dataset: { conversation: conversation.id, unread: String(unread) }, 'aria-current': conversation.id === this.store.openId ? 'true' : null },
+      h(
+        'button.conversation-button',
+        { type: 'button', onclick: () => this.actions.open(conversation.id) },
+        avatar(conversation.name, conversation.kind === 'group' ? 'group' : 'user'),
+        h(
+          'span.conversation-main',
+          {},
+          h('span.conversation-top', {}, h('span.conversation-name', {}, conversation.name), h('span.when', {}, last || pending ? shortWhen(when) : '')),
+          h(
+            'span.conversation-bottom',
+            {},
+            h('span.preview', {}, pending ? icon(pending.state === 'failed' ? 'alert' : 'clock') : null, preview),
+            h('span.badge', { hidden: unread === 0, dataset: { count: String(unread) }, 'aria-label': `${unread} unread` }, unread > 99 ? '99+' : String(unread)),
+          ),
+        ),
+      ),
+    );
+  }
+
+  // -- the pane
+
+  renderPane() {
+    const conversation = this.store.open;
+    document.body.classList.toggle('has-open', Boolean(conversation));
+    $('#pane-empty').hidden = Boolean(conversation);
+    for (const id of ['#pane-header', '#messages', '#composer']) $(id).hidden = !conversation;
+    if (!conversation) {
+      this.#shownId = null;
+      return;
+    }
+    const switched = this.#shownId !== conversation.id;
+    if (switched) {
+      this.#items.clear();
+      $('#message-list').replaceChildren();
+      this.#shownId = conversation.id;
+      $('#composer-text').value = '';
+    }
+    this.#renderHeader(conversation);
+    this.#renderMessages(conversation, switched);
+  }
+
+  #renderHeader(conversation) {
+    const members = conversation.members ? Object.keys(conversation.members).length : null;
+    const subtitle = conversation.kind === 'group' ? (members ? `${members} members` : 'Group') : 'Direct message';
+    const header = [
+      h('button.icon-button.back-button', { type: 'button', title: 'Back to chats', 'aria-label': 'Back to chats', onclick: () => this.actions.back() }, icon('back')),
+      avatar(conversation.name, conversation.kind === 'group' ? 'group' : 'user'),
+      h('div.pane-title', {}, h('h2', { id: 'pane-title' }, conversation.name), h('span.muted', { id: 'pane-subtitle' }, subtitle)),
+      conversation.kind === 'group'
+        ? h('button.icon-button', { type: 'button', id: 'members-button', title: 'Members', 'aria-label': 'Members', onclick: () => this.actions.members() }, icon('group'))
+        : null,
+    ];
+    $('#pane-header').replaceChildren(...header.filter(Boolean));
+  }
+
+  #renderMessages(conversation, switched) {
+    const scroller = $('#messages');
+    const list = $('#message-list');
+    const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 60;
+    const anchor = !switched && !atBottom ? firstVisible(scroller, list) : null;
+
+    const wanted = [];
+    let previous = null;
+    let day = null;
+    const entries = [
+      ...conversation.ordered().map((message) => ({ message, state: message.sender === this.store.me ? 'sent' : null })),
+      ...this.outbox.in(conversation.id).map((entry) => ({ entry, state: entry.state })),
+    ];
+    for (const item of entries) {
+      const at = item.message ? item.message.sent_at_ms : item.entry.createdAt;
+      const thisDay = new Date(at).toDateString();
+      if (thisDay !== day) {
+        day = thisDay;
+        previous = null;
+        wanted.push(this.#keep(`day:${thisDay}`, dayLabel(at), () => h('li.day', {}, h('span', {}, dayLabel(at)))));
+      }
+      if (item.message && item.message.seq === conversation.firstUnreadSeq) {
+        wanted.push(this.#keep('unread-line', '', () => h('li.unread-line', {}, h('span', {}, 'New messages'))));
+        previous = null;
+      }
+      const sender = item.message ? item.message.sender : this.store.me;
+      const runStart = !previous || previous.sender !== sender || at - previous.at > 5 * 60e3;
+      previous = { sender, at };
+      wanted.push(this.#messageItem(conversation, item, runStart));
+    }
+    list.replaceChildren(...wanted);
+
+    const status = $('#history-status');
+    if (this.chat.loadingOlder(conversation.id)) status.textContent = 'Loading earlier messages…';
+    else if (conversation.historyDone) status.textContent = entries.length ? 'This is the beginning of the conversation.' : '';
+    else status.textContent = '';
+    list.classList.toggle('empty', entries.length === 0);
+    if (!entries.length) list.replaceChildren(h('li.empty-chat', {}, conversation.kind === 'group' ? 'No messages in this group yet.' : `Say hello to ${conversation.name}.`));
+
+    if (switched || atBottom) scroller.scrollTop = scroller.scrollHeight;
+    else if (anchor) {
+      const el = this.#items.get(anchor.key)?.el; // maybe rebuilt: a message above it changes how it looks
+      if (el?.isConnected) scroller.scrollTop += el.getBoundingClientRect().top - anchor.top;
+    }
+    // near the top (or too short to scroll at all): the next older page, until none are left
+    if (scroller.scrollTop < LOAD_OLDER_PX && !conversation.historyDone && entries.length && this.chat.connection.online) {
+      this.actions.older();
+    }
+  }
+
+  #keep(key, signature, build) {
+    const kept = this.#items.get(key);
+    if (kept && kept.signature === signature) return kept.el;
+    const el = build();
+    el.dataset.key = key;
+    this.#items.set(key, { el, signature });
+    return el;
+  }
+
+  #messageItem(conversation, { message, entry, state }, runStart) {
+    const mine = message ? message.sender === this.store.me : true;
+    const type = message ? message.type : entry.type;
+    const body = message ? message.body : entry.body;
+    const packet = message && type === 'red_packet' ? this.store.packets.get(message.mid) : null;
+    const key = message ? `m:${message.mid}` : `c:${entry.cmid}`;
+    const signature = JSON.stringify([state, runStart, packet, entry?.error, body]);
+    return this.#keep(key, signature, () => {
+      const showSender = runStart && !mine && conversation.kind === 'group';
+      // time and tick sit inside a text bubble; a card has them below it
+      const stamp = h('span.stamp', {}, h('time', {}, clockTime(message ? message.sent_at_ms : entry.createdAt)),
+        mine && state ? h(`span.state.state-${state}`, { title: STATE_LABEL[state] }, icon(STATE_ICON[state])) : null);
+      const content = type === 'red_packet'
+        ? [this.#packetCard(message, body, packet, state), h('div.meta', {}, stamp)]
+        : [h('div.bubble', {}, h('span.text', {}, describe({ type, body })), stamp)];
+      let trouble = null; // what a person must know about a send that has not gone through
+      if (state === 'retrying') trouble = h('div.trouble.state-retrying', {}, icon('retry'), h('span.state-label', {}, STATE_LABEL.retrying));
+      if (state === 'failed') {
+        trouble = h(
+          'div.trouble.state-failed', {}, icon('alert'),
+          h('span.failure', {}, `${STATE_LABEL.failed}${entry.error ? `: ${entry.error}` : ''}.`),
+          h('button.link.retry-button', { type: 'button', onclick: () => this.actions.retry(entry.cmid) }, 'Retry'),
+          h('button.link.discard-button', { type: 'button', onclick: () => this.actions.discard(entry.cmid) }, 'Delete'),
+        );
+      }
+      return h(
+        `li.message.${mine ? 'mine' : 'theirs'}${runStart ? '.run-start' : ''}`,
+        { dataset: { mid: message ? String(message.mid) : null, seq: message ? String(message.seq) : null, cmid: message ? message.client_msg_id : entry.cmid, state: state || 'received', type } },
+        conversation.kind !== 'group' || mine ? null : showSender ? avatar(message.sender) : h('span.avatar-gap'),
+        h('div.message-body', {}, showSender ? h('div.sender', {}, message.sender) : null, content, trouble),
+      );
+    });
+  }
+
+  #packetCard(message, body, status, state) {
+    if (message && !status) this.actions.packetStatus(message);
+    let foot = 'Tap to open';
+    let opened = false;
+    if (!message) [foot, opened] = state === 'failed' ? ['Not sent', true] : ['Sending…', false];
+    else if (status) {
+      const mine = status.grabs[this.store.me];
+      if (mine !== undefined) [foot, opened] = [`You got ${money(mine)}`, true];
+      else if (status.count_left === 0) [foot, opened] = ['All shares taken', true];
+      else if (status.expires_at < Date.now()) [foot, opened] = ['Expired', true];
+    }
+    return h(
+      `div.packet${opened ? '.opened' : ''}`,
+      { role: 'button', tabindex: '0', onclick: () => message && this.actions.packet(message), onkeydown: (event) => event.key === 'Enter' && message && this.actions.packet(message) },
+      h('div.packet-top', {}, h('span.packet-seal', {}, '¥'), h('div.packet-text', {}, h('strong', {}, body.greeting || 'Best wishes!'), h('span.packet-foot', {}, foot))),
+      h('div.packet-label', {}, `Red packet · ${money(body.total_cents)} · ${body.count} ${body.count === 1 ? 'share' : 'shares'}`),
+    );
+  }
+}
+
+/** The details of a red packet: who got what. */
+export function packetDetails(message, status, me) {
+  const grabs = Object.entries(status.grabs).sort((x, y) => y[1] - x[1]);
+  const taken = status.total - status.cents_left;
+  const best = status.count_left === 0 && grabs.length > 1 ? grabs[0][0] : null;
+  const mine = status.grabs[me];
+  return h(
+    'div.packet-details',
+    {},
+    h('div.packet-hero', {}, h('span.packet-seal.big', {}, '¥'), h('h2', {}, `Red packet from ${message.sender === me ? 'you' : message.sender}`), h('p', {}, message.body.greeting || 'Best wishes!')),
+    mine !== undefined ? h('p.packet-mine', { id: 'packet-mine' }, money(mine)) : null,
+    h('p.muted.packet-summary', {}, `${status.count - status.count_left} of ${status.count} shares taken · ${money(taken)} of ${money(status.total)}`),
+    h(
+      'ul.packet-grabs',
+      {},
+      grabs.map(([user, cents]) =>
+        h('li.packet-grab', { dataset: { user } }, avatar(user), h('span.grab-user', {}, user === me ? `${user} (you)` : user), best === user ? h('span.luckiest', {}, 'Luckiest') : null, h('span.amount', {}, money(cents))),
+      ),
+    ),
+  );
+}
+
+/** One line for a message in the list and for text bubbles. */
+export function describe({ type, body }) {
+  if (type === 'text') return body.text;
+  if (type === 'red_packet') return `[Red packet] ${body.greeting || 'Best wishes!'}`;
+  return `[${type}]`;
+}
+
+/** The first message at least partly in view, and where it is: it stays put while pages load above it. */
+function firstVisible(scroller, list) {
+  const top = scroller.getBoundingClientRect().top;
+  for (const el of list.querySelectorAll('li.message')) {
+    const rect = el.getBoundingClientRect();
+    if (rect.bottom > top) return { key: el.dataset.key, top: rect.top };
+  }
+  return null;
+}

@@ -1,0 +1,258 @@
+"""Live rooms (R13): a room's messages reach every viewer through the gateways, never through Redis.
+
+A post goes on the ``rooms`` broadcast stream (Kafka in production, the in-process transport
+embedded), which every gateway reads whole. Each gateway keeps its own room → connections
+registry, gathers a room's messages for ``IMFLOW_ROOMS_BATCH_MS`` and pushes them as one
+``room.batch`` frame, serialised once for all its viewers of the room. No inbox, no unread,
+no per-viewer Redis write. The viewer count is approximate: each gateway writes how many
+viewers it holds (a hash field per gateway, refreshed every few seconds and expiring with a
+gateway that stopped), and the count is their sum.
+
+Ordinary chat goes out at low priority (sampled or dropped under load, see the throttling
+plugin); gifts, red packets and the host's own messages at high priority (never dropped).
+
+Operations: ``room.open`` (become the room's host), ``room.join``, ``room.leave``,
+``room.post`` {room, text, kind: chat|gift|red_packet}, ``room.info``.
+Settings: ``IMFLOW_ROOMS_BATCH_MS`` (100), ``IMFLOW_ROOMS_MAX_TEXT`` (500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from prometheus_client import Counter, Histogram
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from imflow.core.hookspecs import hookimpl
+from imflow.core.ids import IdGenerator
+from imflow.core.plugin_types import (
+    BroadcastStream,
+    GatewayContext,
+    Operation,
+    OperationContext,
+    OperationError,
+    Outbound,
+    Priority,
+    Rejection,
+)
+
+log = logging.getLogger(__name__)
+STREAM = "rooms"
+ROOM_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+KINDS = {"chat": Priority.LOW, "gift": Priority.HIGH, "red_packet": Priority.HIGH}
+VIEWERS_TTL_S = 30  # a gateway's count expires this long after its last refresh
+REFRESH_S = 5
+
+
+class RoomSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMFLOW_ROOMS_", env_file=".env", extra="ignore")
+    batch_ms: int = 100
+    max_text: int = 500
+
+
+settings = RoomSettings()
+DELIVERED = Counter("imflow_room_messages_delivered", "Room messages pushed to viewers (messages × viewers)")
+BATCH_DELAY = Histogram("imflow_room_batch_delay_seconds", "From a room post to its batch going out",
+                        buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2))
+
+
+def viewers_key(room: str) -> str:
+    return f"im:room:{{{room}}}:viewers"
+
+
+def host_key(room: str) -> str:
+    return f"im:room:{{{room}}}:host"
+
+
+@dataclass
+class Gateway:
+    """One gateway's rooms: who watches what here, and what waits to go out."""
+
+    context: GatewayContext
+    rooms: dict[str, set[Outbound]] = field(default_factory=lambda: defaultdict(set))
+    waiting: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    ids: IdGenerator = field(default_factory=lambda: IdGenerator(0))
+    flusher: asyncio.Task[None] | None = None
+    refreshed: float = 0.0
+
+    def start(self) -> None:
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.create_task(self._flush_forever())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(settings.batch_ms / 1000)
+            try:
+                await self.flush()
+                if time.monotonic() - self.refreshed > REFRESH_S:
+                    await self.report_viewers(list(self.rooms))
+            except Exception:
+                log.exception("live rooms: a flush failed; the next one goes on")
+
+    async def flush(self) -> None:
+        """One frame per room with what arrived since the last flush, to every viewer here."""
+        waiting, self.waiting = self.waiting, defaultdict(list)
+        load = self.context.load()
+        for room, messages in waiting.items():
+            viewers = self.rooms.get(room)
+            if not viewers:
+                continue
+            shaped = await self.context.hooks.first(
+                "imflow_shape_broadcast", stream=STREAM, key=room, messages=messages, load=load
+            )
+            chosen = messages if shaped is None else shaped
+            now = time.time() * 1000
+            for message in chosen:
+                BATCH_DELAY.observe(max(0.0, now - message["at_ms"]) / 1000)
+            # high-priority messages in a frame of their own, so overload drops only chat
+            for priority in (Priority.HIGH, Priority.LOW):
+                part = [m for m in chosen if (m["priority"] >= Priority.HIGH) == (priority == Priority.HIGH)]
+                if part:
+                    frame = orjson.dumps({"op": "room.batch", "room": room, "messages": part})  # once per batch
+                    for connection in list(viewers):
+                        connection.push_raw(frame, priority)
+                    DELIVERED.inc(len(part) * len(viewers))
+
+    async def report_viewers(self, rooms: list[str]) -> None:
+        self.refreshed = time.monotonic()
+        redis, node = self.context.redis, self.context.node
+        async with redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                count = len(self.rooms.get(room, ()))
+                if count:
+                    pipe.hset(viewers_key(room), node, count)
+                    pipe.expire(viewers_key(room), VIEWERS_TTL_S)
+                else:
+                    pipe.hdel(viewers_key(room), node)
+                    self.rooms.pop(room, None)
+            await pipe.execute()
+
+    def leave_all(self, connection: Outbound) -> list[str]:
+        left = [room for room, viewers in self.rooms.items() if connection in viewers]
+        for room in left:
+            self.rooms[room].discard(connection)
+        return left
+
+
+GATEWAYS: dict[str, Gateway] = {}  # by node: a test process may run several gateways
+
+
+def _gateway(context: OperationContext | GatewayContext) -> Gateway:
+    gateway_context = context.gateway if isinstance(context, OperationContext) else context
+    if gateway_context is None:
+        raise OperationError("room.unavailable", "live rooms need a running gateway")
+    gateway = GATEWAYS.get(gateway_context.node)
+    if gateway is None or gateway.context is not gateway_context:
+        gateway = GATEWAYS[gateway_context.node] = Gateway(gateway_context)
+    return gateway
+
+
+def _room(fields: dict[str, Any]) -> str:
+    room = fields.get("room")
+    if not isinstance(room, str) or not ROOM_ID.match(room):
+        raise OperationError("room.bad_request", "room: 1-64 letters, digits, '_', '.', '-'")
+    return room
+
+
+async def viewers(context: OperationContext, room: str) -> int:
+    return sum(int(count) for count in await context.redis.hvals(viewers_key(room)))
+
+
+async def open_room(context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
+    room = _room(fields)
+    await context.redis.set(host_key(room), context.user, nx=True)
+    host = (await context.redis.get(host_key(room)) or b"").decode()
+    if host != context.user:
+        raise OperationError("room.taken", f"room {room} has a host already")
+    return {"room": room, "host": host}
+
+
+async def join(context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
+    room = _room(fields)
+    gateway = _gateway(context)
+    assert context.connection is not None
+    gateway.rooms[room].add(context.connection)
+    gateway.start()
+    await gateway.report_viewers([room])
+    host = await context.redis.get(host_key(room))
+    return {"room": room, "viewers": await viewers(context, room), "host": host.decode() if host else None}
+
+
+async def leave(context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
+    room = _room(fields)
+    gateway = _gateway(context)
+    gateway.rooms.get(room, set()).discard(context.connection)
+    await gateway.report_viewers([room])
+    return {"room": room}
+
+
+async def post(context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
+    room = _room(fields)
+    kind = fields.get("kind", "chat")
+    text = fields.get("text", "")
+    if kind not in KINDS or not isinstance(text, str) or not text or len(text) > settings.max_text:
+        raise OperationError("room.bad_request", f"kind one of {sorted(KINDS)}, text 1-{settings.max_text} characters")
+    gateway = _gateway(context)
+    if context.connection is None or context.connection not in gateway.rooms.get(room, ()):
+        raise OperationError("room.not_joined", f"join room {room} before posting to it")
+    host = await context.redis.get(host_key(room))
+    priority = Priority.HIGH if host and host.decode() == context.user else KINDS[kind]
+    verdict = await gateway.context.hooks.first(
+        "imflow_admit_broadcast", stream=STREAM, key=room, user=context.user, priority=priority, gateway=gateway.context
+    )
+    if isinstance(verdict, Rejection):
+        raise OperationError(verdict.code, verdict.message, verdict.retry_after_ms)
+    message = {"id": gateway.ids.next_id(), "room": room, "sender": context.user, "kind": kind, "text": text,
+               "priority": int(priority), "at_ms": int(time.time() * 1000)}
+    await gateway.context.broadcast(STREAM, room.encode(), orjson.dumps(message))
+    return {"room": room, "id": message["id"]}
+
+
+async def info(context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
+    room = _room(fields)
+    host = await context.redis.get(host_key(room))
+    return {"room": room, "viewers": await viewers(context, room), "host": host.decode() if host else None}
+
+
+async def on_records(context: GatewayContext, values: list[bytes]) -> None:
+    """Every gateway: keep the messages of rooms it has viewers in, for the next flush."""
+    gateway = _gateway(context)
+    for value in values:
+        try:
+            message = orjson.loads(value)
+            room = message["room"]
+        except Exception:
+            log.warning("live rooms: skipped a malformed record")
+            continue
+        if gateway.rooms.get(room):
+            gateway.waiting[room].append(message)
+
+
+@hookimpl
+def imflow_client_operations() -> list[Operation]:
+    return [Operation("room.open", open_room), Operation("room.join", join), Operation("room.leave", leave),
+            Operation("room.post", post), Operation("room.info", info)]
+
+
+@hookimpl
+def imflow_broadcast_streams() -> list[BroadcastStream]:
+    return [BroadcastStream(STREAM, on_records)]
+
+
+@hookimpl
+async def imflow_on_disconnect(node: str, connection: Outbound) -> None:
+    gateway = GATEWAYS.get(node)
+    if gateway is not None:
+        left = gateway.leave_all(connection)
+        if left:
+            with contextlib.suppress(Exception):  # the count refresh will catch up
+                await gateway.report_viewers(left)
+

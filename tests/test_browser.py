@@ -1,0 +1,654 @@
+"""The browser client (gateway/web/) in Debian's real Chromium, driven by Selenium.
+
+Two browser sessions chat through a running imflow (2 gateways and a Faust worker on the real
+Kafka and Redis): unread badges rise and clear, history survives a reload and scrolls back,
+groups and red packets work, a phone-sized screen alternates list and pane, and a gateway
+killed with SIGKILL and started again is survived without losing a message.
+
+Needs `scripts/browser` (apt-get install chromium chromium-driver) and the selenium package.
+Under CI (CI=true) or with IMFLOW_REQUIRE_SERVICES=1 a missing browser fails the tests.
+Screenshots of the main views go to artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+import redis as redis_sync
+from pydantic import SecretStr
+from imflow.client import Client
+from imflow.testing import ImflowProcess
+from stacks import SECRET, STACK_ENV, Stack
+from starlette.applications import Starlette
+
+from imflow.core import tokens
+from imflow.gateway import dev_login
+
+try:
+    from selenium import webdriver
+    from selenium.common.exceptions import (
+        ElementClickInterceptedException,
+        ElementNotInteractableException,
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+except ImportError:  # reported by the `chromium` fixture, which fails or skips
+    webdriver = None
+else:
+    # the page re-renders as frames arrive: an element may be replaced, not there yet, or covered
+    TRANSIENT = (StaleElementReferenceException, NoSuchElementException, ElementNotInteractableException,
+                 ElementClickInterceptedException)
+
+REQUIRE = os.environ.get("CI") == "true" or os.environ.get("IMFLOW_REQUIRE_SERVICES") == "1"
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+DESKTOP = (1280, 800)
+PHONE = (390, 844)
+REDIS_DB = 14  # tests/conftest.py's stacks use 15, the benchmarks 13
+# keep Chromium off the network: the tests talk to 127.0.0.1 only
+CHROMIUM_FLAGS = [
+    "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-default-apps",
+    "--disable-domain-reliability", "--disable-client-side-phishing-detection", "--disable-extensions",
+    "--disable-features=Translate,OptimizationHints,MediaRouter", f"--window-size={DESKTOP[0]},{DESKTOP[1]}",
+]
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def chromium() -> tuple[str, str]:
+    """Paths of Debian's chromium and chromedriver; missing ones fail under CI, else skip."""
+    missing = []
+    if webdriver is None:
+        missing.append("the selenium package (.venv/bin/pip install selenium, a test dependency)")
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not browser or not driver:
+        missing.append("Debian's chromium and chromium-driver (run scripts/browser, which apt-get installs them)")
+    if missing:
+        message = "the browser tests need " + " and ".join(missing)
+        if REQUIRE:
+            pytest.fail(message)
+        pytest.skip(message)
+    return browser, driver  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, kafka_url: str, redis_url: str) -> Iterator[Stack]:
+    """Two gateways with development sign-in and a Faust worker, on the real Kafka and Redis."""
+    # a Redis database of its own: the other modules' stacks empty theirs when they start, and
+    # a test session running beside this one (another developer's) must not wipe this stack
+    redis_url = urlunsplit(urlsplit(redis_url)._replace(path=f"/{REDIS_DB}"))
+    with redis_sync.Redis.from_url(redis_url) as client:
+        client.flushdb()
+    folder = tmp_path_factory.mktemp("browser-stack")
+    env = {
+        **STACK_ENV,
+        "IMFLOW_KAFKA_URL": kafka_url,
+        "IMFLOW_REDIS_URL": redis_url,
+        "IMFLOW_APP_ID": f"t{uuid.uuid4().hex[:10]}",
+        "IMFLOW_DATA_DIR": str(folder / "data"),
+        "IMFLOW_DEV_LOGIN": "true",  # off by default on real servers
+    }
+    stack = Stack("real", folder, env)
+    try:
+        stack.start_worker()
+        for _ in range(2):
+            stack.start_gateway(["gateway"])
+    except BaseException:
+        stack.kill()
+        raise
+    yield stack
+    stack.stop()
+
+
+class Page:
+    """One browser session of the chat client, read through the page's data attributes."""
+
+    def __init__(self, driver: Any, name: str) -> None:
+        self.driver = driver
+        self.name = name
+
+    # -- waiting and reading
+
+    def wait(self, check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+        deadline = time.monotonic() + timeout
+        value = None
+        while time.monotonic() < deadline:
+            try:
+                value = check()
+            except TRANSIENT:
+                value = None
+            if value:
+                return value
+            time.sleep(0.05)
+        self.screenshot(f"failed-{self.name}")
+        raise AssertionError(f"{self.name}: {what} not within {timeout} s (last: {value!r}); logs: {self.logs()}")
+
+    def js(self, script: str, *args: Any) -> Any:
+        return self.driver.execute_script(script, *args)
+
+    def logs(self) -> list[str]:
+        return [entry["message"] for entry in self.driver.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
+
+    def connection(self) -> str:
+        return self.js("return document.body.dataset.connection")
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The bubbles of the open conversation, top to bottom."""
+        return self.js(
+            """return [...document.querySelectorAll('#message-list li.message')].map((li) => ({
+                 text: li.querySelector('.text')?.textContent ?? null, state: li.dataset.state,
+                 mine: li.classList.contains('mine'), mid: li.dataset.mid || null, type: li.dataset.type,
+                 sender: li.querySelector('.sender')?.textContent ?? null}))"""
+        )
+
+    def texts(self) -> list[str]:
+        return [message["text"] for message in self.messages() if message["text"] is not None]
+
+    def unread(self, conversation: str) -> int | None:
+        """The badge of a conversation in the list; None while it is not listed."""
+        value = self.js(
+            "return document.querySelector(`li.conversation[data-conversation='${arguments[0]}']`)?.dataset.unread ?? null",
+            conversation,
+        )
+        return None if value is None else int(value)
+
+    def badge_shown(self, conversation: str) -> bool:
+        return self.js(
+            "const b = document.querySelector(`li.conversation[data-conversation='${arguments[0]}'] .badge`);"
+            "return Boolean(b && !b.hidden && b.offsetParent !== null)",
+            conversation,
+        )
+
+    def total(self) -> int:
+        return int(self.js("return document.querySelector('#total-unread').dataset.count || '0'"))
+
+    def total_shown(self) -> bool:
+        return self.js("return !document.querySelector('#total-unread').hidden")
+
+    def visible(self, selector: str) -> bool:
+        return self.js("const e = document.querySelector(arguments[0]); return Boolean(e && e.offsetParent !== null)", selector)
+
+    # -- doing
+
+    def click(self, selector: str) -> None:
+        """Click what the selector names; the lists re-render often, so a stale element is found again."""
+        def attempt() -> bool:
+            element = self.driver.find_element(By.CSS_SELECTOR, selector)
+            if not element.is_displayed():
+                return False
+            element.click()
+            return True
+
+        self.wait(attempt, f"a visible {selector} to click")
+
+    def type(self, selector: str, text: str) -> None:
+        element = self.driver.find_element(By.CSS_SELECTOR, selector)
+        element.clear()
+        element.send_keys(text)
+
+    def sign_in(self, base: str, user: str) -> None:
+        """Sign in by name on the page that the gateway at `base` serves, as a person would."""
+        self.driver.get(f"{base}/")
+        self.js("sessionStorage.clear(); localStorage.clear();")  # whoever was signed in before
+        self.driver.get(f"{base}/")
+        self.wait(lambda: self.visible("#signin-user"), "the sign-in form")
+        self.type("#signin-user", user)
+        self.click("#signin-button")
+        self.wait(lambda: self.connection() == "online", "online after signing in")
+        assert self.js("return document.querySelector('#me-name').textContent") == user
+
+    def open(self, conversation: str) -> None:
+        self.click(f"li.conversation[data-conversation='{conversation}'] button")
+        self.wait(lambda: self.js("return document.querySelector('#pane-header')?.hidden === false"), f"{conversation} open")
+
+    def start_chat(self, user: str) -> None:
+        self.click("#new-chat-button")
+        self.type("#new-chat-user", user)
+        self.click("#new-chat-start")
+        self.wait(lambda: self.js("return document.querySelector('#pane-title')?.textContent") == user, f"the chat with {user}")
+
+    def send(self, text: str) -> None:
+        self.type("#composer-text", text)
+        self.click("#send-button")
+
+    def wait_text(self, text: str, state: str | None = None) -> dict[str, Any]:
+        def shown() -> dict[str, Any] | None:
+            found = [m for m in self.messages() if m["text"] == text and (state is None or m["state"] == state)]
+            return found[0] if found else None
+
+        return self.wait(shown, f"the message {text!r}" + (f" in state {state!r}" if state else ""))
+
+    def record_states(self) -> None:
+        """Note every state that our own bubbles pass through (they change faster than polling)."""
+        self.js(
+            """window.seenStates = new Set();
+               const note = () => document.querySelectorAll('#message-list li.message.mine')
+                 .forEach((li) => window.seenStates.add(li.dataset.state));
+               new MutationObserver(note).observe(document.body, {subtree: true, childList: true, attributes: true});"""
+        )
+
+    def seen_states(self) -> set[str]:
+        return set(self.js("return [...(window.seenStates || [])]"))
+
+    def screen(self, width: int, height: int, mobile: bool = False) -> None:
+        """Set the viewport's size exactly (a window size leaves it to the browser), and touch for a phone."""
+        self.driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 2 if mobile else 1, "mobile": mobile},
+        )
+
+    def screenshot(self, name: str) -> Path:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS / f"{name}.png"
+        self.driver.save_screenshot(str(path))
+        return path
+
+
+def _launch(chromium: tuple[str, str]) -> Any:
+    browser, driver = chromium
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # an explicit driver path: Selenium Manager (which would download one) never runs
+    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
+
+
+@pytest.fixture(scope="module")
+def browsers(chromium: tuple[str, str]) -> Iterator[list[Any]]:
+    """Two Chromium sessions (separate profiles), started once for the module."""
+    drivers: list[Any] = []
+    try:
+        for _ in range(2):
+            drivers.append(_launch(chromium))
+        yield drivers
+    finally:
+        for driver in drivers:
+            driver.quit()
+
+
+@pytest.fixture
+def pages(browsers: list[Any]) -> Iterator[tuple[Page, Page]]:
+    """The two sessions as pages for one test, which signs in anew; a script error fails it."""
+    pages = Page(browsers[0], "left"), Page(browsers[1], "right")
+    for page in pages:
+        page.screen(*DESKTOP)
+        page.driver.get_log("browser")  # what earlier tests left
+    yield pages
+    for page in pages:
+        errors = [line for line in page.logs() if "Uncaught" in line]
+        assert not errors, f"{page.name}: script errors {errors}"
+
+
+def direct(a: str, b: str) -> str:
+    return "p:" + ":".join(sorted((a, b)))
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+async def _with_client(live: Stack, user: str, work: Callable[[Client], Any], gateway: int = 0) -> Any:
+    async with await Client.connect(live.url(gateway), live.token(user)) as client:
+        return await work(client)
+
+
+def server_history(live: Stack, user: str, conversation: str) -> list[dict[str, Any]]:
+    """Every message of a conversation as the server keeps it, oldest first."""
+
+    async def page_back(client: Client) -> list[dict[str, Any]]:
+        messages, before = [], None
+        while True:
+            page = await client.history(conversation, before, 200)
+            messages.extend(page["messages"])
+            before = page["next_before_seq"]
+            if before is None:
+                return messages[::-1]
+
+    return run(_with_client(live, user, page_back))
+
+
+# ----------------------------------------------------------------------------- development sign-in
+
+
+async def test_dev_login_issues_tokens_only_where_enabled() -> None:
+    """POST /dev/token: a token for a valid user id, bad_frame otherwise, and no route when off."""
+    secret = "s" * 40
+    settings = SimpleNamespace(secret_key=SecretStr(secret), token_ttl_seconds=60, dev_login_enabled=True)
+
+    def client(enabled: bool) -> httpx.AsyncClient:
+        app = Starlette(routes=dev_login.routes(SimpleNamespace(**{**vars(settings), "dev_login_enabled": enabled})))
+        app.state.backend = SimpleNamespace(settings=settings)
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
+
+    async with client(True) as on:
+        reply = await on.post("/dev/token", json={"user": "alice.b-1"})
+        assert reply.status_code == 200 and reply.headers["cache-control"] == "no-store"
+        assert tokens.verify(secret, reply.json()["token"]) == "alice.b-1"
+        for body in ({"user": "al ice"}, {"user": ""}, {"user": "x" * 65}, {"name": "alice"}, ["alice"]):
+            refused = await on.post("/dev/token", json=body)
+            assert refused.status_code == 400 and refused.json()["error"]["code"] == "bad_frame", body
+        not_json = await on.post("/dev/token", content=b"{user")
+        assert not_json.status_code == 400 and not_json.json()["error"]["code"] == "bad_json"
+    async with client(False) as off:
+        assert (await off.post("/dev/token", json={"user": "alice"})).status_code == 404
+
+
+def test_dev_login_is_on_by_default_only_for_the_embedded_server() -> None:
+    from imflow.core.settings import Settings
+
+    def enabled(**values: Any) -> bool:
+        return Settings(_env_file=None, **{"kafka_url": None, "redis_url": None, "dev_login": None, **values}).dev_login_enabled
+
+    assert enabled() and enabled(kafka_url="", redis_url="")  # `imflow serve` with nothing configured
+    assert not enabled(kafka_url="kafka://127.0.0.1:19092", redis_url="redis://127.0.0.1:16379/0")
+    assert enabled(kafka_url="kafka://127.0.0.1:19092", redis_url="redis://127.0.0.1:16379/0", dev_login=True)
+    assert not enabled(dev_login=False)
+
+
+def test_gateway_serves_the_client_and_dev_login(live: Stack) -> None:
+    page = httpx.get(f"{live.http(0)}/", timeout=5)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/static/js/main.js">' in page.text
+    for path, kind in (("js/main.js", "javascript"), ("style.css", "text/css"), ("icon.svg", "image/svg+xml")):
+        asset = httpx.get(f"{live.http(1)}/static/{path}", timeout=5)
+        assert asset.status_code == 200 and kind in asset.headers["content-type"], path
+        assert asset.headers["cache-control"] == "no-cache"
+    token = httpx.post(f"{live.http(0)}/dev/token", json={"user": "dev-user"}, timeout=5).json()["token"]
+
+    async def sign_in() -> str:
+        async with await Client.connect(live.url(1), token) as client:  # any gateway takes it
+            return client.user
+
+    assert tokens.verify(SECRET, token) == "dev-user" and run(sign_in()) == "dev-user"
+
+
+# ----------------------------------------------------------------------------- chatting
+
+
+def test_two_browsers_chat_and_unread_badges_rise_and_clear(pages: tuple[Page, Page], live: Stack, users: Any) -> None:
+    alice, bob = pages
+    alice.name, bob.name = users.alice, users.bob
+    conversation = direct(users.alice, users.bob)
+    alice.sign_in(live.http(0), users.alice)
+    bob.sign_in(live.http(1), users.bob)  # the other gateway: pushes cross between them
+
+    alice.start_chat(users.bob)
+    alice.record_states()
+    alice.send("Hi Bob!")
+    first = alice.wait_text("Hi Bob!", state="sent")
+    assert first["mine"] and first["mid"], first
+    assert "sending" in alice.seen_states(), "the bubble showed no 'sending' state before 'sent'"
+
+    bob.wait(lambda: bob.unread(conversation) == 1, "a badge of 1")
+    assert bob.badge_shown(conversation) and bob.total() == 1 and bob.total_shown()
+    for text in ("Are you coming tonight?", "Dinner is at 8"):
+        alice.send(text)
+        alice.wait_text(text, state="sent")
+    bob.wait(lambda: bob.unread(conversation) == 3 and bob.total() == 3, "the badge and the total at 3")
+    from_carol = direct(users.bob, users.carol)
+    run(_with_client(live, users.carol, lambda client: client.send_text(users.bob, "Lunch tomorrow?")))
+    bob.wait(lambda: bob.unread(from_carol) == 1 and bob.total() == 4, "a second conversation, the total at 4")
+    assert bob.js("return document.title") == "(4) imflow"
+    newest_first = bob.js("return [...document.querySelectorAll('li.conversation')].map((li) => li.dataset.conversation)")
+    assert newest_first == [from_carol, conversation]
+    bob.screenshot("conversation-list")
+
+    bob.open(conversation)
+    bob.wait(lambda: bob.texts() == ["Hi Bob!", "Are you coming tonight?", "Dinner is at 8"], "the three messages in order")
+    bob.wait(lambda: bob.unread(conversation) == 0 and bob.total() == 1, "the badge cleared, the total down to 1")
+    assert not bob.badge_shown(conversation) and bob.badge_shown(from_carol) and bob.total_shown()
+
+    async def bob_unread(client: Client) -> tuple[int, dict[str, Any]]:
+        sync = await client.sync()
+        return sync["total_unread"], {c["conversation"]: c for c in sync["conversations"]}[conversation]
+
+    total, state = run(_with_client(live, users.bob, bob_unread))
+    assert total == 1 and state["unread"] == 0 and state["read_seq"] == 3, (total, state)  # the read reached the server
+
+    bob.send("Yes! See you there")
+    alice.wait_text("Yes! See you there")
+    # alice has the conversation open: the reply is read at once, no badge rises
+    alice.wait(lambda: alice.unread(conversation) == 0 and alice.total() == 0, "no unread for an open conversation")
+    assert [m["mine"] for m in alice.messages()] == [True, True, True, False]
+    alice.screenshot("chat-pane")
+
+
+def test_reload_keeps_history_and_scrolls_back(pages: tuple[Page, Page], live: Stack, users: Any) -> None:
+    alice, _ = pages
+    alice.name = users.alice
+    conversation = direct(users.alice, users.carol)
+    texts = [f"Message number {i}" for i in range(1, 71)]  # more than the 50 that Redis keeps (archive below)
+
+    async def carol_sends(client: Client) -> None:
+        for text in texts:
+            await client.send_text(users.alice, text)
+
+    run(_with_client(live, users.carol, carol_sends, gateway=1))
+    alice.sign_in(live.http(0), users.alice)
+    alice.wait(lambda: alice.unread(conversation) == 70, "a badge of 70")
+    alice.open(conversation)
+    alice.wait(lambda: alice.texts()[-1:] == [texts[-1]], "the newest message")
+    alice.send("That was a lot")
+    alice.wait_text("That was a lot", state="sent")
+
+    def scrolled_back_to_start() -> bool:
+        alice.js("document.querySelector('#messages').scrollTop = 0")
+        return alice.texts() == [*texts, "That was a lot"]
+
+    alice.wait(scrolled_back_to_start, "all 70 messages after scrolling back")
+    assert "beginning of the conversation" in alice.js("return document.querySelector('#history-status').textContent")
+
+    alice.driver.refresh()
+    alice.wait(lambda: alice.connection() == "online", "online again after the reload")
+    # still signed in, the same conversation open (the address keeps it), the newest messages shown
+    assert alice.js("return document.querySelector('#pane-title').textContent") == users.carol
+    alice.wait(lambda: alice.texts()[-2:] == [texts[-1], "That was a lot"], "the newest messages after the reload")
+    alice.wait(scrolled_back_to_start, "all messages again after the reload")
+    assert alice.unread(conversation) == 0
+    assert [m["mine"] for m in alice.messages()].count(True) == 1
+
+
+def test_group_chat_with_members_and_a_red_packet(pages: tuple[Page, Page], live: Stack, users: Any) -> None:
+    alice, bob = pages
+    alice.name, bob.name = users.alice, users.bob
+    alice.sign_in(live.http(0), users.alice)
+    bob.sign_in(live.http(1), users.bob)
+    name = f"Weekend trip {users.alice[-6:]}"
+
+    alice.click("#new-group-button")
+    alice.type("#new-group-name", name)
+    alice.type("#new-group-members", users.bob)
+    alice.click("#new-group-create")
+    alice.wait(lambda: alice.js("return document.querySelector('#pane-title')?.textContent") == name, "the new group open")
+    conversation = alice.js("return document.querySelector('li.conversation[aria-current=true]').dataset.conversation")
+    assert conversation.startswith("g:")
+
+    alice.click("#members-button")
+    alice.type("#add-members-users", users.carol)
+    alice.click("#add-members-button")
+    members = f"#member-list li[data-user='{users.carol}']"
+    alice.wait(lambda: alice.visible(members), "carol in the member list")
+    assert alice.js("return document.querySelectorAll('#member-list li').length") == 3
+    assert alice.js(f"return document.querySelector(\"#member-list li[data-user='{users.alice}'] .role\").textContent") == "owner"
+    alice.click("#members-dialog [data-close]")
+    alice.wait(lambda: alice.js("return document.querySelector('#pane-subtitle').textContent") == "3 members", "3 members")
+
+    alice.send("Welcome to the trip, everyone")
+    alice.wait_text("Welcome to the trip, everyone", state="sent")
+
+    async def carol_says(client: Client) -> None:
+        await client.send({"conversation": conversation, "body": {"text": "Glad to be here"}})
+
+    run(_with_client(live, users.carol, carol_says, gateway=1))
+    # bob was put in a group he had not heard of: it shows with its name and both messages unread
+    bob.wait(lambda: bob.unread(conversation) == 2, "the group with 2 unread")
+    group_name = f"return document.querySelector(\"li.conversation[data-conversation='{conversation}'] .conversation-name\").textContent"
+    bob.wait(lambda: bob.js(group_name) == name, "the group's name (asked with my_groups)")
+    bob.open(conversation)
+    bob.wait(lambda: bob.texts() == ["Welcome to the trip, everyone", "Glad to be here"], "the group's messages")
+    assert [m["sender"] for m in bob.messages()] == [users.alice, users.carol]  # names over others' bubbles
+    bob.wait(lambda: bob.total() == 0, "the group read")
+
+    # a red packet: 3.00 in two shares, grabbed by bob and by alice, who see who got what
+    alice.click("#packet-button")
+    alice.type("#packet-amount", "3.00")
+    alice.type("#packet-count", "2")
+    alice.type("#packet-greeting", "Lunch is on me")
+    alice.click("#packet-send")
+    packet = "#message-list li.message[data-type='red_packet']"
+    alice.wait(lambda: alice.js(f"return document.querySelector(\"{packet}\")?.dataset.state") == "sent", "the red packet sent")
+    bob.wait(lambda: bob.visible(packet), "the red packet at bob's")
+    bob.screenshot("group-chat")
+
+    bob.click(f"{packet} .packet")
+    bob.wait(lambda: bob.visible("#packet-mine"), "bob's share")
+    bob_share = _cents(bob.js("return document.querySelector('#packet-mine').textContent"))
+    bob.click("#packet-details button[type=submit]")
+    card = f"return document.querySelector(\"{packet} .packet-foot\").textContent"
+    bob.wait(lambda: bob.js(card) == f"You got {_money(bob_share)}", "the card showing bob's share")
+
+    alice.click(f"{packet} .packet")
+    alice.wait(lambda: alice.js("return document.querySelectorAll('#packet-details .packet-grab').length") == 2, "both grabs listed")
+    grabs = alice.js(
+        """return Object.fromEntries([...document.querySelectorAll('#packet-details .packet-grab')]
+             .map((li) => [li.dataset.user, li.querySelector('.amount').textContent]))"""
+    )
+    assert set(grabs) == {users.alice, users.bob}
+    assert _cents(grabs[users.bob]) == bob_share and sum(_cents(v) for v in grabs.values()) == 300, grabs
+    assert "2 of 2 shares taken" in alice.js("return document.querySelector('.packet-summary').textContent")
+    alice.screenshot("red-packet")
+    alice.click("#packet-details button[type=submit]")
+
+    # a packet the server refuses (over its limit) shows as failed, with the reason, and can go
+    alice.click("#packet-button")
+    alice.type("#packet-amount", "999.00")
+    alice.click("#packet-send")
+    refused = "#message-list li.message[data-state='failed']"
+    alice.wait(lambda: alice.visible(refused), "the refused packet marked failed")
+    assert "at most" in alice.js(f"return document.querySelector(\"{refused} .failure\").textContent")
+    alice.click(f"{refused} .discard-button")
+    alice.wait(lambda: not alice.visible(refused), "the refused packet gone")
+
+    mid = int(alice.js(f"return document.querySelector(\"{packet}\").dataset.mid"))
+
+    async def carol_grabs(client: Client) -> str:
+        try:
+            await client.request({"op": "red_packet.grab", "conversation": conversation, "mid": mid})
+        except Exception as error:  # noqa: BLE001 - the code is what counts
+            return str(getattr(error, "code", error))
+        return "grabbed"
+
+    assert run(_with_client(live, users.carol, carol_grabs)) == "red_packet.empty"
+
+
+def _cents(money: str) -> int:
+    return round(float(money.strip().lstrip("¥")) * 100)
+
+
+def _money(cents: int) -> str:
+    return f"¥{cents / 100:.2f}"
+
+
+def test_phone_sized_screen_alternates_list_and_pane(pages: tuple[Page, Page], live: Stack, users: Any) -> None:
+    alice, _ = pages
+    alice.name = users.alice
+    conversation = direct(users.alice, users.dave)
+    alice.screen(*PHONE, mobile=True)
+    try:
+        alice.sign_in(live.http(0), users.alice)
+        run(_with_client(live, users.dave, lambda client: client.send_text(users.alice, "Are you on your phone?")))
+        alice.wait(lambda: alice.unread(conversation) == 1, "the conversation in the list")
+        assert alice.visible(".sidebar") and not alice.visible("#pane")
+        assert alice.js("return document.documentElement.scrollWidth") <= PHONE[0]  # nothing sticks out sideways
+        alice.screenshot("phone-list")
+
+        alice.open(conversation)
+        alice.wait(lambda: alice.texts() == ["Are you on your phone?"], "the message")
+        assert alice.visible("#pane") and not alice.visible(".sidebar") and alice.visible(".back-button")
+        alice.send("Yes, this works nicely")
+        alice.wait_text("Yes, this works nicely", state="sent")
+        width = alice.js("return document.querySelector('#composer').getBoundingClientRect().width")
+        assert width <= PHONE[0] and alice.js("return document.documentElement.scrollWidth") <= PHONE[0]
+        alice.screenshot("phone-chat")
+
+        alice.click(".back-button")
+        alice.wait(lambda: alice.visible(".sidebar") and not alice.visible("#pane"), "the list again")
+        assert alice.unread(conversation) == 0
+    finally:
+        alice.screen(*DESKTOP)
+
+
+# ----------------------------------------------------------------------------- a gateway dies
+
+
+def kill_gateway(live: Stack, index: int) -> None:
+    """SIGKILL: no clean shutdown, connections drop at once."""
+    process = live.gateways[index]
+    process.proc.send_signal(signal.SIGKILL)
+    process.proc.wait(10)
+    process.terminate()  # closes its log
+
+
+def start_gateway_again(live: Stack, index: int) -> None:
+    """A new gateway process on the same port, with the same settings."""
+    port = live.ports[index]
+    process = ImflowProcess(["gateway", "--port", str(port)], live.env, live.folder / f"gateway{index}-again.log", live.folder)
+    live.gateways[index] = process  # the stack stops this one at the end
+    assert process.wait_http(f"http://127.0.0.1:{port}/readyz").status_code == 200, process.output()
+
+
+def test_a_killed_and_restarted_gateway_loses_no_message(pages: tuple[Page, Page], live: Stack, users: Any) -> None:
+    alice, bob = pages
+    alice.name, bob.name = users.alice, users.bob
+    conversation = direct(users.alice, users.bob)
+    alice.sign_in(live.http(0), users.alice)
+    bob.sign_in(live.http(1), users.bob)
+    alice.start_chat(users.bob)
+    alice.send("Before the crash")
+    alice.wait_text("Before the crash", state="sent")
+    bob.open(conversation)
+    bob.wait_text("Before the crash")
+
+    kill_gateway(live, 0)
+    try:
+        alice.wait(lambda: alice.connection() != "online", "alice's page noticing the lost connection")
+        alice.wait(lambda: alice.visible("#connection-banner"), "the reconnecting banner")
+        for text in ("Are you there?", "Your gateway seems down"):
+            bob.send(text)  # bob's gateway is alive: these wait in alice's inbox
+            bob.wait_text(text, state="sent")
+        alice.send("Written while offline")
+        alice.wait_text("Written while offline", state="retrying")
+        alice.screenshot("reconnecting")
+    finally:  # whatever happened, the stack gets its gateway back
+        start_gateway_again(live, 0)
+    alice.wait(lambda: alice.connection() == "online", "alice's page reconnected by itself", timeout=20)
+    expected = ["Before the crash", "Are you there?", "Your gateway seems down", "Written while offline"]
+    alice.wait_text("Written while offline", state="sent")
+    alice.wait(lambda: alice.texts() == expected, "the resynced conversation")
+    bob.wait(lambda: bob.texts() == expected, "alice's offline message at bob's, once")
+    assert not alice.visible("#connection-banner")
+    alice.wait(lambda: alice.total() == 0, "nothing unread in the open conversation")
+    assert len({m["mid"] for m in alice.messages()}) == 4
+
+    stored = server_history(live, users.alice, conversation)
+    assert [m["body"]["text"] for m in stored] == expected  # stored once each
+    assert [m["seq"] for m in stored] == [1, 2, 3, 4]
+
