@@ -182,18 +182,22 @@ class ArchiveReader:
             return []
         deletions = self.layout.files(DELETIONS, mailbox_shard(owner, self.layout.mailbox_shards))
         hidden = (
-            "AND mid NOT IN (SELECT mid FROM read_parquet($deleted) WHERE owner_uid = $owner)" if deletions else ""
+            "AND mid NOT IN (SELECT mid FROM read_parquet($deleted) WHERE owner_uid = $owner0)" if deletions else ""
         )
+        # constants, not a subquery: DuckDB then skips row groups by their owner_uid min/max
+        owner_filter = " OR ".join(f"owner_uid = $owner{i}" for i in range(len(owners)))
+        owner_filter = f"({owner_filter})"
         params: dict[str, Any] = {
-            "boxes": boxes, "owners": owners, "conversation": conversation, "before": before_seq,
+            **{f"owner{i}": name for i, name in enumerate(owners)},
+            "boxes": boxes, "conversation": conversation, "before": before_seq,
             "after": after_seq, "limit": limit,
         }
         if deletions:
-            params["deleted"], params["owner"] = deletions, owner
+            params["deleted"] = deletions
         index = self._db.execute(
             f"""
             SELECT DISTINCT mid, seq FROM read_parquet($boxes, hive_partitioning = false)
-            WHERE owner_uid IN (SELECT unnest($owners)) AND conversation = $conversation AND seq < $before AND seq > $after {hidden}
+            WHERE {owner_filter} AND conversation = $conversation AND seq < $before AND seq > $after {hidden}
             ORDER BY seq DESC LIMIT $limit
             """,
             params,
