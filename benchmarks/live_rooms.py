@@ -37,27 +37,28 @@ from imflow.core import tokens
 ROOM = "bench-room"
 
 
-def viewer_process(url: str, names: list[str], ready, stop, results) -> None:
-    asyncio.run(viewers(url, names, ready, stop, results))
+def viewer_process(url: str, tokens_: list[str], ready, stop, results) -> None:
+    asyncio.run(viewers(url, tokens_, ready, stop, results))
 
 
-async def viewers(url: str, names: list[str], ready, stop, results) -> None:
+async def viewers(url: str, tokens_: list[str], ready, stop, results) -> None:
+    """One load process: its viewers' tokens come from the parent (the stack's secret is there)."""
     per_second: dict[int, int] = defaultdict(int)
     delays: dict[int, list[float]] = defaultdict(list)
     host_seen: list[int] = []
     sockets = []
 
-    async def one(name: str) -> None:
+    async def one(token: str) -> None:
         ws = await websockets.connect(url, compression=None, max_queue=None, open_timeout=60)
-        await ws.send(orjson.dumps({"op": "auth", "token": tokens.issue(SECRET, name, 3600)}).decode())
+        await ws.send(orjson.dumps({"op": "auth", "token": token}).decode())
         await ws.recv()  # welcome
         await ws.send(orjson.dumps({"op": "room.join", "room": ROOM, "ref": 1}).decode())
         while orjson.loads(await ws.recv()).get("op") != "room.join":
             pass
         sockets.append(ws)
 
-    for start in range(0, len(names), 200):
-        await asyncio.gather(*(one(name) for name in names[start : start + 200]))
+    for start in range(0, len(tokens_), 200):
+        await asyncio.gather(*(one(token) for token in tokens_[start : start + 200]))
     ready.set()
     rng = random.Random()
 
@@ -130,7 +131,7 @@ async def run(args) -> dict:
         time.sleep(1)
         before = rss_kb(gateway)
         spawn = multiprocessing.get_context("spawn")
-        names = [f"viewer{i:05d}" for i in range(args.viewers)]
+        names = [tokens.issue(SECRET, f"viewer{i:05d}", 3600) for i in range(args.viewers)]
         stop = spawn.Event()
         procs = []
         for p in range(args.processes):
