@@ -652,3 +652,61 @@ def test_a_killed_and_restarted_gateway_loses_no_message(pages: tuple[Page, Page
     assert [m["body"]["text"] for m in stored] == expected  # stored once each
     assert [m["seq"] for m in stored] == [1, 2, 3, 4]
 
+
+
+# ----------------------------------------------------------------------------- live rooms
+
+
+def test_live_room_with_a_host_chat_and_gifts_across_gateways(pages: tuple[Page, Page], live: Stack, users: Any) -> None:
+    """One hosts a live room, the other joins through the other gateway: both see every message in order."""
+    host, viewer = pages
+    host.name, viewer.name = users.alice, users.bob
+    room = f"show-{users.alice[-6:]}"
+    host.sign_in(live.http(0), users.alice)
+    viewer.sign_in(live.http(1), users.bob)
+
+    def enter(page: Page, button: str) -> None:
+        page.click("#rooms-button")
+        page.type("#room-name", room)
+        page.click(button)
+        page.wait(lambda: page.js("return document.body.dataset.room") == "joined"
+                  and page.js("return document.querySelector('#room-title').textContent") == room, f"in the room {room}")
+
+    def lines(page: Page) -> list[tuple[str, str, str]]:
+        return [tuple(item) for item in page.js(
+            """return [...document.querySelectorAll('#room-message-list li.room-message')]
+                 .map((li) => [li.dataset.sender, li.dataset.kind, li.querySelector('.text').textContent])""")]
+
+    def viewers(page: Page) -> str:
+        return page.js("return document.querySelector('#room-viewers').dataset.count")
+
+    enter(host, "#room-host-button")  # room.open, then room.join
+    assert host.visible("#room-host-badge") and host.visible("#room-view") and not host.visible("#pane-empty")
+    enter(viewer, "#room-join-button")
+    assert not viewer.visible("#room-host-badge")
+    assert viewer.js("return document.querySelector('#room-host').dataset.host") == users.alice
+    assert viewer.js(f"return document.querySelector(\"#room-list li.room[data-room='{room}']\").getAttribute('aria-current')") == "true"
+
+    said = [
+        (host, users.alice, "chat", "Welcome to the show"),
+        (viewer, users.bob, "chat", "Hello from the other gateway"),
+        (viewer, users.bob, "gift", "A rose for the host"),
+        (host, users.alice, "chat", "Thank you!"),
+    ]
+    for number, (page, sender, kind, text) in enumerate(said, 1):
+        page.type("#room-text", text)
+        page.click("#room-gift-button" if kind == "gift" else "#room-send")
+        expected = [(s, k, t) for _, s, k, t in said[:number]]
+        for someone in (host, viewer):  # each message at both before the next: the order is the order said
+            someone.wait(lambda someone=someone: lines(someone) == expected, f"{number} room messages in order")
+
+    assert viewer.js("return document.querySelectorAll('#room-message-list li.gift').length") == 1
+    assert viewer.js("return document.querySelector('#room-message-list li.gift').dataset.sender") == users.bob
+    for page in (host, viewer):  # room.info refreshes the count every few seconds
+        page.wait(lambda page=page: viewers(page) == "2", "2 viewers", timeout=8)
+    assert host.js("return document.querySelector('#room-text').value") == ""
+    viewer.screenshot("live-room")
+
+    viewer.click("#room-leave")  # room.leave: the count drops for the host
+    viewer.wait(lambda: not viewer.visible("#room-view") and viewer.visible("#pane-empty"), "the room closed")
+    host.wait(lambda: viewers(host) == "1", "1 viewer after the other left", timeout=8)

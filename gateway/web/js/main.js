@@ -5,6 +5,7 @@ import { CONNECTING, Connection, ONLINE } from './connection.js';
 import { setUpDialogs } from './dialogs.js';
 import { $, USER_ID, avatar, icon } from './dom.js';
 import { Outbox } from './outbox.js';
+import { ROOM_ID, Rooms } from './rooms.js';
 import { LOAD_OLDER_PX, View } from './render.js';
 import { DevLoginOff, clearSession, devToken, lastUser, loadSession, saveSession, tokenUser } from './session.js';
 import { Store } from './store.js';
@@ -75,6 +76,7 @@ function start(session) {
   const outbox = new Outbox(connection, `imflow.outbox.${session.user}`);
   const chat = new Chat(connection, store, outbox);
   const dialogs = setUpDialogs({ store, chat, openConversation });
+  const rooms = new Rooms(connection, store, { openRoom, leaveRoom: () => openConversation(null) });
   const view = new View(store, outbox, chat, {
     open: openConversation,
     back: () => openConversation(null),
@@ -109,18 +111,29 @@ function start(session) {
     location.reload();
   });
 
-  // -- the open conversation follows the address (#/c/<id>): reloads and the back button keep it
+  // -- the open conversation follows the address (#/c/<id>), and so does a live room (#/r/<room>):
+  // reloads and the back button keep them; leaving a room's address leaves the room
   function openConversation(id) {
     const hash = id ? `#/c/${encodeURIComponent(id)}` : '';
     if (location.hash !== hash) history.pushState(null, '', hash || location.pathname);
+    route();
+  }
+  function openRoom(name) {
+    const hash = `#/r/${encodeURIComponent(name)}`;
+    if (location.hash !== hash) history.pushState(null, '', hash);
     route();
   }
   function route() {
     const match = /^#\/c\/(.+)$/.exec(location.hash);
     let id = match ? decodeURIComponent(match[1]) : null;
     if (id && !isConversationOf(id, store.me)) id = null; // a mistyped or someone else's address
+    const roomMatch = /^#\/r\/(.+)$/.exec(location.hash);
+    let room = roomMatch ? decodeURIComponent(roomMatch[1]) : null;
+    if (room && !ROOM_ID.test(room)) room = null;
+    if (room !== rooms.name) rooms.open(room);
     if (id !== store.openId) chat.open(id);
     if (id) $('#composer-text').focus({ preventScroll: true });
+    if (room) $('#room-text').focus({ preventScroll: true });
   }
   window.addEventListener('popstate', route);
   window.addEventListener('hashchange', route);

@@ -82,8 +82,10 @@ export class View {
 
   renderPane() {
     const conversation = this.store.open;
-    document.body.classList.toggle('has-open', Boolean(conversation));
-    $('#pane-empty').hidden = Boolean(conversation);
+    const room = Boolean(this.store.room); // a live room shows instead (rooms.js draws it)
+    document.body.classList.toggle('has-open', Boolean(conversation) || room);
+    $('#pane-empty').hidden = Boolean(conversation) || room;
+    $('#room-view').hidden = !room || Boolean(conversation);
     for (const id of ['#pane-header', '#messages', '#composer']) $(id).hidden = !conversation;
     if (!conversation) {
       this.#shownId = null;

@@ -60,6 +60,7 @@ export class Store extends EventTarget {
     this.node = null;
     this.conversations = new Map();
     this.openId = null;
+    this.room = null; // the live room on show (rooms.js), instead of a conversation
     this.packets = new Map(); // mid -> red_packet.status reply
     this.changes = new Set();
   }
