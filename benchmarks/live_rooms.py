@@ -99,7 +99,7 @@ async def post_at(clients: list[Client], rate: float, seconds: float, host: Clie
     """Audience chat at ``rate`` a second from several connections; the host twice a second."""
     start = time.perf_counter()
     total = int(rate * seconds)
-    pending: set[asyncio.Task] = set()
+    pending: list[asyncio.Task] = []  # all of them: a failure must be counted however early
     next_host = 0.0
     for i in range(total):
         await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
@@ -107,11 +107,10 @@ async def post_at(clients: list[Client], rate: float, seconds: float, host: Clie
         if elapsed >= next_host:
             next_host += 0.5
             counts["host"] += 1
-            pending.add(asyncio.create_task(host.request({"op": "room.post", "room": ROOM, "text": f"host {counts['host']}"})))
+            pending.append(asyncio.create_task(host.request({"op": "room.post", "room": ROOM, "text": f"host {counts['host']}"})))
         kind = "gift" if i % 200 == 0 else "chat"
         task = asyncio.create_task(clients[i % len(clients)].request({"op": "room.post", "room": ROOM, "text": f"m{i}", "kind": kind}, timeout=30))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+        pending.append(task)
     results = await asyncio.gather(*pending, return_exceptions=True)
     counts["refused"] += sum(1 for r in results if isinstance(r, Exception))
 

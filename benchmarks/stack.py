@@ -51,6 +51,7 @@ class Stack:
             # load generators send far beyond a person's pace: lift the send limits
             "IMFLOW_THROTTLE_USER_RATE": "1000000", "IMFLOW_THROTTLE_USER_BURST": "1000000",
             "IMFLOW_THROTTLE_CONNECTION_RATE": "1000000", "IMFLOW_THROTTLE_CONNECTION_BURST": "1000000",
+            "IMFLOW_THROTTLE_POST_RATE": "1000000", "IMFLOW_THROTTLE_POST_BURST": "1000000",
             **(env or {}),
         }
         self.processes: list[ImflowProcess] = []

@@ -2,8 +2,10 @@
 
 Every change is a new sealed segment followed by moving the old ones to ``<root>/.trash``,
 so readers that are in the middle of a query still find their files; trash older than the
-grace period is deleted by the next run. Readers de-duplicate anyway, so a crash between
-sealing the new segment and moving the old ones away loses and doubles nothing.
+grace period is deleted by the next run. Nothing is lost in a crash. Readers take 'cmp-'
+segments as holding each row once; that holds unless a run crashes between sealing its new
+segment and moving the old ones away (those rows show twice until the next compaction merges
+both), or two runs overlap (run it from one cron job, not several).
 """
 
 from __future__ import annotations

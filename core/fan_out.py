@@ -58,6 +58,12 @@ def group_view(result: list, list_below: int, senders: list[str]) -> GroupView:
                      frozenset(sender for sender, flag in zip(senders, flags, strict=True) if flag))
 
 
+def queue_advance(pipe: Pipeline, user: str, gid: str, seq: int, read_at_least: int) -> None:
+    """Bring a member of group ``gid`` up to ``seq`` (advance.lua; nothing if no longer a member)."""
+    queue_script(pipe, "advance", keys=[*keys.user_state_keys(user), keys.user_groups(user)],
+                 args=[f"g:{gid}", seq, read_at_least, gid])
+
+
 def queue_stored(pipe: Pipeline, message: Message, gid: str) -> int:
     """The per-message Redis work of read fan-out, whatever the group's size: raise the group's
     read fan-out mark and the pending flush, bring the sender up to their own message, and list
@@ -67,7 +73,7 @@ def queue_stored(pipe: Pipeline, message: Message, gid: str) -> int:
     index = len(pipe)
     queue_script(pipe, "raise_field", keys=[keys.group_info(gid)], args=[keys.READ_UPTO, seq])
     queue_script(pipe, "raise_field", keys=[keys.fan_out_pending()], args=[conversation, seq])
-    queue_script(pipe, "advance", keys=keys.user_state_keys(message.sender), args=[conversation, seq, seq])
+    queue_advance(pipe, message.sender, gid, seq, seq)
     queue_script(pipe, "online_members", keys=[keys.group_online(gid), keys.group_members(gid)], args=[])
     return index
 
@@ -106,7 +112,7 @@ async def catch_up(redis: Redis, user: str, gids: list[str] | None = None) -> di
     if marks:
         def advance_all(pipe: Pipeline) -> None:
             for gid, seq in marks.items():
-                queue_script(pipe, "advance", keys=keys.user_state_keys(user), args=[f"g:{gid}", seq, 0])
+                queue_advance(pipe, user, gid, seq, 0)
 
         await run_pipeline(redis, advance_all)
     return marks
@@ -118,6 +124,16 @@ async def flush_pending(redis: Redis) -> int:
     The pending hash is in Redis, so a flush a crashed worker did not do is done by the next
     tick of any worker. Returns the number of member updates.
     """
+    # one worker at a time (each would do the same work); the lock outlives no crash for long
+    if not await redis.set(keys.fan_out_lock(), "1", nx=True, px=60_000):
+        return 0
+    try:
+        return await _flush(redis)
+    finally:
+        await redis.delete(keys.fan_out_lock())
+
+
+async def _flush(redis: Redis) -> int:
     pending = await redis.hgetall(keys.fan_out_pending())
     updates = 0
     for field, value in sorted(pending.items()):
@@ -129,7 +145,7 @@ async def flush_pending(redis: Redis) -> int:
 
             def advance_chunk(pipe: Pipeline, chunk: list[str] = chunk) -> None:
                 for member in chunk:
-                    queue_script(pipe, "advance", keys=keys.user_state_keys(member), args=[conversation, seq, 0])
+                    queue_advance(pipe, member, gid, seq, 0)
 
             await run_pipeline(redis, advance_chunk)
         updates += len(members)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import zlib
 from typing import TYPE_CHECKING
 
-from . import archive_queue, keys
+from . import archive_queue, fan_out, keys
 from .errors import ErrorCode, ImflowError
 from .ids import now_ms
 from .models import direct_members
@@ -100,8 +100,8 @@ async def _join(redis: Redis, gid: str, users: dict[str, str]) -> None:
 
     def index(pipe: Pipeline) -> None:
         for user in names:
-            queue_script(pipe, "advance", keys=keys.user_state_keys(user), args=[conversation, seq, seq])
-            pipe.sadd(keys.user_groups(user), gid)
+            pipe.sadd(keys.user_groups(user), gid)  # first: advance acts for members only
+            fan_out.queue_advance(pipe, user, gid, seq, seq)
         online = {f"{node}|{user}": count for user in names for node, count in nodes[user].items()}
         if online:
             pipe.hset(keys.group_online(gid), mapping=online)

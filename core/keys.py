@@ -121,4 +121,9 @@ def fan_out_pending() -> str:
     return f"{PREFIX}:fanout:pending"
 
 
+def fan_out_lock() -> str:
+    """Held by the worker flushing group unread counts (one at a time)."""
+    return f"{PREFIX}:fanout:lock"
+
+
 READ_UPTO = "read_upto"  # field of group_info: the newest seq stored by read fan-out

@@ -39,12 +39,23 @@ async def _user(request: Request) -> str:
     return user
 
 
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
 async def issue_token(request: Request) -> JSONResponse:
+    settings = request.app.state.backend.settings
+    # on by default (the embedded server) it answers this machine only: `imflow serve --host
+    # 0.0.0.0` must not let the network sign in as anyone; IMFLOW_DEV_LOGIN=true opens it up
+    if settings.dev_login is None and (request.client is None or request.client.host not in LOOPBACK):
+        return JSONResponse({"error": {"code": "forbidden", "message": "development sign-in answers this machine only"}},
+                            status_code=403)
+    length = request.headers.get("content-length") or "0"
+    if not length.isdigit() or int(length) > MAX_BODY:
+        return _error(ImflowError(ErrorCode.BAD_FRAME, f"the body is limited to {MAX_BODY} bytes"))
     try:
         user = await _user(request)
     except ImflowError as error:
         return _error(error)
-    settings = request.app.state.backend.settings
     token = tokens.issue(settings.secret_key.get_secret_value(), user, settings.token_ttl_seconds)
     return JSONResponse({"token": token, "user": user}, headers={"Cache-Control": "no-store"})
 

@@ -7,6 +7,7 @@ handler, so rules, limits and error codes are the WebSocket's. ``Authorization: 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from imflow.core.errors import ErrorCode, ImflowError
 
 from . import operations, protocol
 
+log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
 STATUS = {
     ErrorCode.BAD_JSON: 400,
@@ -31,6 +33,7 @@ STATUS = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.FRAME_TOO_LARGE: 413,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
 }
 
 
@@ -80,6 +83,9 @@ def _endpoint(op: str, status: int = 200) -> Any:
             reply = await operations.handle(parsed, Caller(user), state.backend, state.extensions)  # type: ignore[arg-type]
         except ImflowError as error:
             return _error(error)
+        except Exception:
+            log.exception("HTTP %s failed", op)
+            return JSONResponse({"error": {"code": "internal", "message": "the server failed; retry the request"}}, status_code=500)
         return JSONResponse(reply, status_code=status)
 
     return handle

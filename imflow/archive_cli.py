@@ -56,6 +56,10 @@ def simulate(
         typer.echo(", ".join(f"{value} {name.replace('_', ' ')}" for name, value in counts.items()))
         return
     root = settings.archive_dir
+    if any(root.glob("im_msg_content/*/*.parquet")):
+        # simulated segments are taken as holding each row once: a second run would repeat ids
+        typer.secho(f"{root} holds messages already; simulate into an empty --data-dir", fg="red", err=True)
+        raise typer.Exit(2)
     with _bar() as bar:
         task = bar.add_task(f"simulating into {root}", total=messages)
         written = to_archive(root, scenario, lambda n: bar.advance(task, n))

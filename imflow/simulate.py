@@ -444,6 +444,8 @@ async def through_gateway(url: str, token_for: Callable[[str], str], scenario: S
                         members = [names[m] for m in pop.members[pop.group_offsets[g] : pop.group_offsets[g] + pop.group_sizes[g]]]
                         owner = await client(names.index(members[0]))
                         made = await owner.request({"op": "create_group", "name": f"sim group {g}", "members": members[1:1000]})
+                        for start in range(1000, len(members), 1000):
+                            await owner.request({"op": "add_members", "gid": made["gid"], "users": members[start : start + 1000]})
                         gids[g] = made["conversation"]
                         counts["groups"] += 1
                     target = {"conversation": gids[g]}

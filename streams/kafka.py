@@ -80,7 +80,14 @@ class BroadcastConsumer:
 
     async def _run(self) -> None:
         while True:
-            batches = await self._consumer.getmany(timeout_ms=20, max_records=5_000)
+            try:
+                batches = await self._consumer.getmany(timeout_ms=20, max_records=5_000)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a broker hiccup must not end the stream for this gateway
+                log.exception("broadcast stream %s: reading failed; retrying", self._topic)
+                await asyncio.sleep(1)
+                continue
             for records in batches.values():
                 try:
                     await self._handle([record.value for record in records if record.value is not None])
@@ -90,6 +97,7 @@ class BroadcastConsumer:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        await self._consumer.stop()
+        with contextlib.suppress(Exception):
+            await self._consumer.stop()

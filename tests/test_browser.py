@@ -331,12 +331,14 @@ def server_history(live: Stack, user: str, conversation: str) -> list[dict[str, 
 async def test_dev_login_issues_tokens_only_where_enabled() -> None:
     """POST /dev/token: a token for a valid user id, bad_frame otherwise, and no route when off."""
     secret = "s" * 40
-    settings = SimpleNamespace(secret_key=SecretStr(secret), token_ttl_seconds=60, dev_login_enabled=True)
+    settings = SimpleNamespace(secret_key=SecretStr(secret), token_ttl_seconds=60, dev_login_enabled=True, dev_login=None)
 
-    def client(enabled: bool) -> httpx.AsyncClient:
-        app = Starlette(routes=dev_login.routes(SimpleNamespace(**{**vars(settings), "dev_login_enabled": enabled})))
-        app.state.backend = SimpleNamespace(settings=settings)
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
+    def client(enabled: bool, address: str = "127.0.0.1", explicit: bool | None = None) -> httpx.AsyncClient:
+        these = SimpleNamespace(**{**vars(settings), "dev_login_enabled": enabled, "dev_login": explicit})
+        app = Starlette(routes=dev_login.routes(these))
+        app.state.backend = SimpleNamespace(settings=these)
+        transport = httpx.ASGITransport(app=app, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
 
     async with client(True) as on:
         reply = await on.post("/dev/token", json={"user": "alice.b-1"})
@@ -349,6 +351,12 @@ async def test_dev_login_issues_tokens_only_where_enabled() -> None:
         assert not_json.status_code == 400 and not_json.json()["error"]["code"] == "bad_json"
     async with client(False) as off:
         assert (await off.post("/dev/token", json={"user": "alice"})).status_code == 404
+    # on by default it answers this machine only; IMFLOW_DEV_LOGIN=true opens it to others
+    async with client(True, address="10.1.2.3") as remote:
+        refused = await remote.post("/dev/token", json={"user": "alice"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    async with client(True, address="10.1.2.3", explicit=True) as opened:
+        assert (await opened.post("/dev/token", json={"user": "alice"})).status_code == 200
 
 
 def test_dev_login_is_on_by_default_only_for_the_embedded_server() -> None:

@@ -149,6 +149,8 @@ def test_the_commands(tmp_path: Path) -> None:
     made = runner.invoke(cli, ["simulate", "--messages", "20000", "--users", "800", "--days", "2", "--data-dir", data])
     assert made.exit_code == 0, made.output
     assert "20,000 messages" in made.output
+    again = runner.invoke(cli, ["simulate", "--messages", "100", "--users", "50", "--data-dir", data])
+    assert again.exit_code == 2 and "empty --data-dir" in again.output
     shown = runner.invoke(cli, ["archive", "stats", "--data-dir", data])
     assert shown.exit_code == 0 and "im_user_msg_box" in shown.output
     for command in (["compact", "--min-age", "0"], ["retention", "--keep-days", "1"], ["reshard", "--content-shards", "2", "--mailbox-shards", "2"]):

@@ -97,6 +97,17 @@ async def test_sends_beyond_the_connection_limit_are_refused_with_a_retry_hint(i
         assert (await bob.send_text("alice", "bob has his own bucket"))["seq"] == 5
 
 
+async def test_room_posts_are_limited_per_user_whatever_their_priority(imflow_server, limits) -> None:
+    limits(post_rate=1, post_burst=3)
+    async with imflow_server() as server, await server.client("gifter") as gifter:
+        await gifter.request({"op": "room.join", "room": "fair"})
+        for i in range(3):
+            await gifter.request({"op": "room.post", "room": "fair", "text": f"gift {i}", "kind": "gift"})
+        with pytest.raises(ClientError) as refused:
+            await gifter.request({"op": "room.post", "room": "fair", "text": "one more", "kind": "gift"})
+        assert refused.value.code == "throttle.rate_limited" and refused.value.frame["retry_after_ms"] > 0
+
+
 async def test_the_user_limit_holds_across_connections(imflow_server, limits) -> None:
     limits(user_rate=1, user_burst=2)
     async with imflow_server() as server, await server.client("carl") as phone, await server.client("carl") as laptop:
@@ -108,7 +119,7 @@ async def test_the_user_limit_holds_across_connections(imflow_server, limits) ->
 
 
 async def test_room_caps_keep_gifts_and_the_host_and_count_what_they_leave_out(imflow_server, limits) -> None:
-    limits(room_inbound_rate=5, viewer_cap=4)
+    limits(room_inbound_rate=5, viewer_cap=4, post_rate=100, post_burst=100)
     async with imflow_server() as server:
         host, fan, viewer = await server.client("host"), await server.client("fan"), await server.client("viewer")
         try:

@@ -5,8 +5,8 @@ embedded), which every gateway reads whole. Each gateway keeps its own room → 
 registry, gathers a room's messages for ``IMFLOW_ROOMS_BATCH_MS`` and pushes them as one
 ``room.batch`` frame, serialised once for all its viewers of the room. No inbox, no unread,
 no per-viewer Redis write. The viewer count is approximate: each gateway writes how many
-viewers it holds (a hash field per gateway, refreshed every few seconds and expiring with a
-gateway that stopped), and the count is their sum.
+viewers it holds and when (a hash field per gateway, refreshed every few seconds), and the
+count is the sum of the fields refreshed in the last 30 s (a stopped gateway's drops out).
 
 Ordinary chat goes out at low priority (sampled or dropped under load, see the throttling
 plugin); gifts, red packets and the host's own messages at high priority (never dropped).
@@ -50,6 +50,7 @@ ROOM_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 KINDS = {"chat": Priority.LOW, "gift": Priority.HIGH, "red_packet": Priority.HIGH}
 VIEWERS_TTL_S = 30  # a gateway's count expires this long after its last refresh
 REFRESH_S = 5
+HOST_TTL_S = 6 * 3600  # a room's host holds it for a show's length; opening it again renews
 
 
 class RoomSettings(BaseSettings):
@@ -124,11 +125,12 @@ class Gateway:
     async def report_viewers(self, rooms: list[str]) -> None:
         self.refreshed = time.monotonic()
         redis, node = self.context.redis, self.context.node
+        now = int(time.time())
         async with redis.pipeline(transaction=False) as pipe:
             for room in rooms:
                 count = len(self.rooms.get(room, ()))
-                if count:
-                    pipe.hset(viewers_key(room), node, count)
+                if count:  # "count:when": a count not refreshed for VIEWERS_TTL_S is a stopped gateway's
+                    pipe.hset(viewers_key(room), node, f"{count}:{now}")
                     pipe.expire(viewers_key(room), VIEWERS_TTL_S)
                 else:
                     pipe.hdel(viewers_key(room), node)
@@ -163,12 +165,18 @@ def _room(fields: dict[str, Any]) -> str:
 
 
 async def viewers(context: OperationContext, room: str) -> int:
-    return sum(int(count) for count in await context.redis.hvals(viewers_key(room)))
+    """The sum of the counts gateways reported in the last VIEWERS_TTL_S seconds."""
+    now, total = time.time(), 0
+    for value in await context.redis.hvals(viewers_key(room)):
+        count, _, when = value.decode().partition(":")
+        if when and now - int(when) <= VIEWERS_TTL_S:
+            total += int(count)
+    return total
 
 
 async def open_room(context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
     room = _room(fields)
-    await context.redis.set(host_key(room), context.user, nx=True)
+    await context.redis.set(host_key(room), context.user, nx=True, ex=HOST_TTL_S)
     host = (await context.redis.get(host_key(room)) or b"").decode()
     if host != context.user:
         raise OperationError("room.taken", f"room {room} has a host already")

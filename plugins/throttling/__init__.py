@@ -41,6 +41,8 @@ class ThrottleSettings(BaseSettings):
     connection_rate: float = 10.0  # sends per second per connection
     connection_burst: int = 20
     room_inbound_rate: int = 2_000  # ordinary posts per second into one room
+    post_rate: float = 5.0  # room posts per second per user on a gateway, any priority
+    post_burst: int = 10
     viewer_cap: float = 40.0  # room messages per second a viewer receives
     breaker_lag_ms: float = 250.0
     breaker_queued_per_connection: float = 200.0
@@ -146,6 +148,7 @@ class Throttle:
         self.carry: dict[tuple[str, str], float] = {}
         self.rng = random.Random()
         self.scripts: dict[str, Any] = {}  # the user bucket script, per gateway's Redis client
+        self.posters: dict[str, TokenBucket] = {}  # room posts per user, on this gateway
 
     def _connection_bucket(self, origin: str) -> TokenBucket:
         if len(self.connections) > 100_000:  # forget idle connections' buckets now and then
@@ -174,7 +177,18 @@ class Throttle:
             script = self.scripts[gateway.node] = gateway.redis.register_script(USER_BUCKET)
         return script
 
-    async def admit_broadcast(self, stream: str, key: str, priority: Priority, gateway: GatewayContext) -> Rejection | None:
+    async def admit_broadcast(self, stream: str, key: str, user: str, priority: Priority,
+                              gateway: GatewayContext) -> Rejection | None:
+        # every post, gifts and the host's included: high priority is no licence to flood
+        poster = self.posters.get(user)
+        if poster is None:
+            if len(self.posters) > 100_000:
+                self.posters.clear()
+            poster = self.posters[user] = TokenBucket(settings.post_rate, settings.post_burst)
+        wait = poster.take()
+        if wait:
+            REFUSED.labels("poster").inc()
+            return Rejection("throttle.rate_limited", f"too many posts from you; retry in {wait} ms", wait)
         if priority >= Priority.HIGH:
             return None
         redis, now = gateway.redis, time.time()
@@ -209,14 +223,14 @@ class Throttle:
 throttle = Throttle()
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # firstresult: a plugin that rewrites the send must not skip the limits
 async def imflow_before_send(command: SendCommand, gateway: GatewayContext | None) -> Rejection | None:
     return await throttle.before_send(command, gateway)
 
 
 @hookimpl
-async def imflow_admit_broadcast(stream: str, key: str, priority: Priority, gateway: GatewayContext) -> Rejection | None:
-    return await throttle.admit_broadcast(stream, key, priority, gateway)
+async def imflow_admit_broadcast(stream: str, key: str, user: str, priority: Priority, gateway: GatewayContext) -> Rejection | None:
+    return await throttle.admit_broadcast(stream, key, user, priority, gateway)
 
 
 @hookimpl
