@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def queue_accept(
-    pipe: Pipeline, ids: IdGenerator, command: SendCommand, dedup_ttl_seconds: int, log_limit: int
+    pipe: Pipeline, ids: IdGenerator, command: SendCommand, dedup_ttl_seconds: int, log_limit: int, mode: str = "write"
 ) -> None:
     """Add the ingest script for one command to a pipeline (commands run in order, one round trip)."""
     unsaved = orjson.dumps(
@@ -38,7 +38,7 @@ def queue_accept(
             keys.conversation_seq(command.conversation),
             keys.conversation_log(command.conversation),
         ],
-        args=[ids.next_id(), dedup_ttl_seconds, unsaved, log_limit],
+        args=[ids.next_id(), dedup_ttl_seconds, unsaved, log_limit, mode],
     )
 
 
@@ -47,7 +47,7 @@ def accepted_from(command: SendCommand, result: list[Any]) -> tuple[Accepted, Me
 
     The message is None only for a replay so old that the conversation log no longer holds it.
     """
-    mid, seq, duplicate, entry = result
+    mid, seq, duplicate, entry, _ = result
     accepted = Accepted(
         conversation=command.conversation,
         sender=command.sender,
@@ -57,6 +57,13 @@ def accepted_from(command: SendCommand, result: list[Any]) -> tuple[Accepted, Me
         duplicate=bool(duplicate),
     )
     return accepted, Message.model_validate_json(entry) if entry else None
+
+
+def first_mode(result: list[Any]) -> str | None:
+    """The fan-out mode chosen when the message was first accepted (None: not recorded)."""
+    mode = result[4]
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    return mode or None
 
 
 async def accept(

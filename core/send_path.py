@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from . import archive_queue, fan_out, gateway_events, keys
 from .fan_out import GroupView, Mode
 from .inbox import delivery_result, queue_delivery
-from .ingest import accepted_from, queue_accept
+from .ingest import accepted_from, first_mode, queue_accept
 from .groups import group_id
 from .models import Message, SendCommand, direct_members
 from .scripts import run_pipeline
@@ -101,6 +101,16 @@ async def handle_sends(
         work.append((command, partition, view.members, mode))
     if not work:
         return []
+
+    # 1. accept: dedup, mid, seq, conversation log (and the fan-out mode, kept for replays)
+    def accept_all(pipe: Pipeline) -> None:
+        for command, partition, _, mode in work:
+            queue_accept(pipe, ids_for(partition), command, settings.dedup_ttl_seconds, settings.conversation_log_limit, mode)
+
+    _, results = await run_pipeline(redis, accept_all)
+    answers = [accepted_from(command, result) for (command, *_), result in zip(work, results, strict=True)]
+    # a replay goes the way the message first went, whatever the group's size or a plugin says now
+    work = [(c, p, members, first_mode(result) or mode) for (c, p, members, mode), result in zip(work, results, strict=True)]
     unlisted = sorted({command.conversation for command, _, members, mode in work if mode == "write" and members is None})
     if unlisted:  # a plugin chose write fan-out for a group too big to list in the first look
         async with redis.pipeline(transaction=False) as pipe:
@@ -109,18 +119,9 @@ async def handle_sends(
             listed = {c: sorted(m.decode() for m in found) for c, found in zip(unlisted, await pipe.execute(), strict=True)}
         work = [(c, p, listed.get(c.conversation, members), mode) for c, p, members, mode in work]
 
-    # 1. accept: dedup, mid, seq, conversation log
-    def accept_all(pipe: Pipeline) -> None:
-        for command, partition, _, _ in work:
-            queue_accept(pipe, ids_for(partition), command, settings.dedup_ttl_seconds, settings.conversation_log_limit)
-
-    _, results = await run_pipeline(redis, accept_all)
-    answers = [accepted_from(command, result) for (command, *_), result in zip(work, results, strict=True)]
-
     # 2. fan out: archive queue; write: each member's inbox and unread; read: the group's marks
-    writes = [(command, members, message) for (command, _, members, mode), (_, message) in zip(work, answers, strict=True)
-              if message is not None and mode == "write"]
-    users = sorted({member for _, members, _ in writes for member in members or ()})
+    users = sorted({member for (_, _, members, mode), (_, message) in zip(work, answers, strict=True)
+                    if message is not None and mode == "write" for member in members or ()})
 
     def fan_out_all(pipe: Pipeline) -> tuple[list[tuple[Message, str, int, str]], list[tuple[Message, str, int]], int]:
         deliveries = []  # (message, member, index of its reply, connection to skip)

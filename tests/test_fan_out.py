@@ -172,3 +172,15 @@ async def test_the_default_policy_is_the_size_threshold(any_redis, size: int) ->
     await run(any_redis, [send("u0", f"g:s{size}")])
     written = await any_redis.zcard(keys.inbox("u1"))
     assert written == (1 if size < SETTINGS.read_fan_out_threshold else 0)
+
+
+async def test_a_replay_is_fanned_out_the_way_the_message_first_was(any_redis) -> None:
+    await groups.create(any_redis, "flip", "p0", "flip", ["p1", "p2"])
+    command = send("p0", "g:flip")
+
+    async def read(conversation, members, sender):
+        return "read"
+
+    await run(any_redis, [command], read)  # first: read fan-out, in no inbox
+    await run(any_redis, [command])  # redelivered when the policy would say write
+    assert await any_redis.zcard(keys.inbox("p1")) == 0, "not put into inboxes on the replay"

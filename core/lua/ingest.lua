@@ -1,18 +1,19 @@
 -- Accept one message into a conversation, exactly once per (sender, client message id).
 -- KEYS[1] dedup key   KEYS[2] conversation seq counter   KEYS[3] conversation log (score = seq)
 -- ARGV[1] candidate mid   ARGV[2] dedup ttl (s)   ARGV[3] message JSON without mid/seq
--- ARGV[4] how many newest messages the log keeps
--- Returns {mid, seq, duplicate (0|1), stored entry or false}. A replay returns what the first
--- run assigned and stored, so seqs stay gap-free and nothing is stored twice.
+-- ARGV[4] how many newest messages the log keeps  ARGV[5] fan-out mode ('write' or 'read')
+-- Returns {mid, seq, duplicate (0|1), stored entry or false, fan-out mode}. A replay returns
+-- what the first run assigned, stored and chose, so seqs stay gap-free, nothing is stored
+-- twice, and a message is fanned out the same way however often it comes.
 local seen = redis.call('GET', KEYS[1])
 if seen then
-  local sep = string.find(seen, ':', 1, true)
-  local seq = tonumber(string.sub(seen, sep + 1))
+  local mid, seq, mode = string.match(seen, '^(%d+):(%d+):?(%a*)$')
+  seq = tonumber(seq)
   local entry = redis.call('ZRANGEBYSCORE', KEYS[3], seq, seq)[1] or false
-  return {tonumber(string.sub(seen, 1, sep - 1)), seq, 1, entry}
+  return {tonumber(mid), seq, 1, entry, mode}
 end
 local seq = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. seq, 'EX', tonumber(ARGV[2]))
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. seq .. ':' .. ARGV[5], 'EX', tonumber(ARGV[2]))
 -- mid and seq are spliced in as text: cjson would print a 53-bit mid in 14-digit float
 -- notation and lose it
 local body = string.sub(ARGV[3], 2)
@@ -20,4 +21,4 @@ local sep = (body == '}') and '' or ','
 local entry = '{"mid":' .. ARGV[1] .. ',"seq":' .. seq .. sep .. body
 redis.call('ZADD', KEYS[3], seq, entry)
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[4]) + 1))
-return {tonumber(ARGV[1]), seq, 0, entry}
+return {tonumber(ARGV[1]), seq, 0, entry, ARGV[5]}
