@@ -105,5 +105,7 @@ async def run_timer(spec: TimerSpec, ctx: AgentContext) -> None:
     """One tick; a failing tick is logged and the next one tries again."""
     try:
         await spec.body(ctx)
+    except _TRANSIENT as exc:  # Redis away (an outage, or the worker shutting down): no traceback
+        log.warning("timer %s: storage unavailable (%s); the next tick retries", spec.name, exc)
     except Exception:
         log.exception("timer %s failed; retrying at the next tick", spec.name)
