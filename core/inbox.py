@@ -76,9 +76,9 @@ async def acknowledge(redis: Redis, user: str, mids: list[int]) -> int:
 
 async def inbox_page(
     redis: Redis, user: str, before_mid: int | None, limit: int
-) -> tuple[list[orjson.Fragment], int | None, set[int]]:
+) -> tuple[list[orjson.Fragment], int | None, list[int]]:
     """Un-ACKed messages newest first, the cursor for the next older page (None at the end),
-    and the page's mids.
+    and the page's mids in the same order.
 
     The messages stay the JSON they are stored as (orjson fragments): a page of a thousand is
     passed through, not parsed and serialised again.
@@ -87,7 +87,7 @@ async def inbox_page(
     entries = await redis.zrevrangebyscore(keys.inbox(user), upper, "-inf", start=0, num=limit + 1, withscores=True)
     page = entries[:limit]
     cursor = int(page[-1][1]) if len(entries) > limit else None
-    return [orjson.Fragment(entry) for entry, _ in page], cursor, {int(mid) for _, mid in page}
+    return [orjson.Fragment(entry) for entry, _ in page], cursor, [int(mid) for _, mid in page]
 
 
 async def conversation_states(redis: Redis, user: str) -> tuple[list[dict], int]:

@@ -103,16 +103,17 @@ async def sync(frame: protocol.Sync, connection: Connection, backend: Backend, e
     first_page = frame.before_mid is None
     # a sync flushes this user's read fan-out groups first, so its counts are exact now
     marks = await fan_out.catch_up(backend.redis, user) if first_page else {}
-    messages, next_before, in_inbox = await inbox.inbox_page(backend.redis, user, frame.before_mid, frame.limit)
+    messages, next_before, mids = await inbox.inbox_page(backend.redis, user, frame.before_mid, frame.limit)
     reply: dict[str, Any] = {"op": "sync", "messages": messages, "next_before_mid": next_before}
     if first_page:  # the first page also carries every conversation's state
         reply["conversations"], reply["total_unread"] = await inbox.conversation_states(backend.redis, user)
         # and the unread messages of read fan-out groups, which are in no inbox
         unread = await fan_out.unread_messages(backend.redis, user, marks, frame.limit)
         if unread:
-            for entry in unread:
-                if orjson.loads(entry)["mid"] not in in_inbox:  # in both if the group switched mode
-                    messages.append(orjson.Fragment(entry))
+            page = dict(zip(mids, messages, strict=True))
+            for entry in unread:  # a message in both (the group switched mode) is sent once
+                page.setdefault(orjson.loads(entry)["mid"], orjson.Fragment(entry))
+            reply["messages"] = [page[mid] for mid in sorted(page, reverse=True)]  # newest first
     return reply
 
 

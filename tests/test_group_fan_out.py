@@ -123,6 +123,8 @@ async def test_a_group_crossing_the_threshold_loses_and_repeats_nothing(stack, u
             state = await a2.sync()
             seqs = [m["seq"] for m in state["messages"] if m["conversation"] == conversation]
             assert sorted(seqs) == list(range(1, 9)), "every message once, whichever way it was fanned out"
+            mids = [m["mid"] for m in state["messages"]]
+            assert mids == sorted(mids, reverse=True), "newest first, inbox and group log merged"
             assert state["conversations"][0]["unread"] == 8
         async with await connect(stack, later[3]) as removed:
             with pytest.raises(ClientError) as refused:
