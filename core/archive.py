@@ -68,8 +68,12 @@ def segment_path(folder: Path, kind: str = SEALED) -> Path:
     return folder / f"{kind}{uuid.uuid4().hex}.parquet"
 
 
-def content_shard(mid: int, shards: int) -> int:
-    """By the millisecond in the id: its low bits (node, sequence) are mostly zero."""
+ROW_GROUP = 16 * 1024  # rows per row group of rewritten segments: a history page reads few beyond its own
+
+
+def content_shard(mid: Any, shards: int) -> Any:
+    """By the millisecond in the id: its low bits (node, sequence) are mostly zero. Works on an
+    int and on a numpy array of ids alike."""
     return (mid >> (NODE_BITS + SEQUENCE_BITS)) % shards
 
 

@@ -23,11 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .archive import COMPACTED, CONTENT, DELETIONS, MAILBOX, ArchiveLayout, mailbox_shard, segment_path
-from .ids import NODE_BITS, SEQUENCE_BITS
+from .archive import COMPACTED, CONTENT, DELETIONS, MAILBOX, ROW_GROUP, ArchiveLayout, content_shard, mailbox_shard, segment_path
+from .groups import EVENTS_TABLE
 
 TRASH = ".trash"
-ROW_GROUP = 16 * 1024  # small row groups: a history page reads few rows beyond its own
 SMALL_BYTES = 64 << 20  # segments below this are compacted together
 MIN_AGE = 600.0  # seconds: far beyond the archive lock (60 s) after which a batch is re-sealed
 # how each core table is de-duplicated and ordered when rewritten
@@ -37,7 +36,7 @@ KEYS = {
     DELETIONS: ("owner_uid, mid", "owner_uid, mid"),
 }
 TIME_COLUMNS = ("created_at_ms", "at_ms", "deleted_at_ms", "minute_ms")
-KEEP_FOREVER = {"im_group_events"}  # the membership record: group sizes are computed from it
+KEEP_FOREVER = {EVENTS_TABLE}  # the membership record: group sizes are computed from it
 
 Progress = Callable[[str], None]
 
@@ -196,7 +195,7 @@ def reshard(root: Path, content_shards: int, mailbox_shards: int, grace_seconds:
         try:
             for batch in _batches(old, table):
                 if table == CONTENT:
-                    shard_of = (batch.column("mid").to_numpy() >> (NODE_BITS + SEQUENCE_BITS)) % shards  # content_shard()
+                    shard_of = content_shard(batch.column("mid").to_numpy(), shards)
                 else:
                     owners = batch.column("owner_uid")
                     distinct = pc.unique(owners)

@@ -42,18 +42,6 @@ def group_id(conversation: str) -> str | None:
     return gid if kind == "g" and gid else None
 
 
-async def conversation_members(redis: Redis, conversation: str) -> list[str] | None:
-    """The members of any conversation, or None if there is no such conversation."""
-    pair = direct_members(conversation)
-    if pair is not None:
-        return sorted(set(pair))
-    gid = group_id(conversation)
-    if gid is None:
-        return None
-    members = await redis.hkeys(keys.group_members(gid))
-    return sorted(member.decode() for member in members) or None
-
-
 async def is_member(redis: Redis, conversation: str, user: str) -> bool:
     pair = direct_members(conversation)
     if pair is not None:

@@ -36,17 +36,18 @@ from imflow.core.archive import (
     MAILBOX,
     COMPACTED,
     READ_EVENTS,
+    ROW_GROUP,
     ArchiveLayout,
+    content_shard,
     segment_path,
     mailbox_shard,
 )
+from imflow.core.groups import EVENTS_TABLE
 from imflow.core.ids import EPOCH_MS, NODE_BITS, SEQUENCE_BITS
+from imflow.plugins.red_packets import EVENTS_TABLE as GRAB_EVENTS_TABLE
+from imflow.plugins.red_packets import PACKETS_TABLE
 
-PACKETS = "red_packets"
-GRABS = "red_packet_events"
 ROOMS = "live_room_minutes"
-GROUP_EVENTS = "im_group_events"
-ROW_GROUP = 16 * 1024  # small row groups: DuckDB skips those a history page does not need
 
 # share of the day's messages in each hour (UTC), a typical consumer IM curve
 HOURLY = np.array([1.2, 0.7, 0.4, 0.3, 0.3, 0.5, 1.2, 2.8, 4.2, 4.8, 5.0, 5.3,
@@ -394,10 +395,10 @@ def to_archive(root: Path, scenario: Scenario, progress: Callable[[int], None] |
             for job in writing:
                 job.result()
             content, box, starts = part.content, part.mailbox, part.mailbox_starts
-            shard_of = (content["mid"].to_numpy() >> (NODE_BITS + SEQUENCE_BITS)) % s.content_shards  # content_shard()
+            shard_of = content_shard(content["mid"].to_numpy(), s.content_shards)
             jobs = [(layout.shard_dir(CONTENT, shard), content.filter(pa.array(shard_of == shard))) for shard in range(s.content_shards)]
             jobs += [(layout.shard_dir(MAILBOX, shard), box.slice(starts[shard], starts[shard + 1] - starts[shard])) for shard in range(s.shards)]
-            jobs += [(layout.shard_dir(name, 0), table) for name, table in ((READ_EVENTS, part.reads), (PACKETS, part.packets), (GRABS, part.grabs))]
+            jobs += [(layout.shard_dir(name, 0), table) for name, table in ((READ_EVENTS, part.reads), (PACKETS_TABLE, part.packets), (GRAB_EVENTS_TABLE, part.grabs))]
             writing = [pool.submit(_seal, *job) for job in jobs]
             mailbox_rows += box.num_rows
             other += part.reads.num_rows + part.packets.num_rows + part.grabs.num_rows
@@ -406,7 +407,7 @@ def to_archive(root: Path, scenario: Scenario, progress: Callable[[int], None] |
         for job in writing:
             job.result()
     events, rooms = generator.group_events(), generator.live_rooms()
-    _seal(layout.shard_dir(GROUP_EVENTS, 0), events)
+    _seal(layout.shard_dir(EVENTS_TABLE, 0), events)
     _seal(layout.shard_dir(ROOMS, 0), rooms)
     return Written(scenario.messages, mailbox_rows, other + events.num_rows + rooms.num_rows, time.perf_counter() - started)
 
