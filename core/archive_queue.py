@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+import zlib
 from typing import TYPE_CHECKING
 
 import orjson
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
 
 LOCK_MS = 60_000
 PLUGIN_TABLE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+def partition_for(key: str | int, partitions: int) -> int:
+    """Which partition's queue a record goes to: a stable hash of what it is about."""
+    return zlib.crc32(str(key).encode()) % partitions
 
 
 def queue_message(pipe: Pipeline, app_id: str, partition: int, message: Message, members: list[str]) -> None:
@@ -46,8 +52,9 @@ async def enqueue_deletion(redis: Redis, app_id: str, partition: int, owner: str
     await redis.rpush(keys.archive_pending(app_id, partition), orjson.dumps(record))
 
 
-async def flush(redis: Redis, app_id: str, layout: ArchiveLayout, partitions: range | list[int], max_records: int = 10_000) -> int:
-    """Seal what waits in these partitions' queues as one set of segments; returns records sealed.
+async def flush(redis: Redis, app_id: str, layout: ArchiveLayout, partitions: range | list[int], max_records: int = 10_000) -> bool:
+    """Seal what waits in these partitions' queues as one set of segments (at most
+    ``max_records`` a partition); True if some partition gave that many, so more may wait.
 
     One write per call, whatever the number of partitions, so segments stay few and large.
     A partition whose lock another writer holds is skipped this time.
@@ -59,8 +66,9 @@ async def flush(redis: Redis, app_id: str, layout: ArchiveLayout, partitions: ra
         for partition in partitions:
             if not await redis.set(keys.archive_lock(app_id, partition), token, nx=True, px=LOCK_MS):
                 continue
+            held.append((partition, 0))  # at once: the lock is released whatever happens next
             entries = await redis.lrange(keys.archive_pending(app_id, partition), 0, max_records - 1)
-            held.append((partition, len(entries)))
+            held[-1] = (partition, len(entries))
             records.extend(orjson.loads(entry) for entry in entries)
         if records:
             await asyncio.to_thread(write_segments, layout, records)
@@ -69,7 +77,7 @@ async def flush(redis: Redis, app_id: str, layout: ArchiveLayout, partitions: ra
                     if taken:
                         pipe.ltrim(keys.archive_pending(app_id, partition), taken, -1)
                 await pipe.execute()
-        return len(records)
+        return any(taken >= max_records for _, taken in held)
     finally:
         unlock = script(redis, "unlock")
         for partition, _ in held:

@@ -15,12 +15,13 @@ every count is *set* from seqs, so replays, late flushes and restarts cannot dou
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from . import keys
-from .scripts import queue_script, run_pipeline
+from .scripts import queue_script, run_pipeline, script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -124,13 +125,15 @@ async def flush_pending(redis: Redis) -> int:
     The pending hash is in Redis, so a flush a crashed worker did not do is done by the next
     tick of any worker. Returns the number of member updates.
     """
-    # one worker at a time (each would do the same work); the lock outlives no crash for long
-    if not await redis.set(keys.fan_out_lock(), "1", nx=True, px=60_000):
+    # one worker at a time (each would do the same work); the lock outlives no crash for long,
+    # and a worker releases only its own (a slow flush may outlast it)
+    token = uuid.uuid4().hex
+    if not await redis.set(keys.fan_out_lock(), token, nx=True, px=60_000):
         return 0
     try:
         return await _flush(redis)
     finally:
-        await redis.delete(keys.fan_out_lock())
+        await script(redis, "unlock")(keys=[keys.fan_out_lock()], args=[token])
 
 
 async def _flush(redis: Redis) -> int:

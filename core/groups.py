@@ -11,7 +11,6 @@ visible everywhere at once. Roles: the owner (one), admins, members.
 
 from __future__ import annotations
 
-import zlib
 from typing import TYPE_CHECKING
 
 from . import archive_queue, fan_out, keys
@@ -33,7 +32,7 @@ async def record(redis: Redis, app_id: str, partitions: int, gid: str, actor: st
     """Write membership changes to the archive (Redis holds the hot set; this is the record)."""
     at = now_ms()
     rows = [{"gid": gid, "user": user, "kind": kind, "role": role, "actor": actor, "at_ms": at} for user, role in changes.items()]
-    partition = zlib.crc32(gid.encode()) % partitions
+    partition = archive_queue.partition_for(gid, partitions)
     await archive_queue.enqueue_rows(redis, app_id, partition, EVENTS_TABLE, rows)
 
 

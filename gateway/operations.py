@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-import zlib
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -91,7 +90,7 @@ async def read(frame: protocol.Read, connection: Connection, backend: Backend, e
     unread = await inbox.mark_read(backend.redis, user, frame.conversation, frame.seq)
     # the archive keeps read reports for analysts (read delays, unread backlogs)
     row = {"owner_uid": user, "conversation": frame.conversation, "read_seq": unread.read_seq, "at_ms": now_ms()}
-    partition = zlib.crc32(user.encode()) % backend.settings.topic_partitions
+    partition = archive_queue.partition_for(user, backend.settings.topic_partitions)
     await archive_queue.enqueue_rows(backend.redis, backend.settings.app_id, partition, archive.READ_EVENTS, [row])
     reply = {"op": "unread", **unread.to_dict()}
     await gateway_events.to_user(backend.redis, user, reply)  # the user's other devices
@@ -150,7 +149,7 @@ async def delete(frame: protocol.Delete, connection: Connection, backend: Backen
     user = connection.user
     await _require_member(backend, user, frame.conversation)
     await inbox.delete_for_me(backend.redis, user, frame.mid)
-    partition = zlib.crc32(user.encode()) % backend.settings.topic_partitions
+    partition = archive_queue.partition_for(user, backend.settings.topic_partitions)
     await archive_queue.enqueue_deletion(backend.redis, backend.settings.app_id, partition, user, frame.mid, now_ms())
     return {"op": "deleted", "conversation": frame.conversation, "mid": frame.mid}
 

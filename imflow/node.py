@@ -128,9 +128,7 @@ class Node:
         """Put a record on an agent's topic (its short name); returns once it is durable."""
         await self.producer.send(topic_name(self.settings.app_id, topic), key, value)
 
-    async def broadcast(self, topic: str, key: bytes, value: bytes) -> None:
-        """Put a record on a broadcast stream (short name), which every gateway reads whole."""
-        await self.producer.send(topic_name(self.settings.app_id, topic), key, value)
+    broadcast = produce  # a broadcast stream is a topic like any other; only its readers differ
 
     async def subscribe_broadcast(self, topic: str, handle: Callable[[list[bytes]], Awaitable[None]]) -> None:
         """Feed this gateway every record put on a broadcast stream from now on."""

@@ -78,8 +78,8 @@ async def seal_archive(ctx: AgentContext) -> None:
     """The archive agent: seal what waits in every partition's queue (locks keep one writer each)."""
     s = ctx.settings
     partitions = range(s.topic_partitions)
-    while await archive_queue.flush(ctx.redis, s.app_id, ctx.archive, partitions, s.archive_batch) >= s.archive_batch:
-        pass  # a full batch: more may wait
+    while await archive_queue.flush(ctx.redis, s.app_id, ctx.archive, partitions, s.archive_batch):
+        pass  # a partition gave a full batch: more may wait
 
 
 async def flush_group_unread(ctx: AgentContext) -> None:

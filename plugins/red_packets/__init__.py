@@ -15,7 +15,6 @@ Settings: ``IMFLOW_RED_PACKETS_TTL_SECONDS``, ``IMFLOW_RED_PACKETS_MAX_TOTAL_CEN
 from __future__ import annotations
 
 import random
-import zlib
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -94,7 +93,7 @@ def amount_problem(total: int, count: int) -> Rejection | None:
 
 
 def _partition(mid: int, settings_: Any) -> int:
-    return zlib.crc32(str(mid).encode()) % settings_.topic_partitions
+    return archive_queue.partition_for(mid, settings_.topic_partitions)
 
 
 async def grab(context: Any, frame: dict[str, Any]) -> dict[str, Any]:
