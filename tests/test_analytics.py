@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from imflow.analytics import Archive
@@ -60,6 +61,7 @@ def test_open_while_a_writer_seals_segments(tmp_path: Path) -> None:
     def writer() -> None:
         for n in range(40):
             write_segments(layout, [record("p:a:b", n * 10 + i + 1, "a", ["a", "b"], EPOCH_MS + HOUR + n * 10 + i) for i in range(10)])
+            time.sleep(0.005)  # a writer seals now and then, not all at once
         done.set()
 
     thread = threading.Thread(target=writer)
@@ -72,5 +74,6 @@ def test_open_while_a_writer_seals_segments(tmp_path: Path) -> None:
     thread.join()
     archive.refresh()
     assert archive.scalar("SELECT count(*) FROM im_msg_content") == 400
+    assert len(counts) >= 2 and counts[0] < 400, "the reader read while the writer was still writing"
     assert counts == sorted(counts), "a reader never loses rows it saw: segments are only added, whole"
     archive.close()

@@ -48,7 +48,7 @@ def test_invalid_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("IMFLOW_PORT", "not-a-port")
     result = runner.invoke(cli, ["config"])
     assert result.exit_code == 2
-    assert "port" in result.output
+    assert "port" in result.output and "not-a-port" in result.output
 
 
 def test_worker_without_servers_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -80,7 +80,7 @@ def limits(monkeypatch: pytest.MonkeyPatch):
 
 
 async def test_sends_beyond_the_connection_limit_are_refused_with_a_retry_hint(imflow_server, limits) -> None:
-    limits(connection_rate=2, connection_burst=3)
+    limits(connection_rate=1, connection_burst=3)  # a token a second: three sends never take that long
     async with imflow_server() as server, await server.client("alice") as alice, await server.client("bob") as bob:
         outcomes = []
         for i in range(5):
@@ -91,7 +91,7 @@ async def test_sends_beyond_the_connection_limit_are_refused_with_a_retry_hint(i
                 outcomes.append(error.frame)
         assert outcomes[:3] == ["sent"] * 3
         refused = outcomes[3]
-        assert refused["code"] == "throttle.rate_limited" and 0 < refused["retry_after_ms"] <= 500
+        assert refused["code"] == "throttle.rate_limited" and 0 < refused["retry_after_ms"] <= 1000
         await asyncio.sleep(refused["retry_after_ms"] / 1000 + 0.05)
         assert (await alice.send_text("bob", "after waiting"))["seq"] == 4
         assert (await bob.send_text("alice", "bob has his own bucket"))["seq"] == 5
@@ -127,7 +127,7 @@ async def test_room_caps_keep_gifts_and_the_host_and_count_what_they_leave_out(i
             for client in (host, fan, viewer):
                 await client.request({"op": "room.join", "room": "gala"})
             busy = None
-            for i in range(20):  # ordinary posts beyond 5 a second are refused
+            for i in range(20):  # ordinary posts beyond 5 a second are refused (20 take a few ms)
                 try:
                     await fan.request({"op": "room.post", "room": "gala", "text": f"chat {i}"})
                 except ClientError as error:
