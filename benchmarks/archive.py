@@ -26,14 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from stack import percentile
+
 from imflow.analytics import Archive
 from imflow.core.archive import ArchiveLayout, ArchiveReader
 from imflow.simulate import Scenario, to_archive
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def ingest(root: Path, scenario: Scenario) -> dict:

@@ -22,7 +22,7 @@ SafeInt = Annotated[int, Field(ge=0, le=MAX_SAFE_INT)]
 def direct_conversation(a: str, b: str) -> str:
     """The id of the one-to-one conversation between two users, the same from either side."""
     for user in (a, b):
-        if not USER_ID_PATTERN.match(user):
+        if not USER_ID_PATTERN.fullmatch(user):
             raise ValueError(f"invalid user id {user!r}")
     low, high = sorted((a, b))
     return f"p:{low}:{high}"

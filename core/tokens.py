@@ -12,7 +12,7 @@ ALGORITHM = "HS256"
 
 
 def issue(secret: str, user: str, ttl_seconds: int, now_s: int | None = None) -> str:
-    if not USER_ID_PATTERN.match(user):
+    if not USER_ID_PATTERN.fullmatch(user):
         raise ValueError(f"invalid user id {user!r}: use 1-64 letters, digits, '_', '.' or '-'")
     issued = now_s if now_s is not None else now_ms() // 1000
     return jwt.encode({"sub": user, "iat": issued, "exp": issued + ttl_seconds}, secret, algorithm=ALGORITHM)
@@ -29,6 +29,6 @@ def verify(secret: str, token: object) -> str:
     except jwt.PyJWTError as exc:
         raise ImflowError(ErrorCode.TOKEN_INVALID, f"token rejected: {exc}") from exc
     user = claims["sub"]
-    if not isinstance(user, str) or not USER_ID_PATTERN.match(user):
+    if not isinstance(user, str) or not USER_ID_PATTERN.fullmatch(user):
         raise ImflowError(ErrorCode.TOKEN_INVALID, "token names no valid user")
     return user

@@ -44,7 +44,7 @@ class Caller:
     user: str
 
 
-def _error(error: ImflowError) -> JSONResponse:
+def error_response(error: ImflowError) -> JSONResponse:
     return JSONResponse({"error": error.to_dict()}, status_code=STATUS.get(error.code, 400))  # type: ignore[call-overload]
 
 
@@ -55,12 +55,16 @@ def _user(request: Request) -> str:
     return tokens.verify(request.app.state.backend.settings.secret_key.get_secret_value(), token.strip())
 
 
-async def _body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    """The request's JSON object (empty for GET and DELETE), size-checked before it is read."""
     if request.method in ("GET", "DELETE"):
         return {}
+    length = request.headers.get("content-length") or "0"
+    if not length.isdigit() or int(length) > limit:
+        raise ImflowError(ErrorCode.FRAME_TOO_LARGE, f"request bodies are limited to {limit} bytes")
     data = await request.body()
-    if len(data) > MAX_BODY:
-        raise ImflowError(ErrorCode.FRAME_TOO_LARGE, f"request bodies are limited to {MAX_BODY} bytes")
+    if len(data) > limit:  # a chunked body has no length to check first
+        raise ImflowError(ErrorCode.FRAME_TOO_LARGE, f"request bodies are limited to {limit} bytes")
     try:
         body = orjson.loads(data or b"{}")
     except orjson.JSONDecodeError as exc:
@@ -75,14 +79,14 @@ def _endpoint(op: str, status: int = 200) -> Any:
         try:
             user = _user(request)
             # path parameters win over the body, and 'op' comes from the route
-            frame = {**(await _body(request)), **request.path_params, "op": op}
+            frame = {**(await json_body(request)), **request.path_params, "op": op}
             if op == "remove_member" and frame.get("user") == user:
                 frame = {"op": "leave_group", "gid": frame["gid"]}
             parsed = protocol.parse(orjson.dumps(frame))
             state = request.app.state
             reply = await operations.handle(parsed, Caller(user), state.backend, state.extensions)  # type: ignore[arg-type]
         except ImflowError as error:
-            return _error(error)
+            return error_response(error)
         except Exception:
             log.exception("HTTP %s failed", op)
             return JSONResponse({"error": {"code": "internal", "message": "the server failed; retry the request"}}, status_code=500)

@@ -226,9 +226,6 @@ class Hub:
             loop_lag_ms=self.lag.lag_ms,
         )
 
-    def to_user(self, user: str, frame: dict[str, Any], skip: str = "") -> None:
-        self.to_users([user], frame, skip)
-
     def to_users(self, users: list[str], frame: dict[str, Any], skip: str = "") -> None:
         """Push one frame to every connection of these users (but ``skip``), serialised once."""
         data = None

@@ -344,7 +344,7 @@ async def test_dev_login_issues_tokens_only_where_enabled() -> None:
         reply = await on.post("/dev/token", json={"user": "alice.b-1"})
         assert reply.status_code == 200 and reply.headers["cache-control"] == "no-store"
         assert tokens.verify(secret, reply.json()["token"]) == "alice.b-1"
-        for body in ({"user": "al ice"}, {"user": ""}, {"user": "x" * 65}, {"name": "alice"}, ["alice"]):
+        for body in ({"user": "al ice"}, {"user": "alice\n"}, {"user": ""}, {"user": "x" * 65}, {"name": "alice"}, ["alice"]):
             refused = await on.post("/dev/token", json=body)
             assert refused.status_code == 400 and refused.json()["error"]["code"] == "bad_frame", body
         not_json = await on.post("/dev/token", content=b"{user")

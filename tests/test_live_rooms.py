@@ -84,6 +84,7 @@ async def test_room_operations_refuse_bad_requests(stack, users) -> None:
         too_long = "x" * 16_001
         cases = [
             ({"op": "room.join", "room": "bad room!"}, "room.bad_request"),
+            ({"op": "room.join", "room": "trailing\n"}, "room.bad_request"),
             ({"op": "room.post", "room": "r-" + users.ann, "text": "hi"}, "room.not_joined"),
             ({"op": "room.open", "room": "r-" + users.ann}, "room.taken"),
         ]
@@ -92,7 +93,7 @@ async def test_room_operations_refuse_bad_requests(stack, users) -> None:
                 await bob.request(frame)
             assert refused.value.code == code
         await bob.request({"op": "room.join", "room": "r-" + users.ann})
-        for bad in ({"text": ""}, {"text": too_long}, {"text": "hi", "kind": "shout"}, {"text": 5}):
+        for bad in ({"text": ""}, {"text": too_long}, {"text": "hi", "kind": "shout"}, {"text": 5}, {"text": "hi", "kind": []}):
             with pytest.raises(ClientError) as refused:
                 await bob.request({"op": "room.post", "room": "r-" + users.ann, **bad})
             assert refused.value.code == "room.bad_request"

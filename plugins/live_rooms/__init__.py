@@ -159,7 +159,7 @@ def _gateway(context: OperationContext | GatewayContext) -> Gateway:
 
 def _room(fields: dict[str, Any]) -> str:
     room = fields.get("room")
-    if not isinstance(room, str) or not ROOM_ID.match(room):
+    if not isinstance(room, str) or not ROOM_ID.fullmatch(room):
         raise OperationError("room.bad_request", "room: 1-64 letters, digits, '_', '.', '-'")
     return room
 
@@ -206,7 +206,7 @@ async def post(context: OperationContext, fields: dict[str, Any]) -> dict[str, A
     room = _room(fields)
     kind = fields.get("kind", "chat")
     text = fields.get("text", "")
-    if kind not in KINDS or not isinstance(text, str) or not text or len(text) > settings.max_text:
+    if not isinstance(kind, str) or kind not in KINDS or not isinstance(text, str) or not text or len(text) > settings.max_text:
         raise OperationError("room.bad_request", f"kind one of {sorted(KINDS)}, text 1-{settings.max_text} characters")
     gateway = _gateway(context)
     if context.connection is None or context.connection not in gateway.rooms.get(room, ()):

@@ -29,7 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imflow.core.hookspecs import hookimpl
 from imflow.core.models import SendCommand
-from imflow.core.plugin_types import GatewayContext, GatewayLoad, Priority, Rejection
+from imflow.core.plugin_types import GatewayContext, GatewayLoad, Outbound, Priority, Rejection
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +226,11 @@ throttle = Throttle()
 @hookimpl(tryfirst=True)  # firstresult: a plugin that rewrites the send must not skip the limits
 async def imflow_before_send(command: SendCommand, gateway: GatewayContext | None) -> Rejection | None:
     return await throttle.before_send(command, gateway)
+
+
+@hookimpl
+def imflow_on_disconnect(connection: Outbound) -> None:
+    throttle.connections.pop(connection.id, None)  # its bucket goes with it
 
 
 @hookimpl
