@@ -23,6 +23,7 @@ import contextlib
 import logging
 import re
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,6 @@ from prometheus_client import Counter, Histogram
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imflow.core.hookspecs import hookimpl
-from imflow.core.ids import IdGenerator
 from imflow.core.plugin_types import (
     BroadcastStream,
     GatewayContext,
@@ -80,7 +80,6 @@ class Gateway:
     context: GatewayContext
     rooms: dict[str, set[Outbound]] = field(default_factory=lambda: defaultdict(set))
     waiting: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
-    ids: IdGenerator = field(default_factory=lambda: IdGenerator(0))
     flusher: asyncio.Task[None] | None = None
     refreshed: float = 0.0
 
@@ -218,7 +217,7 @@ async def post(context: OperationContext, fields: dict[str, Any]) -> dict[str, A
     )
     if isinstance(verdict, Rejection):
         raise OperationError(verdict.code, verdict.message, verdict.retry_after_ms)
-    message = {"id": gateway.ids.next_id(), "room": room, "sender": context.user, "kind": kind, "text": text,
+    message = {"id": uuid.uuid4().hex[:16], "room": room, "sender": context.user, "kind": kind, "text": text,
                "priority": int(priority), "at_ms": int(time.time() * 1000)}
     await gateway.context.broadcast(STREAM, room.encode(), orjson.dumps(message))
     return {"room": room, "id": message["id"]}
