@@ -54,6 +54,7 @@ class Stack:
             "IMFLOW_THROTTLE_POST_RATE": "1000000", "IMFLOW_THROTTLE_POST_BURST": "1000000",
             **(env or {}),
         }
+        self.env = env
         self.processes: list[ImflowProcess] = []
         self.urls: list[str] = []
         try:

@@ -16,6 +16,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     UNAVAILABLE = "unavailable"
+    REJECTED = "rejected"  # a worker could not process the message and set it aside: do not resend
     INTERNAL = "internal"
 
 

@@ -52,11 +52,12 @@ class GatewayBatch:
             pipe.publish(keys.gateway_channel(node), orjson.dumps(events))
 
 
-async def to_gateway(redis: Redis, node: str, user: str, frame: dict[str, Any]) -> None:
-    await redis.publish(keys.gateway_channel(node), orjson.dumps([event(user, frame)]))
+async def to_gateway(redis: Redis, node: str, user: str, frame: dict[str, Any], skip: str = "") -> None:
+    await redis.publish(keys.gateway_channel(node), orjson.dumps([event(user, frame, skip)]))
 
 
-async def to_user(redis: Redis, user: str, frame: dict[str, Any]) -> None:
-    """To every connection of the user, on whichever gateways hold them."""
+async def to_user(redis: Redis, user: str, frame: dict[str, Any], skip: str = "") -> None:
+    """To every connection of the user, on whichever gateways hold them, except the connection
+    ``skip`` (the one a reply already answered)."""
     for node in await presence.gateways_of(redis, user):
-        await to_gateway(redis, node, user, frame)
+        await to_gateway(redis, node, user, frame, skip)

@@ -189,3 +189,24 @@ async def groups_of(redis: Redis, user: str) -> list[dict[str, str]]:
         if role is not None:  # the index may lag a removal by a moment
             out.append({"gid": gid, "conversation": f"g:{gid}", "name": info.get("name", ""), "role": role})
     return out
+
+
+async def may_see(redis: Redis, conversation: str, user: str, seq: int) -> bool:
+    """May ``user`` see message ``seq`` (>= 1) of ``conversation`` (``p:…`` or ``g:…``)?
+
+    The one rule history follows, for every read of per-message state (plugins' too): in a
+    one-to-one conversation its two users see everything; in a group, a member sees the messages
+    sent after they joined (seq above their join seq; joining again starts over), a non-member
+    nothing. One round trip to Redis; raises ``redis.RedisError`` when Redis fails.
+    """
+    pair = direct_members(conversation)
+    if pair is not None:
+        return user in pair
+    gid = group_id(conversation)
+    if gid is None:
+        return False
+    async with redis.pipeline(transaction=True) as pipe:  # one moment: a rejoin moves both at once
+        pipe.hexists(keys.group_members(gid), user)
+        pipe.hget(keys.group_joined(gid), user)
+        member, joined = await pipe.execute()
+    return bool(member) and seq > int(joined or 0)

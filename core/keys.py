@@ -86,6 +86,11 @@ def archive_lock(app_id: str, partition: int) -> str:
     return f"{PREFIX}:archive:{app_id}:lock:{partition}"
 
 
+def dead_letter_seen(app_id: str, digest: str) -> str:
+    """Marks a record already set aside on the dead-letter topic (a replay sets it aside once)."""
+    return f"{PREFIX}:dlq:{app_id}:{digest}"
+
+
 def group_tag(gid: str) -> str:
     return f"{{g:{gid}}}"
 
@@ -127,3 +132,17 @@ def fan_out_lock() -> str:
 
 
 READ_UPTO = "read_upto"  # field of group_info: the newest seq stored by read fan-out
+
+
+def token_revocation(user: str) -> str:
+    """Hash ``revoked_ms`` -> Unix ms: the user's tokens issued at or before it are refused."""
+    return f"{PREFIX}:{user_tag(user)}:tokens"
+
+
+REVOKED_MS = "revoked_ms"  # field of token_revocation
+
+
+def gateways_channel() -> str:
+    """Pub/sub channel every gateway listens on, besides its own: orders for all of them
+    (close a user's sessions after a revocation). Not under ``im:gw:``, so no node name clashes."""
+    return f"{PREFIX}:gateways"

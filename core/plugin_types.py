@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pydantic import BaseModel, ConfigDict
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
@@ -86,12 +88,38 @@ class BroadcastStream:
     handle: Callable[[GatewayContext, list[bytes]], Awaitable[None]]
 
 
+class MessageBody(BaseModel):
+    """Base of a message type's body schema: strict types, unknown fields refused, frozen.
+
+    Declare a body once, with its limits, and the gateway refuses every body outside it before
+    the message is queued (docs/plugins.md, "Message types")::
+
+        class PollBody(MessageBody):
+            question: Annotated[str, Field(min_length=1, max_length=300)]
+            options: Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(min_length=2, max_length=10)]
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
 @dataclass(frozen=True)
 class MessageType:
-    """A message type: ``validate`` gets the body, returns it (maybe normalised) or raises ValueError."""
+    """A message type ``name`` and the one declaration of its body.
+
+    ``schema`` (a MessageBody subclass) is the declaration; the stored body is the schema's
+    dump of what the client sent (defaults filled in). ``validate`` (body dict → body dict,
+    raising ValueError or TypeError) may normalise further after the schema, or stand alone
+    for plugins written before schemas existed. Either way the frame-wide limits hold
+    (core/wire.py: depth, numbers, UTF-8) and a refusal is ``bad_frame``.
+    """
 
     name: str
-    validate: Callable[[dict[str, Any]], dict[str, Any]]
+    validate: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    schema: type[BaseModel] | None = None
+
+    def __post_init__(self) -> None:
+        if self.schema is None and self.validate is None:
+            raise TypeError(f"message type {self.name!r} needs a schema (or a validate function)")
 
 
 @dataclass(frozen=True)

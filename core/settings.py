@@ -57,6 +57,24 @@ class Settings(BaseSettings):
     agent_batch_wait_ms: float = Field(
         2.0, ge=0, description="How long an agent waits to fill a batch (adds up to this much latency)"
     )
+    # --- worker failover (Kafka consumer group): how fast partitions of a dead worker move on
+    worker_session_timeout_seconds: float = Field(
+        6.0, gt=0,
+        description="A worker silent this long is presumed dead and its partitions reassigned "
+        "(Kafka's group.min.session.timeout.ms, 6 s by default, is the floor)",
+    )
+    worker_heartbeat_seconds: float = Field(
+        1.0, gt=0, description="How often a worker tells the group it lives (well under a third of the session timeout)"
+    )
+    worker_rebalance_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long a rebalance waits for the live workers to rejoin"
+    )
+    worker_instance_id: str | None = Field(
+        None,
+        description="Static group membership (KIP-345): a worker restarted with the same id within the "
+        "session timeout gets its partitions back without a rebalance. One distinct id per worker "
+        "(e.g. the host or pod name); unset = dynamic membership",
+    )
     inbox_limit: int = Field(1000, gt=0, description="Newest messages kept in each user's inbox (offline queue)")
     conversation_log_limit: int = Field(
         1000, gt=0, description="Newest messages of each conversation kept in Redis; older come from the archive"

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from imflow.core.plugin_types import GatewayContext
 
-from . import dev_login, http_api
+from . import dev_login, http_api, server_logs
 from .extensions import Extensions
 from .hub import Hub
 from .session import serve_session
@@ -116,6 +116,7 @@ async def _start_broadcast_streams(backend: Backend, hub: Hub, extensions: Exten
 def create_gateway(backend: Backend) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        server_logs.install()
         await backend.start()
         app.state.hub = Hub(backend.redis, backend.node_name)
         try:

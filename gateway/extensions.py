@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from imflow.core import message_types
 from imflow.core.plugin_types import BroadcastStream, GatewayContext, MessageType, Operation
 
 from . import protocol
@@ -18,13 +19,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _text(body: dict[str, Any]) -> dict[str, Any]:
-    return body  # protocol.Send checks text bodies itself
-
-
 @dataclass
 class Extensions:
-    message_types: dict[str, MessageType] = field(default_factory=lambda: {"text": MessageType("text", _text)})
+    message_types: dict[str, MessageType] = field(default_factory=lambda: {"text": message_types.TEXT})
     operations: dict[str, Operation] = field(default_factory=dict)
     routes: list[BaseRoute] = field(default_factory=list)
     broadcast_streams: list[BroadcastStream] = field(default_factory=list)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from imflow.core import archive, archive_queue, fan_out, gateway_events, groups, inbox, keys
+from imflow.core import archive, archive_queue, message_types, fan_out, gateway_events, groups, inbox, keys
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
 from imflow.core.models import SendCommand, direct_conversation
@@ -39,10 +39,7 @@ async def send(frame: protocol.Send, connection: Connection, backend: Backend, e
     if message_type is None:
         known = ", ".join(sorted(extensions.message_types))
         raise ImflowError(ErrorCode.BAD_FRAME, f"unknown message type {frame.type!r}; known: {known}")
-    try:
-        body = message_type.validate(dict(frame.body))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ImflowError(ErrorCode.BAD_FRAME, f"invalid {frame.type} body: {exc}") from exc
+    body = message_types.validate_body(message_type, frame.body)
     command = SendCommand(
         sender=user,
         client_msg_id=frame.cmid,
@@ -93,7 +90,8 @@ async def read(frame: protocol.Read, connection: Connection, backend: Backend, e
     partition = archive_queue.partition_for(user, backend.settings.topic_partitions)
     await archive_queue.enqueue_rows(backend.redis, backend.settings.app_id, partition, archive.READ_EVENTS, [row])
     reply = {"op": "unread", **unread.to_dict()}
-    await gateway_events.to_user(backend.redis, user, reply)  # the user's other devices
+    # the reply answers this connection; the push is for the user's other connections only
+    await gateway_events.to_user(backend.redis, user, reply, skip=getattr(connection, "id", ""))
     return reply
 
 

@@ -13,8 +13,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from imflow.core import archive_queue, fan_out
+from imflow.core import archive_queue, dead_letter, fan_out, wire
 from imflow.core.agents import AgentContext, AgentSpec, Records, TimerSpec
+from imflow.core.errors import ImflowError
 from imflow.core.fan_out import MODES, Mode
 from imflow.core.models import Message, SendCommand
 from imflow.core.plugin_calls import Hooks
@@ -30,9 +31,10 @@ async def ingest(ctx: AgentContext, records: Records) -> None:
     batch = []
     for value, partition in records:
         try:
-            batch.append((SendCommand.model_validate_json(value), partition))
-        except pydantic.ValidationError as exc:
-            log.error("ingest: skipped a malformed record on partition %d: %s", partition, exc)
+            # the gateways' decoder and limits (core/wire.py): a record they would refuse is refused here
+            batch.append((SendCommand.model_validate(wire.decode(value)), partition))
+        except (ImflowError, pydantic.ValidationError) as exc:
+            await dead_letter.set_aside(ctx, "ingest", value, partition, f"malformed record: {exc}")
 
     async def after_persist(messages: list[Message]) -> None:
         await ctx.hooks.call("imflow_after_persist", messages=messages, context=ctx)
@@ -66,12 +68,17 @@ async def run_body(spec: AgentSpec, ctx: AgentContext, records: Records) -> None
         ):
             with attempt:
                 await spec.body(ctx, records)
-    except Exception:
+    except Exception as exc:
         if len(records) > 1:
             for record in records:
                 await run_body(spec, ctx, [record])
         else:
-            log.exception("agent %s: skipped a record on partition %d after an error", spec.name, records[0][1])
+            log.exception("agent %s: a record of partition %d failed", spec.name, records[0][1])
+            value, partition = records[0]
+            try:
+                await dead_letter.set_aside(ctx, spec.name, value, partition, f"{type(exc).__name__}: {exc}")
+            except Exception:  # the broker is out as well: the log is all that is left
+                log.exception("agent %s: could not set the record aside either", spec.name)
 
 
 async def seal_archive(ctx: AgentContext) -> None:

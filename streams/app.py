@@ -80,6 +80,12 @@ def create_app(settings: Settings, redis: Redis | None = None, hooks: Hooks | No
         web_enabled=False,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
+        # failover in seconds, not Faust's minute: a SIGKILLed worker's partitions move after the
+        # session timeout; a restarted static member takes its own back at once (docs/architecture.md)
+        broker_session_timeout=settings.worker_session_timeout_seconds,
+        broker_heartbeat_interval=settings.worker_heartbeat_seconds,
+        broker_rebalance_timeout=settings.worker_rebalance_timeout_seconds,
+        consumer_group_instance_id=settings.worker_instance_id,
     )
     agents, timers = all_agents(hooks)
     resources = WorkerResources(settings, hooks, agents, redis)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from imflow.core import dead_letter
 from imflow.core.agents import topic_name
 
 INGEST = "ingest"  # client sends, keyed by conversation
 
-ALL = (INGEST,)
+DEAD_LETTER = dead_letter.TOPIC  # records no agent could process (core/dead_letter.py)
+
+ALL = (INGEST, DEAD_LETTER)
 
 
 def all_topic_names(app_id: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:

@@ -1,7 +1,9 @@
 """Red packets (R15), a built-in plugin written only against the hook API.
 
 A ``red_packet`` message carries ``total_cents``, ``count`` and an optional ``greeting``.
-Members of the conversation grab shares (``red_packet.grab``); the split is computed in
+Members of the conversation who may see the packet's message grab shares (``red_packet.grab``)
+and read its state (``red_packet.status``): the same rule as history (``groups.may_see``), so a
+member who joined a group after the packet was sent neither sees nor grabs it. The split is computed in
 Redis by one Lua script (double-average method: every share at least 1 cent, the shares add
 up to the total exactly, nobody grabs twice, nothing is overdrawn however many gateways
 grab at once). What is not grabbed when the packet expires (24 h by default) is refunded by
@@ -17,7 +19,7 @@ from __future__ import annotations
 import random
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,8 +28,8 @@ from imflow.core import archive_queue
 from imflow.core.agents import TimerSpec
 from imflow.core.hookspecs import hookimpl
 from imflow.core.ids import now_ms
-from imflow.core.plugin_types import MessageType, Operation, OperationError, Rejection
-from imflow.core.groups import is_member
+from imflow.core.plugin_types import MessageBody, MessageType, Operation, OperationError, Rejection
+from imflow.core.groups import is_member, may_see
 
 TYPE = "red_packet"
 EXPIRIES = "rp:expiries"  # sorted set mid -> expires_at_ms, for the refund timer
@@ -66,18 +68,14 @@ def _script(redis: Any, name: str) -> Any:
     return scripts[name]
 
 
-def validate(body: dict[str, Any]) -> dict[str, Any]:
-    """The shape of a red packet body (the amounts are checked in imflow_before_send)."""
-    total, count, greeting = body.get("total_cents"), body.get("count"), body.get("greeting", "")
-    for name, value in (("total_cents", total), ("count", count)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{name} must be an integer")
-    if not isinstance(greeting, str) or len(greeting) > 100:
-        raise ValueError("greeting must be text of at most 100 characters")
-    extra = set(body) - {"total_cents", "count", "greeting"}
-    if extra:
-        raise ValueError(f"unknown fields {sorted(extra)}")
-    return {"total_cents": total, "count": count, "greeting": greeting}
+class RedPacketBody(MessageBody):
+    """The body of a ``red_packet`` message, declared once (the amounts' policy is checked in
+    imflow_before_send, where settings apply): ``total_cents`` and ``count`` are integers within
+    the protocol's 0…2^53−1, ``greeting`` at most 100 characters."""
+
+    total_cents: int
+    count: int
+    greeting: Annotated[str, Field(max_length=100)] = ""
 
 
 def amount_problem(total: int, count: int) -> Rejection | None:
@@ -96,14 +94,29 @@ def _partition(mid: int, settings_: Any) -> int:
     return archive_queue.partition_for(mid, settings_.topic_partitions)
 
 
-async def grab(context: Any, frame: dict[str, Any]) -> dict[str, Any]:
+def _request(frame: dict[str, Any]) -> tuple[str, int]:
     conversation, mid = frame.get("conversation"), frame.get("mid")
     if not isinstance(conversation, str) or not isinstance(mid, int) or isinstance(mid, bool) or not 0 <= mid < 1 << 53:
         raise OperationError("red_packet.bad_request", "give the conversation and the packet's mid")
-    if not await is_member(context.redis, conversation, context.user):
-        raise OperationError("red_packet.not_member", "only members of the conversation can grab")
+    return conversation, mid
+
+
+async def _visible_packet(redis: Any, conversation: str, mid: int, user: str) -> dict[str, str] | None:
+    """The packet's hash if it is in ``conversation`` and ``user`` may see its message, else None."""
+    packet = {k.decode(): v.decode() for k, v in (await redis.hgetall(packet_key(mid))).items()}
+    if packet.get("conversation") != conversation:
+        return None
+    # a packet opened before seqs were kept counts as its conversation's first message
+    return packet if await may_see(redis, conversation, user, int(packet.get("seq", 1))) else None
+
+
+async def grab(context: Any, frame: dict[str, Any]) -> dict[str, Any]:
+    conversation, mid = _request(frame)
     redis = context.redis
-    if (await redis.hget(packet_key(mid), "conversation") or b"").decode() != conversation:
+    if await _visible_packet(redis, conversation, mid, context.user) is None:
+        if not await is_member(redis, conversation, context.user):
+            raise OperationError("red_packet.not_member", "only members of the conversation can grab")
+        # sent before this member joined: as absent for them as it is from their history
         raise OperationError("red_packet.not_found", "no such red packet in this conversation")
     at = now_ms()
     status, share, cents_left, count_left = await _script(redis, "grab")(
@@ -123,11 +136,9 @@ async def grab(context: Any, frame: dict[str, Any]) -> dict[str, Any]:
 
 
 async def status(context: Any, frame: dict[str, Any]) -> dict[str, Any]:
-    conversation, mid = frame.get("conversation"), frame.get("mid")
-    if not isinstance(conversation, str) or not isinstance(mid, int) or not await is_member(context.redis, conversation, context.user):
-        raise OperationError("red_packet.not_found", "no such red packet in this conversation")
-    packet = {k.decode(): v.decode() for k, v in (await context.redis.hgetall(packet_key(mid))).items()}
-    if packet.get("conversation") != conversation:
+    conversation, mid = _request(frame)
+    packet = await _visible_packet(context.redis, conversation, mid, context.user)
+    if packet is None:  # a non-member or a late member learns nothing, not even that it exists
         raise OperationError("red_packet.not_found", "no such red packet in this conversation")
     grabs = {user.decode(): int(cents) for user, cents in (await context.redis.hgetall(grabs_key(mid))).items()}
     numbers = ("total", "count", "cents_left", "count_left", "expires_at", "refunded")
@@ -155,7 +166,7 @@ def imflow_configure(settings: Any) -> None:
 
 @hookimpl
 def imflow_message_types() -> list[MessageType]:
-    return [MessageType(TYPE, validate)]
+    return [MessageType(TYPE, schema=RedPacketBody)]
 
 
 @hookimpl
@@ -185,7 +196,7 @@ async def imflow_after_persist(messages: list[Any], context: Any) -> None:
         body = message.body
         await _script(context.redis, "open")(
             keys=[packet_key(message.mid)],
-            args=[body["total_cents"], body["count"], message.sender, message.conversation, expires],
+            args=[body["total_cents"], body["count"], message.sender, message.conversation, expires, message.seq],
         )
         await context.redis.zadd(EXPIRIES, {message.mid: expires}, nx=True)
         # written on every replay too (a crash may have come between opening and this):

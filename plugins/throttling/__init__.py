@@ -1,7 +1,9 @@
 """Throttling and circuit breaking (R14), as a plugin.
 
-- **Send limits**: token buckets per user (shared by all gateways, in Redis) and per connection
-  (in the gateway). A refused send gets ``throttle.rate_limited`` with ``retry_after_ms``.
+- **Send limits**: token buckets per user (over all the user's connections on all gateways) and
+  per connection. A refused send gets ``throttle.rate_limited`` with ``retry_after_ms``.
+- **Room post limit**: room posts per user, over all gateways, whatever their priority
+  (``throttle.rate_limited``).
 - **Room inbound cap**: ordinary posts into one room, per second, over all gateways
   (``throttle.room_busy`` with ``retry_after_ms``); high-priority posts are never refused.
 - **Per-viewer delivered cap**: at most ``IMFLOW_THROTTLE_VIEWER_CAP`` room messages per
@@ -12,6 +14,11 @@
   threshold, it opens and sheds all low-priority room traffic; after a cool-down it lets it
   through again (half-open) and closes once the load stays below the thresholds.
 
+The send, post and room limits are token buckets in Redis (``buckets.py``, one Lua script for
+all of them), so a limit per user holds however the user's connections are spread over gateways.
+The per-viewer cap and the breaker stay on each gateway: they judge that gateway's own viewers
+and load.
+
 Counts of sampled and shed messages and the breaker's state are Prometheus metrics (/metrics).
 """
 
@@ -21,28 +28,30 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import Counter, Gauge
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from imflow.core import keys
 from imflow.core.hookspecs import hookimpl
 from imflow.core.models import SendCommand
-from imflow.core.plugin_types import GatewayContext, GatewayLoad, Outbound, Priority, Rejection
+from imflow.core.plugin_types import GatewayContext, GatewayLoad, Priority, Rejection
+
+from .buckets import Bucket, take
 
 log = logging.getLogger(__name__)
 
 
 class ThrottleSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMFLOW_THROTTLE_", env_file=".env", extra="ignore")
-    user_rate: float = 20.0  # sends per second per user, all devices
-    user_burst: int = 40
-    connection_rate: float = 10.0  # sends per second per connection
-    connection_burst: int = 20
-    room_inbound_rate: int = 2_000  # ordinary posts per second into one room
-    post_rate: float = 5.0  # room posts per second per user on a gateway, any priority
-    post_burst: int = 10
+    user_rate: float = Field(20.0, gt=0, description="Sends per second per user, all connections on all gateways")
+    user_burst: int = Field(40, ge=1)
+    connection_rate: float = Field(10.0, gt=0, description="Sends per second per connection")
+    connection_burst: int = Field(20, ge=1)
+    room_inbound_rate: int = Field(2_000, ge=1, description="Ordinary posts per second into one room, over all gateways")
+    post_rate: float = Field(5.0, gt=0, description="Room posts per second per user over all gateways, any priority")
+    post_burst: int = Field(10, ge=1)
     viewer_cap: float = 40.0  # room messages per second a viewer receives
     breaker_lag_ms: float = 250.0
     breaker_queued_per_connection: float = 200.0
@@ -56,41 +65,25 @@ REFUSED = Counter("imflow_throttle_refused", "Sends and posts refused by a rate 
 BREAKER = Gauge("imflow_throttle_breaker_open", "1 while the circuit breaker sheds low-priority traffic")
 
 
-@dataclass
-class TokenBucket:
-    """``rate`` tokens a second up to ``burst``; ``take`` answers 0 or the ms until one is there."""
-
-    rate: float
-    burst: float
-    clock: Callable[[], float] = time.monotonic
-    tokens: float = field(init=False)
-    stamp: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.tokens, self.stamp = self.burst, self.clock()
-
-    def take(self) -> int:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0
-        return max(1, int((1 - self.tokens) / self.rate * 1000))
+def send_buckets(user: str, connection: str) -> list[Bucket]:
+    """The buckets a send takes from: its connection's (if it came on one) and its user's, under
+    the user's hash tag so that one call takes from both."""
+    tag = keys.user_tag(user)
+    user_bucket = Bucket("user", f"im:throttle:{tag}:send", settings.user_rate, settings.user_burst)
+    if not connection:
+        return [user_bucket]
+    key = f"im:throttle:{tag}:connection:{connection}"
+    return [Bucket("connection", key, settings.connection_rate, settings.connection_burst), user_bucket]
 
 
-# The per-user bucket lives in Redis so that all of a user's devices on all gateways share it.
-USER_BUCKET = """
-local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
-local tokens, stamp = tonumber(state[1]) or burst, tonumber(state[2]) or now
-tokens = math.min(burst, tokens + (now - stamp) / 1000 * rate)
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rate * 1000) end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return wait
-"""
+def poster_bucket(user: str) -> Bucket:
+    """Room posts of one user, whatever room, priority or gateway."""
+    return Bucket("poster", f"im:throttle:{keys.user_tag(user)}:post", settings.post_rate, settings.post_burst)
+
+
+def room_bucket(stream: str, key: str) -> Bucket:
+    """Ordinary posts into one room (a second's worth of burst)."""
+    return Bucket("room", f"im:throttle:{stream}:{{{key}}}:inbound", settings.room_inbound_rate, settings.room_inbound_rate)
 
 
 class Breaker:
@@ -141,65 +134,44 @@ def shape(messages: list[dict], allowed: float, admit_low: bool, rng: random.Ran
 
 
 class Throttle:
+    """The gateway-local part: the breaker and the per-viewer cap (one decision per room and batch
+    on this gateway, which is where its viewers are). Every limit on what users send is in Redis."""
+
     def __init__(self) -> None:
-        self.connections: dict[str, TokenBucket] = {}
         self.breaker = Breaker()
         self.last_batch: dict[tuple[str, str], float] = {}
         self.carry: dict[tuple[str, str], float] = {}
         self.rng = random.Random()
-        self.scripts: dict[str, Any] = {}  # the user bucket script, per gateway's Redis client
-        self.posters: dict[str, TokenBucket] = {}  # room posts per user, on this gateway
-
-    def _connection_bucket(self, origin: str) -> TokenBucket:
-        if len(self.connections) > 100_000:  # forget idle connections' buckets now and then
-            self.connections.clear()
-        bucket = self.connections.get(origin)
-        if bucket is None:
-            bucket = self.connections[origin] = TokenBucket(settings.connection_rate, settings.connection_burst)
-        return bucket
 
     async def before_send(self, command: SendCommand, gateway: GatewayContext | None) -> Rejection | None:
-        wait = self._connection_bucket(command.origin).take() if command.origin else 0
-        limit = "connection"
-        if not wait and gateway is not None:
-            bucket = self._user_bucket(gateway)
-            wait = int(await bucket(keys=[f"im:throttle:{{{command.sender}}}"],
-                                    args=[settings.user_rate, settings.user_burst, int(time.time() * 1000)]))
-            limit = "user"
-        if wait:
-            REFUSED.labels(limit).inc()
-            return Rejection("throttle.rate_limited", f"too many messages from this {limit}; retry in {wait} ms", wait)
-        return None
-
-    def _user_bucket(self, gateway: GatewayContext):
-        script = self.scripts.get(gateway.node)
-        if script is None or script.registered_client is not gateway.redis:
-            script = self.scripts[gateway.node] = gateway.redis.register_script(USER_BUCKET)
-        return script
+        """A ``throttle.rate_limited`` refusal when the sending connection or user is over its
+        limit (no token taken from either then), else None."""
+        if gateway is None:  # called outside a gateway: no Redis to count in, no client to limit
+            return None
+        refused = await take(gateway.redis, send_buckets(command.sender, command.origin))
+        if refused is None:
+            return None
+        limit, wait = refused.bucket.name, refused.retry_after_ms
+        REFUSED.labels(limit).inc()
+        return Rejection("throttle.rate_limited", f"too many messages from this {limit}; retry in {wait} ms", wait)
 
     async def admit_broadcast(self, stream: str, key: str, user: str, priority: Priority,
                               gateway: GatewayContext) -> Rejection | None:
+        """A refusal when ``user`` posts beyond their limit (``throttle.rate_limited``) or an
+        ordinary post finds the room full (``throttle.room_busy``), else None."""
         # every post, gifts and the host's included: high priority is no licence to flood
-        poster = self.posters.get(user)
-        if poster is None:
-            if len(self.posters) > 100_000:
-                self.posters.clear()
-            poster = self.posters[user] = TokenBucket(settings.post_rate, settings.post_burst)
-        wait = poster.take()
-        if wait:
+        refused = await take(gateway.redis, [poster_bucket(user)])
+        if refused is not None:
             REFUSED.labels("poster").inc()
+            wait = refused.retry_after_ms
             return Rejection("throttle.rate_limited", f"too many posts from you; retry in {wait} ms", wait)
         if priority >= Priority.HIGH:
             return None
-        redis, now = gateway.redis, time.time()
-        counter = f"im:throttle:{stream}:{{{key}}}:{int(now)}"
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.incr(counter)
-            pipe.expire(counter, 2)
-            count, _ = await pipe.execute()
-        if count > settings.room_inbound_rate:
+        # another hash tag (the room's), so a call of its own; the user's post token stays spent
+        refused = await take(gateway.redis, [room_bucket(stream, key)])
+        if refused is not None:
             REFUSED.labels("room").inc()
-            wait = max(1, int((1 - (now % 1)) * 1000))
+            wait = refused.retry_after_ms
             return Rejection("throttle.room_busy", f"room {key} is at its limit of posts; retry in {wait} ms", wait)
         return None
 
@@ -226,11 +198,6 @@ throttle = Throttle()
 @hookimpl(tryfirst=True)  # firstresult: a plugin that rewrites the send must not skip the limits
 async def imflow_before_send(command: SendCommand, gateway: GatewayContext | None) -> Rejection | None:
     return await throttle.before_send(command, gateway)
-
-
-@hookimpl
-def imflow_on_disconnect(connection: Outbound) -> None:
-    throttle.connections.pop(connection.id, None)  # its bucket goes with it
 
 
 @hookimpl
