@@ -18,10 +18,11 @@ import signal
 import statistics
 import time
 import uuid
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from imflow.client import Client
+from imflow.core.models import direct_conversation
 from imflow.testing import ImflowProcess
 
 if __package__ in (None, ""):
@@ -41,6 +42,8 @@ class FailoverRun:
     longest_wait_s: float  # the longest send → ACK of any message sent after the fault
     longest_gap_s: float  # the longest time without any ACK, from the fault on
     recovered_after_s: float  # from the fault (restart: from the new worker's start) to the first ACK of a message sent after it
+    seq_problems: int  # conversations whose ACKed seqs are not exactly 1..n: must be 0
+    unread_problems: int  # receivers whose unread counts (per conversation or total) differ from the truth: must be 0
 
 
 async def run_once(kafka: str, redis_url: str, scenario: str, rate: float, before_s: float, after_s: float, env: dict[str, str] | None = None) -> FailoverRun:
@@ -74,11 +77,15 @@ async def _drive(stack: Stack, scenario: str, rate: float, before_s: float, afte
         answers[cmid] = answer
         acked_at.setdefault(cmid, loop.time())
 
+    conversation_of: dict[str, tuple[str, str]] = {}  # cmid -> (sender, receiver)
+
     async def send(index: int) -> None:
         client = senders[index % len(senders)]
         cmid = f"m{index}"
+        receiver = f"r{index % 64}-{run}"
         sent_at[cmid] = loop.time()
-        future = await client.send_nowait({"to": f"r{index % 64}-{run}", "body": {"text": f"#{index}"}}, cmid)
+        conversation_of[cmid] = (client.user, receiver)
+        future = await client.send_nowait({"to": receiver, "body": {"text": f"#{index}"}}, cmid)
         future.add_done_callback(lambda done: on_ack(cmid, done))
         pending.add(future)
         future.add_done_callback(pending.discard)
@@ -114,6 +121,7 @@ async def _drive(stack: Stack, scenario: str, rate: float, before_s: float, afte
         raise AssertionError(f"{len(missing)} messages got no 'sent', e.g. {missing[:5]}")
     acks = sorted(at for at in acked_at.values() if at >= fault_at)
     gaps = [b - a for a, b in zip([fault_at, *acks], acks, strict=False)]
+    seq_problems, unread_problems = await _check_seqs_and_unread(stack, conversation_of, answers)
     reference = restarted_at if restarted_at is not None else fault_at
     first_after = min(acked_at[cmid] for cmid in after if sent_at[cmid] >= reference)
     return FailoverRun(
@@ -121,7 +129,31 @@ async def _drive(stack: Stack, scenario: str, rate: float, before_s: float, afte
         longest_wait_s=round(max(acked_at[c] - sent_at[c] for c in after), 3),
         longest_gap_s=round(max(gaps), 3),
         recovered_after_s=round(first_after - reference, 3),
+        seq_problems=seq_problems, unread_problems=unread_problems,
     )
+
+
+async def _check_seqs_and_unread(stack: Stack, conversation_of: dict[str, tuple[str, str]], answers: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """Per conversation the ACKed seqs must be exactly 1..n, and each receiver's unread counts n
+    per conversation and their sum as the total (nobody has read anything)."""
+    seqs: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for cmid, pair in conversation_of.items():
+        seqs[pair].append(answers[cmid][1])
+    seq_problems = sum(1 for found in seqs.values() if sorted(found) != list(range(1, len(found) + 1)))
+    expected: dict[str, dict[str, int]] = defaultdict(dict)
+    for (sender, receiver), found in seqs.items():
+        expected[receiver][direct_conversation(sender, receiver)] = len(found)
+    unread_problems = 0
+    for receiver, counts in expected.items():
+        client = await stack.connect(receiver)
+        try:
+            state = await client.sync(limit=1)
+        finally:
+            await client.close()
+        got = {c["conversation"]: c["unread"] for c in state["conversations"]}
+        if got != counts or state["total_unread"] != sum(counts.values()):
+            unread_problems += 1
+    return seq_problems, unread_problems
 
 
 def _env_of(stack: Stack) -> dict[str, str]:
@@ -134,12 +166,15 @@ async def main() -> None:
     parser.add_argument("--scenario", choices=["kill", "restart", "both"], default="both")
     parser.add_argument("--before", type=float, default=5.0, help="seconds of traffic before the fault")
     parser.add_argument("--after", type=float, default=20.0, help="seconds of traffic after the fault")
+    parser.add_argument("--static", action="store_true", help="restart: the worker has a static group instance id")
     args = parser.parse_args()
     scenarios = ["kill", "restart"] if args.scenario == "both" else [args.scenario]
     results = []
     for scenario in scenarios:
+        # static membership needs one id per worker: only the one-worker restart can share the env
+        env = {"IMFLOW_WORKER_INSTANCE_ID": "worker-0"} if args.static and scenario == "restart" else None
         for number in range(args.runs):
-            run = await run_once(args.kafka, args.redis, scenario, args.rate, args.before, args.after)
+            run = await run_once(args.kafka, args.redis, scenario, args.rate, args.before, args.after, env)
             print(f"[failover] {scenario} run {number + 1}/{args.runs}: {json.dumps(asdict(run))}", flush=True)
             results.append(run)
     for scenario in scenarios:

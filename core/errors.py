@@ -13,6 +13,7 @@ class ErrorCode(StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     TOKEN_EXPIRED = "token_expired"
     TOKEN_INVALID = "token_invalid"
+    TOKEN_REVOKED = "token_revoked"  # imflow revoke: tokens issued until then no longer count
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     UNAVAILABLE = "unavailable"

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imflow.core import tokens
+from imflow.core import revocation
 from imflow.core.errors import ErrorCode, ImflowError
 
 from . import operations, protocol
@@ -29,6 +29,7 @@ STATUS = {
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.TOKEN_EXPIRED: 401,
     ErrorCode.TOKEN_INVALID: 401,
+    ErrorCode.TOKEN_REVOKED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.FRAME_TOO_LARGE: 413,
@@ -48,11 +49,14 @@ def error_response(error: ImflowError) -> JSONResponse:
     return JSONResponse({"error": error.to_dict()}, status_code=STATUS.get(error.code, 400))  # type: ignore[call-overload]
 
 
-def _user(request: Request) -> str:
+async def _user(request: Request) -> str:
+    """The user of the request's bearer token; raises ImflowError (unauthenticated, token_invalid,
+    token_expired, token_revoked, unavailable)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise ImflowError(ErrorCode.UNAUTHENTICATED, "send 'Authorization: Bearer <token>' (imflow token <user> prints one)")
-    return tokens.verify(request.app.state.backend.settings.secret_key.get_secret_value(), token.strip())
+    backend = request.app.state.backend
+    return (await revocation.verify(backend.redis, backend.settings.secret_key.get_secret_value(), token.strip())).user
 
 
 async def json_body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
@@ -77,7 +81,7 @@ async def json_body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
 def _endpoint(op: str, status: int = 200) -> Any:
     async def handle(request: Request) -> Response:
         try:
-            user = _user(request)
+            user = await _user(request)
             # path parameters win over the body, and 'op' comes from the route
             frame = {**(await json_body(request)), **request.path_params, "op": op}
             if op == "remove_member" and frame.get("user") == user:

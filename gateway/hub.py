@@ -17,18 +17,29 @@ import orjson
 from prometheus_client import Counter, Gauge
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from imflow.core import keys
+from imflow.core import keys, revocation
+from imflow.core.errors import ErrorCode, ImflowError
+from imflow.core.ids import now_ms
 from imflow.core.plugin_types import GatewayLoad, Priority
+from imflow.core.revocation import Revocation
+
+from . import protocol
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from starlette.websockets import WebSocket
 
+    from imflow.core.tokens import TokenClaims
+
 log = logging.getLogger(__name__)
 
 CLOSE_SLOW_CONSUMER = 4008
+CLOSE_UNAUTHENTICATED = 4401  # the token was refused, has expired or was revoked
+REVOCATION_MEMORY_S = 60.0  # how long a gateway remembers a revocation for connections still signing in
 DROPPED_FRAMES = Counter("imflow_dropped_frames", "Low-priority frames dropped because a client fell behind")
 SLOW_CLOSES = Counter("imflow_slow_connections_closed", "Connections closed (4008) for staying too slow")
+SESSIONS_ENDED = Counter("imflow_sessions_ended", "Sessions ended by their token (4401)", ["code"])
+REAUTHENTICATIONS = Counter("imflow_reauthentications", "Sessions given a fresh token on their open socket")
 LOOP_LAG = Gauge("imflow_gateway_loop_lag_ms", "How late the gateway's event loop runs timers")
 
 
@@ -55,6 +66,9 @@ class Connection:
         self.dropped = 0
         self._writer = asyncio.create_task(self._write())
         self.closed = asyncio.Event()
+        self.claims: TokenClaims | None = None  # the token this session runs on
+        self._expiry: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Task[None] | None = None
 
     @property
     def is_closed(self) -> bool:
@@ -67,6 +81,52 @@ class Connection:
     @property
     def slow(self) -> bool:
         return self._full_since is not None
+
+    def authorize(self, claims: TokenClaims) -> None:
+        """Run this session on ``claims`` (the first token, or a fresh one of a re-authentication,
+        which replaces the expiry): at its expiry the session ends (token_expired, 4401)."""
+        if self.claims is not None:
+            REAUTHENTICATIONS.inc()
+        self.claims = claims
+        self._schedule_expiry()
+
+    @property
+    def expired(self) -> bool:
+        return self.claims is not None and now_ms() >= self.claims.expires_ms
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self.claims is not None and not self.closed.is_set():
+            delay = max(0.0, (self.claims.expires_ms - now_ms()) / 1000)
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._expiry_due)
+
+    def _expiry_due(self) -> None:
+        if not self.check_expiry():
+            self._schedule_expiry()  # the loop's monotonic clock ran ahead of the wall clock a little
+
+    def check_expiry(self) -> bool:
+        """End the session if its token has expired; True if it has (then nothing more is served)."""
+        if self.expired:
+            self.end(ImflowError(ErrorCode.TOKEN_EXPIRED, "your token expired; connect again with a new one"))
+            return True
+        return False
+
+    def revoked_by(self, revoked: Revocation) -> bool:
+        """End the session if this revocation covers its token; True if it did."""
+        if self.claims is None or self.user != revoked.user or not revoked.covers(self.claims.issued_ms):
+            return False
+        self.end(ImflowError(ErrorCode.TOKEN_REVOKED, "your token was revoked; sign in again"))
+        return True
+
+    def end(self, error: ImflowError, code: int = CLOSE_UNAUTHENTICATED) -> None:
+        """End the session: ``error`` is the last frame it gets, then the socket closes with
+        ``code``. Frames still queued are dropped (the client syncs when it comes back)."""
+        if not self.closed.is_set():
+            SESSIONS_ENDED.labels(str(error.code)).inc()
+            self.closed.set()
+            self._writer.cancel()
+            self._closing = asyncio.create_task(self._close_socket(code, str(error.code), protocol.error_frame(error)))
 
     def open(self) -> None:
         """Start sending what is queued (the welcome first): the user is reachable now."""
@@ -119,10 +179,12 @@ class Connection:
         if not self.closed.is_set():
             self.closed.set()
             self._writer.cancel()
-            asyncio.create_task(self._close_socket(code, reason))
+            self._closing = asyncio.create_task(self._close_socket(code, reason))
 
-    async def _close_socket(self, code: int, reason: str) -> None:
+    async def _close_socket(self, code: int, reason: str, last: dict[str, Any] | None = None) -> None:
         with contextlib.suppress(Exception):
+            if last is not None:
+                await asyncio.wait_for(self.websocket.send_text(orjson.dumps(last).decode()), 1.0)
             await self.websocket.close(code, reason)
 
     async def _write(self) -> None:
@@ -153,8 +215,13 @@ class Connection:
                 await asyncio.wait_for(asyncio.shield(self._writer), 1.0)
         self.closed.set()
         self._writer.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._writer
+        if self._closing is not None:  # the last frame and the close code go out before the socket is let go
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._closing), 2.0)
 
 
 class LoopLag:
@@ -197,9 +264,16 @@ class Hub:
         self.lag = LoopLag()
         self.lag.on_tick = self._sweep
         self._swept = 0.0
+        # revocations heard lately, for connections that checked their token before one came
+        # and joined the hub after it: user -> (revocation, when heard, monotonic s)
+        self._revocations: dict[str, tuple[Revocation, float]] = {}
+        self._rechecks: set[asyncio.Task[None]] = set()
 
     def add(self, connection: Connection) -> None:
         self.connections[connection.user].add(connection)
+        heard = self._revocations.get(connection.user)
+        if heard is not None:
+            connection.revoked_by(heard[0])
 
     def remove(self, connection: Connection) -> None:
         held = self.connections.get(connection.user)
@@ -209,13 +283,39 @@ class Hub:
                 del self.connections[connection.user]
 
     def _sweep(self) -> None:
-        """Twice a second: close connections whose queue stayed full too long."""
+        """Twice a second: close connections whose queue stayed full too long; forget old revocations."""
         now = time.monotonic()
         if now - self._swept >= 0.5:
             self._swept = now
             for connections in list(self.connections.values()):
                 for connection in list(connections):
                     connection.check_slow(now)
+            for user, (_, heard) in list(self._revocations.items()):
+                if now - heard > REVOCATION_MEMORY_S:
+                    del self._revocations[user]
+
+    def revoke(self, revoked: Revocation) -> int:
+        """End the sessions of ``revoked.user`` whose tokens it covers; how many ended."""
+        latest = self._revocations.get(revoked.user)
+        if latest is None or latest[0].before_ms <= revoked.before_ms:
+            self._revocations[revoked.user] = (revoked, time.monotonic())
+        ended = sum(connection.revoked_by(revoked) for connection in list(self.connections.get(revoked.user, ())))
+        if ended:
+            log.info("ended %d session(s) of %s: their tokens were revoked", ended, revoked.user)
+        return ended
+
+    async def _recheck_revocations(self) -> None:
+        """After the gateways channel was lost a while: look up every held user's revocation, as
+        one may have been published meanwhile."""
+        users = list(self.connections)
+        for start in range(0, len(users), 500):
+            try:
+                found = await revocation.revoked_before(self.redis, users[start : start + 500])
+            except Exception as exc:  # the next resubscription tries again
+                log.warning("could not recheck revocations (%s)", exc)
+                return
+            for user, before_ms in found.items():
+                self.revoke(Revocation(user, before_ms))
 
     def load(self) -> GatewayLoad:
         held = [c for connections in self.connections.values() for c in connections]
@@ -249,29 +349,50 @@ class Hub:
 
     async def stop(self) -> None:
         await self.lag.stop()
+        for task in list(self._rechecks):
+            task.cancel()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
 
     async def _listen(self) -> None:
-        """Route frames published for this gateway; resubscribe after a Redis outage."""
+        """Route frames published for this gateway, and orders for all gateways; resubscribe
+        after a Redis outage."""
+        own, everyone = keys.gateway_channel(self.node), keys.gateways_channel().encode()
+        lost = False
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(keys.gateway_channel(self.node))
+                await pubsub.subscribe(own, everyone)
                 self._subscribed.set()
+                if lost:  # orders published while we were away are gone: look the state up
+                    lost = False
+                    task = asyncio.create_task(self._recheck_revocations())
+                    self._rechecks.add(task)
+                    task.add_done_callback(self._rechecks.discard)
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    if message["channel"] == everyone:
+                        self._order(message["data"])
+                    else:
                         self._route(message["data"])
             except (RedisConnectionError, OSError) as exc:
+                lost = True
                 self._subscribed.clear()
                 log.warning("gateway channel lost (%s); resubscribing", exc)
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+
+    def _order(self, data: bytes) -> None:
+        try:
+            self.revoke(Revocation.decode(data))
+        except Exception:
+            log.exception("dropped a malformed order for all gateways")
 
     def _route(self, data: bytes) -> None:
         try:

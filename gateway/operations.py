@@ -156,10 +156,6 @@ async def ping(frame: protocol.Ping, connection: Connection, backend: Backend, e
     return {"op": "pong"}
 
 
-async def already_authenticated(frame: protocol.Auth, connection: Connection, backend: Backend, extensions: Extensions) -> None:
-    raise ImflowError(ErrorCode.BAD_FRAME, "already authenticated; open a new connection to change user")
-
-
 # -- groups
 
 
@@ -215,7 +211,6 @@ HANDLERS = {
     protocol.SetRole: set_role,
     protocol.GroupMembers: group_members,
     protocol.MyGroups: my_groups,
-    protocol.Auth: already_authenticated,
     protocol.Send: send,
     protocol.Ack: ack,
     protocol.Read: read,

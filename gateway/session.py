@@ -8,13 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from imflow.core import presence, tokens
+from imflow.core import presence, revocation
 from imflow.core.errors import ErrorCode, ImflowError
+from imflow.core.ids import now_ms
 
 from . import operations, protocol
-from .hub import Connection
+from .hub import CLOSE_UNAUTHENTICATED, Connection
 
 if TYPE_CHECKING:
+    from imflow.core.tokens import TokenClaims
+
     from .app import Backend
     from .extensions import Extensions
     from .hub import Hub
@@ -22,18 +25,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUTH_TIMEOUT_S = 10
-CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_LARGE = 1009
+CLOSE_TRY_AGAIN = 1013  # the token could not be checked (Redis is out): reconnect shortly
 
 
 async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub, extensions: Extensions) -> None:
     await websocket.accept()
-    user = await _authenticate(websocket, backend)
-    if user is None:
+    claims = await _authenticate(websocket, backend)
+    if claims is None:
         return
+    user = claims.user
     connection = Connection(websocket, user, backend.settings.outbound_queue_frames, backend.settings.slow_consumer_seconds)
-    connection.push({"op": "welcome", "user": user, "node": backend.node_name})  # always the first frame
-    hub.add(connection)
+    connection.authorize(claims)  # the session ends at the token's expiry unless re-authenticated
+    # always the first frame
+    connection.push({"op": "welcome", "user": user, "node": backend.node_name, **_lifetime(claims)})
+    hub.add(connection)  # after the token check: a revocation heard meanwhile still ends it
     try:
         await _presence(presence.connected, backend, user)
         await backend.hooks.call("imflow_on_connect", user=user, node=backend.node_name, connection=connection)
@@ -55,8 +61,15 @@ async def _presence(change: Any, backend: Backend, user: str) -> None:
         log.warning("presence of %s not recorded (%s); the client will still sync", user, exc)
 
 
-async def _authenticate(websocket: WebSocket, backend: Backend) -> str | None:
-    """The user of a valid first ``auth`` frame; otherwise an error frame, a 4401 close and None."""
+def _lifetime(claims: TokenClaims) -> dict[str, int]:
+    """When the session's token expires: a Unix time in ms (the server's clock), and in ms from
+    now (for clients whose clock differs), so the client can re-authenticate before it."""
+    return {"expires_at_ms": claims.expires_ms, "expires_in_ms": max(0, claims.expires_ms - now_ms())}
+
+
+async def _authenticate(websocket: WebSocket, backend: Backend) -> TokenClaims | None:
+    """The claims of a valid first ``auth`` frame; otherwise an error frame, a close (4401, or
+    1013 when the token cannot be checked now) and None."""
     try:
         message = await asyncio.wait_for(websocket.receive(), AUTH_TIMEOUT_S)
     except (TimeoutError, asyncio.TimeoutError):
@@ -72,7 +85,7 @@ async def _authenticate(websocket: WebSocket, backend: Backend) -> str | None:
         frame = protocol.parse(text)
         if not isinstance(frame, protocol.Auth):
             raise ImflowError(ErrorCode.UNAUTHENTICATED, "the first frame must be {\"op\": \"auth\", \"token\": ...}")
-        return tokens.verify(backend.settings.secret_key.get_secret_value(), frame.token)
+        return await revocation.verify(backend.redis, backend.settings.secret_key.get_secret_value(), frame.token)
     except ImflowError as error:
         return await _refuse(websocket, error, protocol.ref_of(text))
 
@@ -80,24 +93,25 @@ async def _authenticate(websocket: WebSocket, backend: Backend) -> str | None:
 async def _refuse(websocket: WebSocket, error: ImflowError, ref: Any) -> None:
     try:
         await websocket.send_json(protocol.error_frame(error, ref))
-        code = CLOSE_TOO_LARGE if error.code == ErrorCode.FRAME_TOO_LARGE else CLOSE_UNAUTHENTICATED
+        code = {ErrorCode.FRAME_TOO_LARGE: CLOSE_TOO_LARGE, ErrorCode.UNAVAILABLE: CLOSE_TRY_AGAIN}.get(error.code, CLOSE_UNAUTHENTICATED)  # type: ignore[call-overload]
         await websocket.close(code, str(error.code))
     except Exception:  # the client left already
         pass
     return None
 
 
-def _frame_text(message: dict[str, Any]) -> str | None:
-    """A frame's text (binary frames are read as UTF-8), or None when the client left."""
+def _frame_text(message: dict[str, Any]) -> str | bytes | None:
+    """A frame's text, or a binary frame's bytes as they came (protocol.parse refuses any that
+    are not UTF-8: nothing is ever replaced with U+FFFD), or None when the client left."""
     if message["type"] == "websocket.disconnect":
         return None
     text = message.get("text")
     if text is None:
-        text = (message.get("bytes") or b"").decode("utf-8", "replace")
+        return message.get("bytes") or b""
     return text
 
 
-def _check_size(text: str, backend: Backend) -> None:
+def _check_size(text: str | bytes, backend: Backend) -> None:
     # uvicorn already closes with 1009 above ws_max_size; this covers servers that do not
     if len(text) > backend.settings.max_frame_bytes:
         raise ImflowError(ErrorCode.FRAME_TOO_LARGE, f"frames are limited to {backend.settings.max_frame_bytes} bytes")
@@ -113,12 +127,17 @@ async def _serve(websocket: WebSocket, backend: Backend, connection: Connection,
         text = _frame_text(message)
         if text is None:
             return
+        if connection.closed.is_set() or connection.check_expiry():
+            return  # the session ended (its token expired or was revoked) as the frame came: not served
         ref = None
         try:
             _check_size(text, backend)
             frame = protocol.parse(text, plugin_ops)
             ref = frame.ref
-            reply = await operations.handle(frame, connection, backend, extensions)
+            if isinstance(frame, protocol.Auth):
+                reply = await _reauthenticate(frame, connection, backend)
+            else:
+                reply = await operations.handle(frame, connection, backend, extensions)
         except ImflowError as error:
             connection.push(protocol.error_frame(error, ref if ref is not None else protocol.ref_of(text)))
             if error.code == ErrorCode.FRAME_TOO_LARGE:
@@ -133,3 +152,17 @@ async def _serve(websocket: WebSocket, backend: Backend, connection: Connection,
             if ref is not None:
                 reply["ref"] = ref
             connection.push(reply)
+
+
+async def _reauthenticate(frame: protocol.Auth, connection: Connection, backend: Backend) -> dict[str, Any] | None:
+    """``auth`` on an authenticated socket: a fresh token of the same user replaces the session's
+    token, and so its expiry; the reply is ``reauthed``. A refused token (token_invalid,
+    token_expired, token_revoked, unavailable, or forbidden for another user's) leaves the
+    session as it was: it still ends when its own token expires."""
+    claims = await revocation.verify(backend.redis, backend.settings.secret_key.get_secret_value(), frame.token)
+    if claims.user != connection.user:
+        raise ImflowError(ErrorCode.FORBIDDEN, f"this connection is {connection.user}'s; open a new connection to sign in as another user")
+    if connection.closed.is_set():  # revoked or expired while the token was checked
+        return None
+    connection.authorize(claims)
+    return {"op": "reauthed", "user": claims.user, **_lifetime(claims)}

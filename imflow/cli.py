@@ -98,6 +98,53 @@ def token(user: Annotated[str, typer.Argument(help="The user id the token names"
         raise typer.Exit(2) from exc
 
 
+@cli.command()
+def revoke(
+    user: Annotated[str, typer.Argument(help="The user whose tokens to revoke")],
+    redis: RedisOpt = None,
+    server: Annotated[str | None, typer.Option("--server", help="Ask this running server instead (POST /dev/revoke, where dev login is on), e.g. http://127.0.0.1:8080; the default without Redis")] = None,
+) -> None:
+    """Revoke USER's tokens issued until now: they are refused from now on (WebSocket and HTTP),
+    and the sessions they opened end on every gateway within seconds (token_revoked, close
+    4401). Tokens issued afterwards work."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    settings = load_settings(redis_url=redis)
+    if settings.redis_url and not server:
+        from imflow.core import revocation
+        from imflow.core.redis_client import connect
+
+        async def run() -> int:
+            client = connect(settings.redis_url)
+            try:
+                return (await revocation.revoke(client, user)).before_ms
+            finally:
+                await client.aclose()
+
+        try:
+            revoked_ms = asyncio.run(run())
+        except ValueError as exc:
+            typer.secho(str(exc), fg="red", err=True)
+            raise typer.Exit(2) from exc
+    else:  # the embedded server keeps its Redis in its own process: ask it
+        import httpx
+
+        url = (server or f"http://{settings.host}:{settings.port}").rstrip("/")
+        try:
+            reply = httpx.post(f"{url}/dev/revoke", json={"user": user}, timeout=10)
+        except httpx.HTTPError as exc:
+            typer.secho(f"{url} does not answer ({exc}); with real servers pass --redis or set IMFLOW_REDIS_URL", fg="red", err=True)
+            raise typer.Exit(2) from exc
+        if reply.status_code != 200:
+            why = "it has no development sign-in (IMFLOW_DEV_LOGIN); revoke through its Redis with --redis" if reply.status_code in (404, 405) else reply.text
+            typer.secho(f"{url} refused: {why}", fg="red", err=True)
+            raise typer.Exit(2)
+        revoked_ms = reply.json()["revoked_ms"]
+    when = datetime.fromtimestamp(revoked_ms / 1000, UTC).isoformat(timespec="milliseconds")
+    typer.echo(f"revoked the tokens of {user} issued until {when} (Unix ms {revoked_ms})")
+
+
 repair_cli = typer.Typer(help="Rebuild derived state from the source of truth.", no_args_is_help=True)
 cli.add_typer(repair_cli, name="repair")
 cli.add_typer(archive_cli, name="archive")

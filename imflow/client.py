@@ -4,7 +4,9 @@
         sent = await alice.send_text("bob", "hello")          # resends on timeout, same cmid
         push = await bob.next_message()                      # {"op": "msg", "message": ..., "unread": ...}
 
-Replies are matched to requests by ``ref``; pushes (msg, unread) wait in a queue.
+Replies are matched to requests by ``ref``; pushes (msg, unread) wait in a queue. A session
+ends when its token expires unless ``reauth`` gave it a fresh one first (``expires_at_ms``
+says when); the error frame that ended it is in ``errors``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Client:
         self.user = user
         self.pushes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.errors: list[dict[str, Any]] = []  # error frames that answered no request
+        self.expires_at_ms: int | None = None  # when the session's token expires (server clock, Unix ms)
         self._refs = itertools.count(1)
         self._replies: dict[Any, asyncio.Future[dict[str, Any]]] = {}
         self._sent: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -47,7 +50,9 @@ class Client:
         if welcome.get("op") != "welcome":
             await websocket.close()
             raise ClientError(welcome)
-        return cls(websocket, welcome["user"])
+        client = cls(websocket, welcome["user"])
+        client.expires_at_ms = welcome.get("expires_at_ms")
+        return client
 
     async def __aenter__(self) -> Client:
         return self
@@ -121,6 +126,17 @@ class Client:
 
     async def delete(self, conversation: str, mid: int) -> dict[str, Any]:
         return await self.request({"op": "delete", "conversation": conversation, "mid": mid})
+
+    async def reauth(self, token: str) -> dict[str, Any]:
+        """Give this session a fresh token of the same user before its own expires.
+
+        Returns the ``reauthed`` frame ({user, expires_at_ms, expires_in_ms}); a refused token
+        raises ClientError (token_invalid, token_expired, token_revoked, or forbidden when it
+        names another user) and the session keeps its old expiry.
+        """
+        reply = await self.request({"op": "auth", "token": token})
+        self.expires_at_ms = reply.get("expires_at_ms")
+        return reply
 
     async def ping(self) -> dict[str, Any]:
         return await self.request({"op": "ping"})

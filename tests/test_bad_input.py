@@ -77,7 +77,7 @@ BAD_FRAMES = [
     ('{"op": "read", "conversation": "p:a:b", "seq": 1.5}', "bad_frame"),
     ('{"op": "sync", "limit": 100000}', "bad_frame"),
     ('{"op": "history", "conversation": "x:y"}', "bad_frame"),
-    ('{"op": "auth", "token": "again"}', "bad_frame"),
+    ('{"op": "auth", "token": "again"}', "token_invalid"),  # a re-authentication with a bad token
 ]
 
 

@@ -1,7 +1,10 @@
 // One WebSocket to the gateway that served this page. It authenticates with the first frame,
 // matches replies to requests by `ref`, and reconnects by itself after a growing pause.
+// A session lasts as long as its token: given a `renew` function (async, resolves to a fresh
+// token of the same user), it re-authenticates on the open socket before the token expires.
 // Events: 'status' {status, retryInMs}, 'welcome' (frame), 'frame' (pushes and unmatched
-// frames), 'unauthorized' (the error frame that refused the token).
+// frames), 'unauthorized' (the error frame that refused or ended the session), 'token' (the
+// fresh token a re-authentication put in place).
 
 export const CONNECTING = 'connecting';
 export const ONLINE = 'online';
@@ -10,7 +13,8 @@ export const OFFLINE = 'offline';
 const REQUEST_TIMEOUT_MS = 10_000;
 const PING_EVERY_MS = 20_000; // notices a connection that died without a close
 const BACKOFF_MS = [300, 600, 1200, 2000, 3000];
-const AUTH_ERRORS = new Set(['unauthenticated', 'token_invalid', 'token_expired']);
+const AUTH_ERRORS = new Set(['unauthenticated', 'token_invalid', 'token_expired', 'token_revoked']);
+const RENEW_BEFORE_MS = 60_000; // renew a minute before expiry (at 80% of a short token's life)
 
 export class RequestError extends Error {
   constructor(frame) {
@@ -27,12 +31,15 @@ export class Connection extends EventTarget {
   #attempt = 0;
   #retryTimer = null;
   #pingTimer = null;
+  #renewTimer = null;
+  #ended = null; // the error frame that ended a welcomed session (token_expired, token_revoked)
   #stopped = true;
 
-  constructor(url, token) {
+  constructor(url, token, { renew = null } = {}) {
     super();
     this.url = url;
     this.token = token;
+    this.renew = renew;
     this.status = OFFLINE;
   }
 
@@ -78,6 +85,7 @@ export class Connection extends EventTarget {
     this.#setStatus(CONNECTING);
     const ws = new WebSocket(this.url);
     this.#ws = ws;
+    this.#ended = null;
     let welcomed = false;
     let refusal = null;
     ws.onopen = () => ws.send(JSON.stringify({ op: 'auth', token: this.token }));
@@ -94,6 +102,7 @@ export class Connection extends EventTarget {
         this.#attempt = 0;
         this.#setStatus(ONLINE);
         this.#keepAlive(ws);
+        this.#scheduleRenewal(ws, frame.expires_in_ms);
         this.dispatchEvent(new CustomEvent('welcome', { detail: frame }));
       } else if (frame.op === 'error') {
         refusal = frame;
@@ -101,6 +110,7 @@ export class Connection extends EventTarget {
     };
     ws.onclose = (event) => {
       if (this.#ws !== ws) return; // dropped on purpose already
+      if (welcomed && refusal === null) refusal = this.#ended; // the frame that ended the session
       if (event.code === 4401 || AUTH_ERRORS.has(refusal?.code)) {
         this.#drop(ws, 'refused');
         this.#stopped = true;
@@ -113,6 +123,7 @@ export class Connection extends EventTarget {
   }
 
   #dispatch(frame) {
+    if (frame.op === 'error' && frame.ref === undefined && AUTH_ERRORS.has(frame.code)) this.#ended = frame;
     const waiting = frame.ref !== undefined && this.#pending.get(frame.ref);
     if (waiting) {
       this.#pending.delete(frame.ref);
@@ -122,6 +133,29 @@ export class Connection extends EventTarget {
       if (frame.op !== 'error' || frame.cmid === undefined) return;
     }
     this.dispatchEvent(new CustomEvent('frame', { detail: frame }));
+  }
+
+  /** Re-authenticate on this socket shortly before the token expires, when there is a way to renew. */
+  #scheduleRenewal(ws, expiresInMs) {
+    clearTimeout(this.#renewTimer);
+    if (!this.renew || typeof expiresInMs !== 'number') return;
+    const lead = expiresInMs < 5 * RENEW_BEFORE_MS ? expiresInMs * 0.2 : RENEW_BEFORE_MS;
+    this.#renewTimer = setTimeout(() => this.#renewOn(ws), Math.max(0, expiresInMs - lead));
+  }
+
+  async #renewOn(ws) {
+    if (this.#ws !== ws) return;
+    try {
+      const token = await this.renew();
+      const reply = await this.request({ op: 'auth', token });
+      if (this.#ws !== ws) return;
+      this.token = token;
+      this.dispatchEvent(new CustomEvent('token', { detail: token }));
+      this.#scheduleRenewal(ws, reply.expires_in_ms);
+    } catch (error) {
+      // the session ends at expiry; 'unauthorized' then lets the page sign in again
+      console.warn('could not renew the token', error);
+    }
   }
 
   #keepAlive(ws) {
@@ -136,6 +170,7 @@ export class Connection extends EventTarget {
   #drop(ws, reason) {
     if (this.#ws === ws) this.#ws = null;
     clearInterval(this.#pingTimer);
+    clearTimeout(this.#renewTimer);
     ws.onopen = ws.onmessage = ws.onclose = null;
     try {
       ws.close();

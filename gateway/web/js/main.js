@@ -72,7 +72,10 @@ $('#token-button').addEventListener('click', () => {
 function start(session) {
   show('app');
   const store = new Store(session.user);
-  const connection = new Connection(socketUrl(), session.token);
+  // a development session renews its token on the open socket before it expires
+  const renew = session.dev ? () => devToken(session.user) : null;
+  const connection = new Connection(socketUrl(), session.token, { renew });
+  connection.addEventListener('token', ({ detail }) => saveSession({ ...session, token: detail }));
   const outbox = new Outbox(connection, `imflow.outbox.${session.user}`);
   const chat = new Chat(connection, store, outbox);
   const dialogs = setUpDialogs({ store, chat, openConversation });
