@@ -30,7 +30,7 @@ from imflow.core.settings import Settings
 from imflow.gateway.app import create_gateway
 from imflow.node import Node
 from imflow.plugin_manager import make_hooks
-from imflow.testing import free_port
+from imflow.testing import listening_socket
 
 
 @dataclass
@@ -57,30 +57,32 @@ class EmbeddedServer:
 @contextlib.asynccontextmanager
 async def run_embedded(data_dir: Path, plugins: list[tuple[str, Any]] | None = None, **settings: Any) -> AsyncIterator[EmbeddedServer]:
     """An embedded imflow with these plugins (name, module or object) and settings overrides."""
-    port = free_port()
-    config = Settings(
-        kafka_url=None,
-        redis_url=None,
-        data_dir=data_dir,
-        port=port,
-        secret_key="test-secret-" + uuid.uuid4().hex,
-        archive_flush_seconds=0.2,
-        **settings,
-    )
-    node = Node(config, run_agents=True, hooks=make_hooks(config, extra=plugins or []))
-    server = uvicorn.Server(
-        uvicorn.Config(create_gateway(node), host="127.0.0.1", port=port, log_level="warning", ws_per_message_deflate=False)
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            serving.result()  # start-up failed: raise its error
-        await asyncio.sleep(0.02)
-    try:
-        yield EmbeddedServer(config, node, port)
-    finally:
-        server.should_exit = True
-        await serving
+    # the socket is bound here and handed to uvicorn: no other process can take the port meanwhile
+    with contextlib.closing(listening_socket()) as sock:
+        port = sock.getsockname()[1]
+        config = Settings(
+            kafka_url=None,
+            redis_url=None,
+            data_dir=data_dir,
+            port=port,
+            secret_key="test-secret-" + uuid.uuid4().hex,
+            archive_flush_seconds=0.2,
+            **settings,
+        )
+        node = Node(config, run_agents=True, hooks=make_hooks(config, extra=plugins or []))
+        server = uvicorn.Server(
+            uvicorn.Config(create_gateway(node), host="127.0.0.1", port=port, log_level="warning", ws_per_message_deflate=False)
+        )
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            while not server.started:  # the condition, polled: start-up takes longer on a loaded machine
+                if serving.done():
+                    serving.result()  # start-up failed: raise its error
+                await asyncio.sleep(0.02)
+            yield EmbeddedServer(config, node, port)
+        finally:
+            server.should_exit = True
+            await serving
 
 
 @pytest.fixture

@@ -52,6 +52,21 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_process_left_behind():
+    """Every imflow process that a module's tests and fixtures started has stopped by the end of
+    the module: a leftover worker would consume from the shared services during the next tests."""
+    from imflow.testing import still_running
+
+    before = set(still_running())
+    yield
+    left = [proc for proc in still_running() if proc not in before]
+    for proc in left:
+        proc.kill()
+        proc.wait()
+    assert not left, f"processes left running (now killed): {[' '.join(map(str, proc.args[2:])) for proc in left]}"
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """URL of the real redis-server (a database of its own for tests)."""

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imflow.testing import ImflowProcess, free_port
+from imflow.testing import ImflowProcess, start_listening
 
 from imflow.core import tokens
 
@@ -53,12 +53,12 @@ class Stack:
         return tokens.issue(SECRET, user, ttl)
 
     def start_gateway(self, command: list[str]) -> None:
-        port = free_port()
         index = len(self.gateways)
-        process = ImflowProcess([*command, "--port", str(port)], self.env, self.folder / f"{command[0]}{index}.log", self.folder)
+        # a free port, and another one if something takes it before the gateway binds it
+        process, port, ready = start_listening(command, self.env, self.folder / f"{command[0]}{index}.log", self.folder)
         self.gateways.append(process)
         self.ports.append(port)
-        assert process.wait_http(f"http://127.0.0.1:{port}/readyz").status_code == 200, process.output()
+        assert ready.status_code == 200, process.output()
 
     def start_worker(self) -> None:
         self.workers_started += 1
@@ -82,8 +82,15 @@ class Stack:
             process.terminate()
 
     def stop(self) -> None:
+        """Stop every process gracefully; fails (after stopping them all) if one did not."""
+        failures = []
         for process in [*self.gateways, *([self.worker] if self.worker else [])]:
-            process.stop_gracefully()
+            try:
+                process.stop_gracefully()
+            except AssertionError as failure:  # the others are stopped all the same
+                failures.append(failure)
+        if failures:
+            raise failures[0]
 
 
 def embedded_stack(folder: Path, extra_env: dict[str, str] | None = None) -> Stack:

@@ -57,20 +57,33 @@ def test_an_empty_archive_has_empty_views(tmp_path: Path) -> None:
 def test_open_while_a_writer_seals_segments(tmp_path: Path) -> None:
     layout = ArchiveLayout(tmp_path)
     done = threading.Event()
+    halfway = threading.Event()  # the writer has sealed half of its segments
+    read_halfway = threading.Event()  # the reader has read twice since: the writer may go on
 
     def writer() -> None:
-        for n in range(40):
-            write_segments(layout, [record("p:a:b", n * 10 + i + 1, "a", ["a", "b"], EPOCH_MS + HOUR + n * 10 + i) for i in range(10)])
-            time.sleep(0.005)  # a writer seals now and then, not all at once
-        done.set()
+        try:
+            for n in range(40):
+                if n == 20:
+                    # not left to luck: a slow start of the reader must not find the writer done
+                    halfway.set()
+                    assert read_halfway.wait(60), "the reader never read"
+                write_segments(layout, [record("p:a:b", n * 10 + i + 1, "a", ["a", "b"], EPOCH_MS + HOUR + n * 10 + i) for i in range(10)])
+                time.sleep(0.005)  # a writer seals now and then, not all at once
+        finally:
+            done.set()
 
     thread = threading.Thread(target=writer)
     thread.start()
     archive = Archive(tmp_path)
     counts = []
+    since_halfway = 0
     while not done.is_set():
         archive.refresh()
         counts.append(archive.scalar("SELECT count(*) FROM im_msg_content"))
+        if halfway.is_set():
+            since_halfway += 1
+            if since_halfway >= 2:
+                read_halfway.set()
     thread.join()
     archive.refresh()
     assert archive.scalar("SELECT count(*) FROM im_msg_content") == 400

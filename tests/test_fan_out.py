@@ -3,6 +3,7 @@ the real redis-server: one stored copy, counts flushed from seqs, replays and sw
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import orjson
@@ -40,18 +41,33 @@ async def unread(redis, user: str, conversation: str) -> tuple[int, int]:
 
 
 async def published(redis, node: str):
-    """Subscribe to a gateway's channel; returns a function giving the events seen so far."""
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(keys.gateway_channel(node))
+    """Subscribe to a gateway's channel; returns a function giving the events seen so far.
+
+    Nothing is left to how long a poll waits: the subscription is confirmed before any send,
+    and ``events`` publishes a marker of its own and reads up to it. Redis delivers a channel's
+    messages in the order it ran the PUBLISH commands, so everything published before the
+    call (by a send that has returned) is in by then, and nothing later is waited for.
+    """
+    channel = keys.gateway_channel(node)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(channel)
+    async with asyncio.timeout(30):
+        while (await pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
+            pass
     seen: list[dict] = []
+    markers = itertools.count()
 
     async def events() -> list[dict]:
-        # an ignored subscribe confirmation also reads as None: poll for a fixed while instead
-        for _ in range(5):
-            message = await pubsub.get_message(timeout=0.05)
-            if message is not None:
+        marker = f"end of events {next(markers)}".encode()
+        await redis.publish(channel, marker)
+        async with asyncio.timeout(30):
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None:
+                    continue
+                if message["data"] == marker:
+                    return seen
                 seen.extend(orjson.loads(message["data"]))
-        return seen
 
     return pubsub, events
 

@@ -19,8 +19,10 @@ async def refused(call, code: str) -> None:
 
 async def test_every_member_gets_every_group_message_in_order(stack, users) -> None:
     names = [users.ann, users.ben, users.cat, users.dan]
-    clients = [await connect(stack, name, gateway=i) for i, name in enumerate(names)]
+    clients: list[Client] = []
     try:
+        for i, name in enumerate(names):
+            clients.append(await connect(stack, name, gateway=i))
         ann = clients[0]
         group = await ann.request({"op": "create_group", "name": "team", "members": names[1:]})
         assert group["members"] == {names[0]: "owner", **{n: "member" for n in names[1:]}}
@@ -93,8 +95,10 @@ async def test_late_joiners_see_only_what_comes_after(stack, users) -> None:
 
 async def test_a_group_red_packet_is_shared_by_the_fastest(stack, users) -> None:
     names = [users.p0, users.p1, users.p2, users.p3, users.p4]
-    clients = [await connect(stack, name) for name in names]
+    clients: list[Client] = []
     try:
+        for name in names:
+            clients.append(await connect(stack, name))
         group = await clients[0].request({"op": "create_group", "name": "lucky", "members": names[1:]})
         sent = await clients[0].send({"conversation": group["conversation"], "type": "red_packet",
                                       "body": {"total_cents": 1000, "count": 3, "greeting": "go"}})

@@ -9,6 +9,7 @@ import time
 
 from imflow.core.plugin_types import Priority
 from imflow.gateway.hub import CLOSE_SLOW_CONSUMER, Connection
+from imflow.testing import eventually
 
 
 class StuckSocket:
@@ -30,8 +31,12 @@ async def stuck_connection(limit: int = 4, slow_seconds: float = 60) -> tuple[Co
     connection = Connection(socket, "viewer", limit, slow_seconds)  # type: ignore[arg-type]
     connection.open()
     connection.push_raw(b"in flight")  # the writer takes it and blocks on the socket
-    await asyncio.sleep(0)
+    await eventually(lambda: _now(connection.queued == 0), timeout=5, interval=0)
     return connection, socket
+
+
+async def _now(value):
+    return value
 
 
 async def test_low_priority_frames_go_first_when_the_queue_is_full() -> None:
@@ -54,8 +59,7 @@ async def test_a_connection_that_cannot_keep_even_its_important_frames_is_closed
     assert not connection.is_closed, "up to twice the queue for frames that may not be dropped"
     connection.push_raw(b"host 8", Priority.HIGH)
     assert connection.is_closed
-    await asyncio.sleep(0)
-    assert socket.closed_with == CLOSE_SLOW_CONSUMER
+    assert await eventually(lambda: _now(socket.closed_with), timeout=5, interval=0) == CLOSE_SLOW_CONSUMER
 
 
 async def test_a_connection_whose_queue_stays_full_is_closed() -> None:
@@ -63,8 +67,6 @@ async def test_a_connection_whose_queue_stays_full_is_closed() -> None:
     for i in range(3):
         connection.push_raw(f"m{i}".encode())
     assert connection.slow and not connection.is_closed
-    await asyncio.sleep(0.3)
-    connection.check_slow(time.monotonic())  # what the hub does twice a second
+    connection.check_slow(time.monotonic() + 0.3)  # what the hub does twice a second, 0.3 s later
     assert connection.is_closed
-    await asyncio.sleep(0)
-    assert socket.closed_with == CLOSE_SLOW_CONSUMER
+    assert await eventually(lambda: _now(socket.closed_with), timeout=5, interval=0) == CLOSE_SLOW_CONSUMER

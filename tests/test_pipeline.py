@@ -6,6 +6,7 @@ redis-server; embedded it runs on the in-process transport and fakeredis.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -84,7 +85,9 @@ def command(i: int) -> SendCommand:
 async def test_ingest_assigns_gap_free_seqs_once_per_client_message(pipeline: Pipeline) -> None:
     acks = pipeline.redis.pubsub()
     await acks.subscribe(keys.gateway_channel(GATEWAY))
-    await acks.get_message(timeout=5)  # the subscribe confirmation
+    async with asyncio.timeout(30):  # subscribed for sure before anything is sent
+        while (await acks.get_message(timeout=1.0) or {}).get("type") != "subscribe":
+            pass
 
     originals = [command(i) for i in range(20)]
     resends = originals[:10]  # a client that timed out sends the same client message id again

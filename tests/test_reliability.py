@@ -100,10 +100,10 @@ async def send_all(stack, sender: str, receiver: str, rng: random.Random, restar
                 old = f"m{rng.randrange(i)}"
                 again = await alice.send(receiver, "resent", cmid=old)
                 assert (again["mid"], again["seq"]) == answers[old], "a resend gets the first answer"
-        if restart is not None:
-            await restart
     finally:
         await alice.close()
+        if restart is not None:  # even after a failure: the stack must have its worker back
+            await restart
     assert alice.reconnects > 3, "the sender really lost its connection several times"
     return answers
 
@@ -114,9 +114,11 @@ async def test_every_message_exactly_once_in_order_with_true_unread(stack, users
     receiver = Receiver(stack, users.bob, rng)
     receiving = asyncio.create_task(receiver.run())
     restart_at = N // 2 if stack.kind == "real" else None
-    answers = await send_all(stack, users.alice, users.bob, rng, restart_at)
-    receiver.stop.set()
-    await receiving
+    try:
+        answers = await send_all(stack, users.alice, users.bob, rng, restart_at)
+    finally:  # the receiver stops (and closes its connection) whatever happened to the sender
+        receiver.stop.set()
+        await receiving
 
     assert sorted(seq for _, seq in answers.values()) == list(range(1, N + 1)), "sender ACKs: gap-free seqs"
 

@@ -3,15 +3,14 @@
 from pathlib import Path
 
 import pytest
-from imflow.testing import ImflowProcess, free_port
+from imflow.testing import free_port, start_listening
 
 
 def test_serve_embedded_needs_no_servers(tmp_path: Path) -> None:
-    port = free_port()
     env = {"IMFLOW_KAFKA_URL": "", "IMFLOW_REDIS_URL": "", "IMFLOW_DATA_DIR": str(tmp_path / "data")}
-    serve = ImflowProcess(["serve", "--port", str(port)], env, tmp_path / "serve.log", tmp_path)
+    serve, port, alive = start_listening(["serve"], env, tmp_path / "serve.log", tmp_path, ready_path="/healthz")
     try:
-        assert serve.wait_http(f"http://127.0.0.1:{port}/healthz").json() == {"status": "alive"}
+        assert alive.json() == {"status": "alive"}
         home = serve.wait_http(f"http://127.0.0.1:{port}/")
         assert home.status_code == 200 and "imflow is running" in home.text and "/ws" in home.text
         ready = serve.wait_http(f"http://127.0.0.1:{port}/readyz")
@@ -26,13 +25,9 @@ def test_serve_embedded_needs_no_servers(tmp_path: Path) -> None:
 @pytest.mark.kafka
 @pytest.mark.redis
 def test_gateway_on_real_servers_is_ready(tmp_path: Path, kafka_url: str, redis_url: str, app_id: str) -> None:
-    port = free_port()
     env = {"IMFLOW_APP_ID": app_id}
-    gateway = ImflowProcess(
-        ["gateway", "--port", str(port), "--kafka", kafka_url, "--redis", redis_url], env, tmp_path / "gw.log", tmp_path
-    )
+    gateway, _, ready = start_listening(["gateway", "--kafka", kafka_url, "--redis", redis_url], env, tmp_path / "gw.log", tmp_path)
     try:
-        ready = gateway.wait_http(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"] == {"redis": True, "kafka": True, "gateway_channel": True}
     finally:
@@ -41,16 +36,12 @@ def test_gateway_on_real_servers_is_ready(tmp_path: Path, kafka_url: str, redis_
 
 @pytest.mark.kafka
 def test_gateway_reports_unready_when_redis_does_not_answer(tmp_path: Path, kafka_url: str, app_id: str) -> None:
-    port = free_port()
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    gateway = ImflowProcess(
-        ["gateway", "--port", str(port), "--kafka", kafka_url, "--redis", dead_redis],
-        {"IMFLOW_APP_ID": app_id},
-        tmp_path / "gw.log",
-        tmp_path,
+    gateway, port, ready = start_listening(
+        ["gateway", "--kafka", kafka_url, "--redis", dead_redis], {"IMFLOW_APP_ID": app_id}, tmp_path / "gw.log", tmp_path,
+        ready_status=None,  # its first answer, whatever it says
     )
     try:
-        ready = gateway.wait_http(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["redis"] is False
         assert ready.json()["checks"]["gateway_channel"] is False
@@ -66,11 +57,10 @@ async def test_serve_with_real_kafka_and_redis_runs_faust_in_process(tmp_path: P
     from imflow.client import Client
     from imflow.core import tokens
 
-    port, secret = free_port(), "k" * 40
+    secret = "k" * 40
     env = {"IMFLOW_APP_ID": app_id, "IMFLOW_SECRET_KEY": secret, "IMFLOW_DATA_DIR": str(tmp_path / "data")}
-    serve = ImflowProcess(["serve", "--port", str(port), "--kafka", kafka_url, "--redis", redis_url], env, tmp_path / "serve.log", tmp_path)
+    serve, port, ready = start_listening(["serve", "--kafka", kafka_url, "--redis", redis_url], env, tmp_path / "serve.log", tmp_path)
     try:
-        ready = serve.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=90)
         assert ready.json()["checks"] == {"redis": True, "kafka": True, "gateway_channel": True}
         url = f"ws://127.0.0.1:{port}/ws"
         a, b = f"alice-{app_id}", f"bob-{app_id}"  # users of this test only: the database is shared

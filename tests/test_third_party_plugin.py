@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from imflow.client import Client
-from imflow.testing import ImflowProcess, eventually, free_port
+from imflow.testing import eventually, start_listening
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "imflow-shout"
 
@@ -42,11 +42,10 @@ async def test_its_type_operation_and_agent_work_in_a_running_imflow(installed: 
     from imflow.core import tokens
 
     secret = "s" * 40
-    port = free_port()
     env = {"PYTHONPATH": os.pathsep.join([str(installed), os.environ.get("PYTHONPATH", "")]), "IMFLOW_SECRET_KEY": secret, "IMFLOW_KAFKA_URL": "", "IMFLOW_REDIS_URL": ""}
-    serve = ImflowProcess(["serve", "--port", str(port), "--data-dir", str(tmp_path / "data")], env, tmp_path / "serve.log", tmp_path)
+    serve, port, ready = start_listening(["serve", "--data-dir", str(tmp_path / "data")], env, tmp_path / "serve.log", tmp_path)
     try:
-        serve.wait_http(f"http://127.0.0.1:{port}/readyz")
+        assert ready.status_code == 200, serve.output()
         url = f"ws://127.0.0.1:{port}/ws"
         async with await Client.connect(url, tokens.issue(secret, "alice", 60)) as alice, await Client.connect(url, tokens.issue(secret, "bob", 60)) as bob:
             await alice.send({"to": "bob", "type": "shout", "body": {"text": "hello"}})

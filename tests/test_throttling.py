@@ -84,7 +84,7 @@ def limits(monkeypatch: pytest.MonkeyPatch):
 
 
 async def _outcome(call) -> str | dict:
-    """'sent' (or the reply), or the error frame that refused it."""
+    """'sent' if the call (a send or any request) succeeded, else the error frame that refused it."""
     try:
         await call
     except ClientError as error:

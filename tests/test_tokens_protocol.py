@@ -4,7 +4,7 @@ import json
 
 import jwt
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imflow.core import tokens
@@ -71,7 +71,7 @@ frame_like = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # no clock in the verdict
 @given(st.one_of(json_values, frame_like).map(lambda v: json.dumps(v).encode()) | st.binary(max_size=200))
 def test_no_input_escapes_parse_as_anything_but_a_coded_error(data: bytes) -> None:
     """Whatever bytes a client sends, parsing gives a frame or an ImflowError with a known code."""
