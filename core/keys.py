@@ -146,3 +146,21 @@ def gateways_channel() -> str:
     """Pub/sub channel every gateway listens on, besides its own: orders for all of them
     (close a user's sessions after a revocation). Not under ``im:gw:``, so no node name clashes."""
     return f"{PREFIX}:gateways"
+
+
+def gateways_alive() -> str:
+    """Sorted set gateway node -> the Unix ms (Redis's clock) until which it is presumed alive:
+    each gateway's heartbeat pushes its own on; one past it names a dead gateway to sweep."""
+    return f"{PREFIX}:{{gateways}}:alive"
+
+
+def gateway_sweeping(node: str) -> str:
+    """Held (a sweeper's token) while a dead gateway's presence entries are swept; the same
+    hash tag as ``gateways_alive``, as one script claims the sweep on both."""
+    return f"{PREFIX}:{{gateways}}:sweeping:{node}"
+
+
+def gateway_users(node: str) -> str:
+    """Hash user -> connections the gateway holds: where a sweep finds the dead gateway's
+    entries in the users' ``user_gateways`` and their groups' ``group_online`` hashes."""
+    return f"{PREFIX}:{{gw:{node}}}:users"

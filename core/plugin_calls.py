@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pluggy
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import hookspecs
 
@@ -46,6 +48,9 @@ class Hooks:
         for impl in self._implementations(name):
             try:
                 value = await await_me_maybe(impl.function(*[kwargs[arg] for arg in impl.argnames]))
+            except (RedisConnectionError, RedisTimeoutError) as exc:  # an outage, not a plugin bug: no traceback
+                log.warning("plugin %s: storage unavailable in %s (%s); skipped", impl.plugin_name, name, exc)
+                continue
             except Exception:
                 log.exception("plugin %s failed in %s; skipped", impl.plugin_name, name)
                 continue

@@ -1,15 +1,16 @@
 """Which gateways hold a user's connections, so pushes go only where the user is.
 
-Two indexes, both counted per connection: the user's gateways (pushes to one user), and
-each of their groups' connected members by gateway (a read fan-out push finds a group's
-online members with one call instead of one per member).
+Three indexes, all counted per connection: the user's gateways (pushes to one user), each of
+their groups' connected members by gateway (a read fan-out push finds a group's online
+members with one call instead of one per member), and each gateway's users (where the sweep
+of a dead gateway finds the other two's entries: core/gateway_liveness.py).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import keys
+from . import gateway_liveness, keys
 from .scripts import queue_script, run_pipeline
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ async def connected(redis: Redis, user: str, node: str) -> None:
 
     def count_in(pipe: Pipeline) -> None:
         pipe.hincrby(keys.user_gateways(user), node, 1)
+        pipe.hincrby(keys.gateway_users(node), user, 1)
         for gid in gids:
             pipe.hincrby(keys.group_online(gid), f"{node}|{user}", 1)
 
@@ -37,6 +39,7 @@ async def disconnected(redis: Redis, user: str, node: str) -> None:
 
     def count_out(pipe: Pipeline) -> None:
         queue_script(pipe, "lower_field", keys=[keys.user_gateways(user)], args=[node])
+        queue_script(pipe, "lower_field", keys=[keys.gateway_users(node)], args=[user])
         for gid in gids:
             queue_script(pipe, "lower_field", keys=[keys.group_online(gid)], args=[f"{node}|{user}"])
 
@@ -44,4 +47,30 @@ async def disconnected(redis: Redis, user: str, node: str) -> None:
 
 
 async def gateways_of(redis: Redis, user: str) -> list[str]:
-    return [node.decode() for node in await redis.hkeys(keys.user_gateways(user))]
+    """The gateways holding the user's connections, but those presumed dead (not swept yet)."""
+    def look_up(pipe: Pipeline) -> int:
+        pipe.hkeys(keys.user_gateways(user))
+        return gateway_liveness.queue_dead(pipe)
+
+    index, replies = await run_pipeline(redis, look_up)
+    dead = gateway_liveness.dead_from(replies[index])
+    return [node for node in (field.decode() for field in replies[0]) if node not in dead]
+
+
+async def announce(redis: Redis, node: str, held: dict[str, int]) -> None:
+    """Write again every entry of the connections ``node`` holds (user -> connections), as a
+    gateway does after a sweep took them while it was presumed dead. Counts are set, not added."""
+    users = sorted(held)
+    for start in range(0, len(users), gateway_liveness.SWEEP_CHUNK):
+        chunk = users[start : start + gateway_liveness.SWEEP_CHUNK]
+        async with redis.pipeline(transaction=False) as pipe:
+            for user in chunk:
+                pipe.smembers(keys.user_groups(user))
+            groups = await pipe.execute()
+        async with redis.pipeline(transaction=False) as pipe:
+            for user, gids in zip(chunk, groups, strict=True):
+                pipe.hset(keys.user_gateways(user), node, held[user])
+                pipe.hset(keys.gateway_users(node), user, held[user])
+                for gid in gids:
+                    pipe.hset(keys.group_online(gid.decode()), f"{node}|{user}", held[user])
+            await pipe.execute()

@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "IMFLOW_"
@@ -75,6 +75,15 @@ class Settings(BaseSettings):
         "session timeout gets its partitions back without a rebalance. One distinct id per worker "
         "(e.g. the host or pod name); unset = dynamic membership",
     )
+    # --- gateway liveness: how fast a dead gateway's presence entries are swept
+    gateway_heartbeat_seconds: float = Field(
+        2.0, gt=0, description="How often a gateway tells Redis it lives (and sweeps the entries of dead ones)"
+    )
+    gateway_liveness_ttl_seconds: float = Field(
+        6.0, gt=0,
+        description="A gateway silent this long is presumed dead: no pushes are routed to it and its "
+        "presence entries are swept (keep it at least 3 heartbeats)",
+    )
     inbox_limit: int = Field(1000, gt=0, description="Newest messages kept in each user's inbox (offline queue)")
     conversation_log_limit: int = Field(
         1000, gt=0, description="Newest messages of each conversation kept in Redis; older come from the archive"
@@ -113,6 +122,13 @@ class Settings(BaseSettings):
         if len(value.get_secret_value().encode()) < 32:
             raise ValueError("must be at least 32 bytes (HMAC-SHA256 keys shorter than that are guessable)")
         return value
+
+    @model_validator(mode="after")
+    def _liveness_outlasts_heartbeats(self) -> Settings:
+        # one late beat (a busy loop, a slow Redis) must not get a live gateway swept
+        if self.gateway_liveness_ttl_seconds < 2 * self.gateway_heartbeat_seconds:
+            raise ValueError("gateway_liveness_ttl_seconds must be at least twice gateway_heartbeat_seconds")
+        return self
 
     @property
     def dev_login_enabled(self) -> bool:

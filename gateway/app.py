@@ -118,7 +118,11 @@ def create_gateway(backend: Backend) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         server_logs.install()
         await backend.start()
-        app.state.hub = Hub(backend.redis, backend.node_name)
+        s = backend.settings
+        app.state.hub = Hub(
+            backend.redis, backend.node_name,
+            heartbeat_seconds=s.gateway_heartbeat_seconds, liveness_ttl_seconds=s.gateway_liveness_ttl_seconds,
+        )
         try:
             await app.state.hub.start()
             await _start_broadcast_streams(backend, app.state.hub, extensions)

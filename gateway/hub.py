@@ -17,11 +17,13 @@ import orjson
 from prometheus_client import Counter, Gauge
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from imflow.core import keys, revocation
+from imflow.core import gateway_liveness, keys, presence, revocation
 from imflow.core.errors import ErrorCode, ImflowError
+from imflow.core.gateway_liveness import Beat
 from imflow.core.ids import now_ms
 from imflow.core.plugin_types import GatewayLoad, Priority
 from imflow.core.revocation import Revocation
+from imflow.core.settings import Settings
 
 from . import protocol
 
@@ -41,6 +43,8 @@ SLOW_CLOSES = Counter("imflow_slow_connections_closed", "Connections closed (400
 SESSIONS_ENDED = Counter("imflow_sessions_ended", "Sessions ended by their token (4401)", ["code"])
 REAUTHENTICATIONS = Counter("imflow_reauthentications", "Sessions given a fresh token on their open socket")
 LOOP_LAG = Gauge("imflow_gateway_loop_lag_ms", "How late the gateway's event loop runs timers")
+HEARTBEAT_S = Settings.model_fields["gateway_heartbeat_seconds"].default
+LIVENESS_TTL_S = Settings.model_fields["gateway_liveness_ttl_seconds"].default
 
 
 class Connection:
@@ -255,9 +259,15 @@ class LoopLag:
 
 
 class Hub:
-    def __init__(self, redis: Redis, node: str) -> None:
+    def __init__(
+        self, redis: Redis, node: str,
+        heartbeat_seconds: float = HEARTBEAT_S, liveness_ttl_seconds: float = LIVENESS_TTL_S,
+    ) -> None:
         self.redis = redis
         self.node = node
+        self.heartbeat_seconds = heartbeat_seconds  # settings gateway_heartbeat_seconds
+        self.liveness_ttl_seconds = liveness_ttl_seconds  # settings gateway_liveness_ttl_seconds
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self.connections: dict[str, set[Connection]] = defaultdict(set)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -341,9 +351,19 @@ class Hub:
         return self._subscribed.is_set()
 
     async def start(self) -> None:
-        """Start listening; a Redis that is down now is retried in the background."""
+        """Start listening and beating; a Redis that is down now is retried in the background."""
         self.lag.start()
         self._listener = asyncio.create_task(self._listen())
+        # entries under our name now are a former process's (same node name): gone before the
+        # first connection comes; with Redis out, the heartbeat does it when Redis is back
+        clean = False
+        try:
+            async with asyncio.timeout(5):
+                await gateway_liveness.sweep(self.redis, self.node)
+                clean = True
+        except Exception as exc:
+            log.warning("could not clear this gateway's former entries yet (%s)", exc)
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(clean))
         with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._subscribed.wait()), 5)
 
@@ -351,10 +371,63 @@ class Hub:
         await self.lag.stop()
         for task in list(self._rechecks):
             task.cancel()
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        for task in (self._listener, self._heartbeat_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        # the sessions have said goodbye; whatever is left names a gateway that is gone (if
+        # Redis is out now, the others sweep it once our deadline passes)
+        try:
+            async with asyncio.timeout(2):
+                await gateway_liveness.sweep(self.redis, self.node)
+                await gateway_liveness.forget(self.redis, self.node)
+        except Exception as exc:
+            log.warning("could not leave the gateway registry (%s); live gateways will sweep our entries", exc)
+
+    def _held(self) -> dict[str, int]:
+        """User -> connections held now."""
+        return {user: len(held) for user, held in self.connections.items() if held}
+
+    async def _heartbeat(self, clean: bool = True) -> None:
+        """Tell Redis this gateway lives every ``heartbeat_seconds``; sweep the presence entries of
+        gateways that stopped beating; write ours again if we were presumed dead and swept.
+        ``clean``: a former process's entries under our name are gone already."""
+        start = not clean
+        rewrite = False  # swept while presumed dead: our entries must be written again
+        beating_since: float | None = None
+        failing = False
+        while True:
+            try:
+                if start:
+                    await gateway_liveness.sweep(self.redis, self.node)
+                    start, rewrite = False, True  # connections taken meanwhile are written back
+                state = await gateway_liveness.beat(self.redis, self.node, self.liveness_ttl_seconds)
+                if state == Beat.BEING_SWEPT:
+                    rewrite = True  # once the sweeper is done, or it would take them again
+                elif state == Beat.REGISTERED or rewrite:
+                    held = self._held()
+                    if state == Beat.REGISTERED and beating_since is not None:
+                        log.warning("this gateway was presumed dead and swept; writing back %d user(s)", len(held))
+                    await presence.announce(self.redis, self.node, held)
+                    rewrite = False
+                now = time.monotonic()
+                if failing:
+                    log.info("gateway heartbeat resumed")
+                    failing = False
+                beating_since = beating_since or now
+                # sweep others only after beating for a TTL: after a Redis outage every deadline
+                # has passed, and the live gateways need one beat to push theirs on again
+                if now - beating_since >= self.liveness_ttl_seconds:
+                    await gateway_liveness.sweep_dead(self.redis, me=self.node)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis is out: beat again later; never let the task die
+                beating_since = None
+                if not failing:
+                    log.warning("gateway heartbeat failed (%s); retrying", exc)
+                    failing = True
+            await asyncio.sleep(self.heartbeat_seconds)
 
     async def _listen(self) -> None:
         """Route frames published for this gateway, and orders for all gateways; resubscribe

@@ -7,6 +7,9 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis.exceptions import BusyLoadingError as RedisBusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from imflow.core import archive, archive_queue, message_types, fan_out, gateway_events, groups, inbox, keys
 from imflow.core.errors import ErrorCode, ImflowError
@@ -105,7 +108,9 @@ async def sync(frame: protocol.Sync, connection: Connection, backend: Backend, e
     if first_page:  # the first page also carries every conversation's state
         reply["conversations"], reply["total_unread"] = await inbox.conversation_states(backend.redis, user)
         # and the unread messages of read fan-out groups, which are in no inbox
-        unread = await fan_out.unread_messages(backend.redis, user, marks, frame.limit)
+        unread = await fan_out.unread_messages(
+            backend.redis, user, marks, frame.limit, backend.settings.conversation_log_limit
+        )
         if unread:
             page = dict(zip(mids, messages, strict=True))
             for entry in unread:  # a message in both (the group switched mode) is sent once
@@ -125,11 +130,15 @@ async def history(frame: protocol.History, connection: Connection, backend: Back
         keys.conversation_log(frame.conversation), upper, f"({floor}", start=0, num=frame.limit
     )
     messages = [orjson.loads(entry) for entry in entries]
-    oldest = messages[-1]["seq"] if messages else (frame.before_seq or 1 << 53)
+    # 'before_seq: 0' (or 1) asks for nothing; None for everything
+    oldest = messages[-1]["seq"] if messages else (frame.before_seq if frame.before_seq is not None else 1 << 53)
     if len(messages) < frame.limit and oldest > floor + 1:
-        # older than what Redis keeps: the archive's mailbox index, then the contents
+        # older than what Redis keeps: the archive's mailbox index, then the contents. Deleted
+        # messages count towards the page there too: which ones are hidden is Redis's word, so
+        # a page is the same before and after the archive has sealed a deletion
         older = await asyncio.to_thread(
-            backend.archive.history_page, user, frame.conversation, oldest, frame.limit - len(messages), floor
+            backend.archive.history_page, user, frame.conversation, oldest, frame.limit - len(messages), floor,
+            include_deleted=True,
         )
         messages.extend(older)
     hidden = await inbox.deleted_among(backend.redis, user, [m["mid"] for m in messages])
@@ -246,4 +255,8 @@ HANDLERS[protocol.PluginCall] = plugin_call
 async def handle(
     frame: protocol.ClientFrame, connection: Connection, backend: Backend, extensions: Extensions
 ) -> dict[str, Any] | None:
-    return await HANDLERS[type(frame)](frame, connection, backend, extensions)  # type: ignore[operator]
+    try:
+        return await HANDLERS[type(frame)](frame, connection, backend, extensions)  # type: ignore[operator]
+    except (RedisConnectionError, RedisTimeoutError, RedisBusyLoadingError) as exc:
+        # Redis away or still loading its AOF: a coded answer the client can act on, no traceback
+        raise ImflowError(ErrorCode.UNAVAILABLE, "storage is unavailable; retry shortly (operations are idempotent)") from exc

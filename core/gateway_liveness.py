@@ -1,0 +1,138 @@
+"""Which gateways are alive, and the sweep of a dead one's presence entries.
+
+Every gateway beats (``beat``) every ``gateway_heartbeat_seconds``: its deadline in the
+``gateways_alive`` sorted set moves to Redis's clock + ``gateway_liveness_ttl_seconds``. A
+gateway killed with SIGKILL (or cut off) stops beating; once its deadline passes, any live
+gateway claims its sweep (``sweep_dead``) and removes what names it: its fields in its users'
+``user_gateways`` hashes and in their groups' ``group_online`` hashes, found through the
+gateway's own index ``gateway_users`` (kept by core/presence.py with the same counts). Until
+then routing skips it (``dead_among``), so no push goes to a gateway presumed dead.
+
+A gateway that was only paused (a stalled loop, a network cut longer than the TTL) and beats
+again learns from ``beat`` that it was swept, and writes its entries again (core/presence.py
+``announce``). Deadlines come from Redis's ``TIME``, never a gateway's clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+from . import keys
+from .scripts import queue_script, run_pipeline, script
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
+
+log = logging.getLogger(__name__)
+
+SWEEP_CHUNK = 500  # users per pipeline of a sweep
+SWEEP_LOCK_MS = 60_000  # a sweeper that dies lets go after this; the next one starts over
+
+
+class Beat(enum.IntEnum):
+    """What a heartbeat learnt (the reply of gateway_beat.lua)."""
+
+    ALIVE = 0  # registered and within its deadline all along
+    REGISTERED = 1  # was not registered: the first beat, or its entries were swept (write them again)
+    BEING_SWEPT = 2  # presumed dead and being swept now: write the entries again once that is done
+
+
+async def beat(redis: Redis, node: str, ttl_seconds: float) -> Beat:
+    """Push ``node``'s deadline to now + ``ttl_seconds`` (Redis's clock). Raises Redis errors."""
+    answer = await script(redis, "gateway_beat")(
+        keys=[keys.gateways_alive(), keys.gateway_sweeping(node)], args=[node, int(ttl_seconds * 1000)]
+    )
+    return Beat(int(answer))
+
+
+async def forget(redis: Redis, node: str) -> None:
+    """A gateway stopping cleanly leaves the registry (its connections have said goodbye)."""
+    await redis.zrem(keys.gateways_alive(), node)
+
+
+def queue_dead(pipe: Pipeline) -> int:
+    """Queue the lookup of the gateways presumed dead; returns the index of its reply in the
+    pipeline (read it with ``dead_from``)."""
+    index = len(pipe)
+    queue_script(pipe, "gateways_dead", keys=[keys.gateways_alive()], args=[])
+    return index
+
+
+def dead_from(reply: list[bytes]) -> frozenset[str]:
+    return frozenset(node.decode() for node in reply)
+
+
+async def dead_gateways(redis: Redis) -> frozenset[str]:
+    """The gateways whose deadline has passed (not yet swept, or swept and not forgotten)."""
+    return dead_from(await script(redis, "gateways_dead")(keys=[keys.gateways_alive()], args=[]))
+
+
+async def dead_among(redis: Redis, nodes: list[str]) -> frozenset[str]:
+    """Which of ``nodes`` are presumed dead (a node that never beat counts as alive)."""
+    if not nodes:
+        return frozenset()
+    return (await dead_gateways(redis)).intersection(nodes)
+
+
+async def sweep_dead(redis: Redis, me: str = "") -> dict[str, int]:
+    """Sweep every gateway presumed dead (but ``me``) whose sweep no one else holds.
+
+    Returns node -> users swept. Raises Redis errors (a sweep cut short is done again later:
+    every step is idempotent).
+    """
+    swept = {}
+    for node in sorted(await dead_gateways(redis) - {me}):
+        token = uuid.uuid4().hex
+        claimed = await script(redis, "gateway_claim")(
+            keys=[keys.gateways_alive(), keys.gateway_sweeping(node)], args=[node, token, SWEEP_LOCK_MS]
+        )
+        if not claimed:
+            continue
+        users = await sweep(redis, node)
+        forgotten = await script(redis, "gateway_swept")(
+            keys=[keys.gateways_alive(), keys.gateway_sweeping(node)], args=[node, token]
+        )
+        log.warning(
+            "gateway %s stopped beating: swept the presence entries of %d user(s)%s",
+            node, users, "" if forgotten else "; it came back and writes them again",
+        )
+        swept[node] = users
+    return swept
+
+
+async def sweep(redis: Redis, node: str) -> int:
+    """Remove every presence entry that names ``node``: its fields in its users' gateways
+    hashes, in their groups' online hashes, and its own index. Returns the users swept.
+
+    Only for a gateway known not to hold connections now (presumed dead, or this process at
+    its start: a gateway restarted under the same name holds nothing yet).
+    """
+    index, cursor, swept = keys.gateway_users(node), 0, 0
+    while True:
+        cursor, found = await redis.hscan(index, cursor, count=SWEEP_CHUNK)
+        users = sorted(user.decode() for user in found)
+        for start in range(0, len(users), SWEEP_CHUNK):
+            await _sweep_users(redis, node, users[start : start + SWEEP_CHUNK])
+        swept += len(users)
+        if cursor == 0:
+            return swept
+
+
+async def _sweep_users(redis: Redis, node: str, users: list[str]) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        for user in users:
+            pipe.smembers(keys.user_groups(user))
+        groups = await pipe.execute()
+
+    def remove(pipe: Pipeline) -> None:
+        for user, gids in zip(users, groups, strict=True):
+            pipe.hdel(keys.user_gateways(user), node)
+            for gid in gids:
+                pipe.hdel(keys.group_online(gid.decode()), f"{node}|{user}")
+        pipe.hdel(keys.gateway_users(node), *users)  # last: a sweep cut short finds them again
+
+    await run_pipeline(redis, remove)
