@@ -172,19 +172,22 @@ class ArchiveReader:
         self._db.close()
 
     def history_page(
-        self, owner: str, conversation: str, before_seq: int, limit: int, after_seq: int = 0
+        self, owner: str, conversation: str, before_seq: int, limit: int, after_seq: int = 0, include_deleted: bool = False
     ) -> list[dict[str, Any]]:
         """One page of the owner's mailbox in a conversation, newest first: index first, then contents.
 
-        A group's messages stored by read fan-out have one mailbox row owned by the group
-        conversation itself, so a group's page reads those rows too.
+        Messages with ``after_seq < seq < before_seq``, at most ``limit``. A group's messages
+        stored by read fan-out have one mailbox row owned by the group conversation itself, so a
+        group's page reads those rows too. Messages the owner deleted for themself are left out
+        unless ``include_deleted`` (the gateway hides them itself, from Redis, which knows a
+        deletion at once: the archive only once it has sealed it).
         """
         owners = [owner] + ([conversation] if conversation.startswith("g:") else [])
         shards = sorted({mailbox_shard(name, self.layout.mailbox_shards) for name in owners})
         boxes = [path for shard in shards for path in self.layout.files(MAILBOX, shard)]
         if not boxes:
             return []
-        deletions = self.layout.files(DELETIONS, mailbox_shard(owner, self.layout.mailbox_shards))
+        deletions = [] if include_deleted else self.layout.files(DELETIONS, mailbox_shard(owner, self.layout.mailbox_shards))
         hidden = (
             "AND mid NOT IN (SELECT mid FROM read_parquet($deleted) WHERE owner_uid = $owner0)" if deletions else ""
         )

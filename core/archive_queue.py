@@ -17,7 +17,7 @@ import orjson
 
 from . import keys
 from .archive import CONTENT, DELETIONS, MAILBOX, ArchiveLayout, write_segments
-from .scripts import script
+from .scripts import queue_script, run_pipeline, script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -52,12 +52,17 @@ async def enqueue_deletion(redis: Redis, app_id: str, partition: int, owner: str
     await redis.rpush(keys.archive_pending(app_id, partition), orjson.dumps(record))
 
 
-async def flush(redis: Redis, app_id: str, layout: ArchiveLayout, partitions: range | list[int], max_records: int = 10_000) -> bool:
+async def flush(
+    redis: Redis, app_id: str, layout: ArchiveLayout, partitions: range | list[int], max_records: int = 10_000,
+    log_limit: int | None = None,
+) -> bool:
     """Seal what waits in these partitions' queues as one set of segments (at most
     ``max_records`` a partition); True if some partition gave that many, so more may wait.
 
     One write per call, whatever the number of partitions, so segments stay few and large.
-    A partition whose lock another writer holds is skipped this time.
+    A partition whose lock another writer holds is skipped this time. With ``log_limit`` (the
+    conversation log's size), each sealed conversation's log is then trimmed to its newest
+    ``log_limit`` among what is sealed: a message leaves Redis only once the archive has it.
     """
     token = uuid.uuid4().hex
     held: list[tuple[int, int]] = []  # (partition, records taken)
@@ -77,8 +82,28 @@ async def flush(redis: Redis, app_id: str, layout: ArchiveLayout, partitions: ra
                     if taken:
                         pipe.ltrim(keys.archive_pending(app_id, partition), taken, -1)
                 await pipe.execute()
+            if log_limit is not None:
+                await _trim_logs(redis, records, log_limit)
         return any(taken >= max_records for _, taken in held)
     finally:
         unlock = script(redis, "unlock")
         for partition, _ in held:
             await unlock(keys=[keys.archive_lock(app_id, partition)], args=[token])
+
+
+async def _trim_logs(redis: Redis, records: list[dict], log_limit: int) -> None:
+    """Tell each conversation of these sealed records how far it is sealed, and trim its log."""
+    sealed: dict[str, int] = {}
+    for record in records:
+        if record.get("kind") == "message":
+            message = record["message"]
+            conversation = message["conversation"]
+            sealed[conversation] = max(sealed.get(conversation, 0), message["seq"])
+    if not sealed:
+        return
+
+    def trim_all(pipe: Pipeline) -> None:
+        for conversation, seq in sealed.items():
+            queue_script(pipe, "trim_log", [keys.conversation_log(conversation), keys.conversation_sealed(conversation)], [seq, log_limit])
+
+    await run_pipeline(redis, trim_all)

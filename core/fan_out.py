@@ -20,6 +20,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import orjson
+
 from . import keys
 from .scripts import queue_script, run_pipeline, script
 
@@ -158,9 +160,12 @@ async def _flush(redis: Redis) -> int:
     return updates
 
 
-async def unread_messages(redis: Redis, user: str, marks: dict[str, int], limit: int) -> list[bytes]:
+async def unread_messages(redis: Redis, user: str, marks: dict[str, int], limit: int, log_limit: int | None = None) -> list[bytes]:
     """The user's unread messages in read fan-out groups (never in their inbox): per group the
-    newest ``limit`` after their read position, from the conversation log."""
+    newest ``limit`` after their read position and among the group's newest ``log_limit``
+    (what the conversation log is sure to hold; older ones are the archive's, for history),
+    without those the user deleted for themself (as a delete takes a message out of the inbox).
+    JSON entries of the conversation log."""
     if not marks:
         return []
     gids = sorted(marks)
@@ -168,9 +173,15 @@ async def unread_messages(redis: Redis, user: str, marks: dict[str, int], limit:
         for gid in gids:
             pipe.hget(keys.read_seq(user), f"g:{gid}")
             pipe.hget(keys.group_joined(gid), user)
+            pipe.get(keys.conversation_seq(f"g:{gid}"))
         positions = await pipe.execute()
     async with redis.pipeline(transaction=False) as pipe:
         for i, gid in enumerate(gids):
-            floor = max(int(positions[2 * i] or 0), int(positions[2 * i + 1] or 0))
+            read, joined, newest = (int(value or 0) for value in positions[3 * i : 3 * i + 3])
+            floor = max(read, joined, newest - log_limit if log_limit is not None else 0)
             pipe.zrevrangebyscore(keys.conversation_log(f"g:{gid}"), marks[gid], f"({floor}", start=0, num=limit)
-        return [entry for entries in await pipe.execute() for entry in entries]
+        found = [entry for entries in await pipe.execute() for entry in entries]
+    if not found:
+        return []
+    deleted = await redis.smismember(keys.deleted(user), [orjson.loads(entry)["mid"] for entry in found])
+    return [entry for entry, hidden in zip(found, deleted, strict=True) if not hidden]

@@ -23,11 +23,14 @@ if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
 
 
-def event(user: str, frame: dict[str, Any], skip: str = "") -> dict[str, Any]:
-    """A frame for every connection of ``user`` on a gateway, except the connection ``skip``."""
+def event(user: str, frame: dict[str, Any], skip: str = "", only: str = "") -> dict[str, Any]:
+    """A frame for every connection of ``user`` on a gateway, except the connection ``skip``;
+    with ``only``, for that one connection of the user alone (a sender's ``sent``)."""
     out: dict[str, Any] = {"user": user, "frame": frame}
     if skip:
         out["skip"] = skip
+    if only:
+        out["only"] = only
     return out
 
 
@@ -37,8 +40,8 @@ class GatewayBatch:
     def __init__(self) -> None:
         self.by_node: dict[str, list[dict[str, Any]]] = defaultdict(list)
 
-    def add(self, node: str, user: str, frame: dict[str, Any], skip: str = "") -> None:
-        self.by_node[node].append(event(user, frame, skip))
+    def add(self, node: str, user: str, frame: dict[str, Any], skip: str = "", only: str = "") -> None:
+        self.by_node[node].append(event(user, frame, skip, only))
 
     def add_many(self, node: str, users: list[str], frame: dict[str, Any], skip: str = "") -> None:
         """One event for many users of a gateway: the frame is carried and serialised once."""

@@ -37,6 +37,7 @@ def queue_accept(
             keys.dedup(command.conversation, command.sender, command.client_msg_id),
             keys.conversation_seq(command.conversation),
             keys.conversation_log(command.conversation),
+            keys.conversation_sealed(command.conversation),
         ],
         args=[ids.next_id(), dedup_ttl_seconds, unsaved, log_limit, mode],
     )

@@ -23,6 +23,12 @@ def conversation_log(conversation: str) -> str:
     return f"{PREFIX}:{conversation_tag(conversation)}:log"
 
 
+def conversation_sealed(conversation: str) -> str:
+    """The seq up to which the archive has sealed the conversation's messages (the log keeps
+    everything above it, whatever its limit)."""
+    return f"{PREFIX}:{conversation_tag(conversation)}:sealed"
+
+
 def dedup(conversation: str, sender: str, client_msg_id: str) -> str:
     """``mid:seq`` already given to this (sender, client message id) in this conversation."""
     return f"{PREFIX}:{conversation_tag(conversation)}:dedup:{sender}:{client_msg_id}"

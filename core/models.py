@@ -5,15 +5,27 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 MAX_SAFE_INT = (1 << 53) - 1  # the largest integer a JSON number keeps exactly in every client
 
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN.pattern)]
 ClientMsgId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+def _one_spelling(conversation: str) -> str:
+    """A one-to-one conversation has one id: its two user ids sorted (``p:alice:bob``), so
+    ``p:bob:alice`` is refused rather than becoming a second conversation with its own seqs."""
+    if conversation.startswith("p:"):
+        low, _, high = conversation[2:].partition(":")
+        if low > high:
+            raise ValueError(f"a one-to-one conversation id lists its two users sorted: p:{high}:{low}")
+    return conversation
+
+
 ConversationId = Annotated[
-    str, StringConstraints(pattern=r"^(p:[A-Za-z0-9_.\-]{1,64}:[A-Za-z0-9_.\-]{1,64}|g:[A-Za-z0-9_.\-]{1,64})$")
+    str,
+    StringConstraints(pattern=r"^(p:[A-Za-z0-9_.\-]{1,64}:[A-Za-z0-9_.\-]{1,64}|g:[A-Za-z0-9_.\-]{1,64})$"),
+    AfterValidator(_one_spelling),
 ]
 MessageType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.\-]{0,31}$")]
 SafeInt = Annotated[int, Field(ge=0, le=MAX_SAFE_INT)]

@@ -157,7 +157,8 @@ async def handle_sends(
     for (command, *_), (accepted, _) in zip(work, answers, strict=True):
         if command.gateway:
             frame = {"op": "sent", "cmid": accepted.client_msg_id, "conversation": accepted.conversation, "mid": accepted.mid, "seq": accepted.seq}
-            frames.add(command.gateway, command.sender, frame)
+            # the connection that sent it, alone: the sender's other devices get the 'msg'
+            frames.add(command.gateway, command.sender, frame, only=command.origin)
     for message, member, index, skip in deliveries:
         fresh, unread = delivery_result(message, results[index])
         if fresh:

@@ -336,12 +336,13 @@ class Hub:
             loop_lag_ms=self.lag.lag_ms,
         )
 
-    def to_users(self, users: list[str], frame: dict[str, Any], skip: str = "") -> None:
-        """Push one frame to every connection of these users (but ``skip``), serialised once."""
+    def to_users(self, users: list[str], frame: dict[str, Any], skip: str = "", only: str = "") -> None:
+        """Push one frame to every connection of these users (but ``skip``; or to the connection
+        ``only`` alone), serialised once."""
         data = None
         for user in users:
             for connection in self.connections.get(user, ()):
-                if connection.id != skip:
+                if connection.id != skip and (not only or connection.id == only):
                     data = data or orjson.dumps(frame)
                     connection.push_raw(data)
 
@@ -471,6 +472,6 @@ class Hub:
         try:
             for event in orjson.loads(data):
                 users = event["users"] if "users" in event else [event["user"]]
-                self.to_users(users, event["frame"], event.get("skip", ""))
+                self.to_users(users, event["frame"], event.get("skip", ""), event.get("only", ""))
         except Exception:
             log.exception("dropped a malformed gateway event")

@@ -85,7 +85,7 @@ async def seal_archive(ctx: AgentContext) -> None:
     """The archive agent: seal what waits in every partition's queue (locks keep one writer each)."""
     s = ctx.settings
     partitions = range(s.topic_partitions)
-    while await archive_queue.flush(ctx.redis, s.app_id, ctx.archive, partitions, s.archive_batch):
+    while await archive_queue.flush(ctx.redis, s.app_id, ctx.archive, partitions, s.archive_batch, s.conversation_log_limit):
         pass  # a partition gave a full batch: more may wait
 
 

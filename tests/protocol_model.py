@@ -1,0 +1,430 @@
+"""A reference model of imflow's conversation semantics (docs/protocol.md), in memory, no I/O.
+
+tests/test_model.py drives random operations over the real WebSocket protocol and asks this
+model, step by step, what every reply and every push must be. The model knows what the server
+assigns only after the server said it: a message's ``mid`` comes from the ``sent`` reply, its
+``sent_at_ms`` from the first frame that carries it, a group's ``gid`` from the ``group`` reply.
+Everything else it predicts.
+
+Where the protocol lets the server vary, the model says by how much:
+
+- read fan-out counts catch up within the flush: a member's server-side ``last`` seq of such a
+  group lies between what the model knows was flushed to them (``User.last_known``) and the
+  group's last seq, so an ``unread.total`` in a push is a range (``Total``). A sync's first
+  page and a ``read`` bring the counts up to date first, so those are exact;
+- pushes are best effort, but on a test machine they arrive: the model expects each one.
+
+Model of a device: a connection id given by the test; pushes are listed per device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+OWNER, ADMIN, MEMBER = "owner", "admin", "member"
+ROLES = (OWNER, ADMIN, MEMBER)
+
+
+class Refused(Exception):
+    """The server must answer with an ``error`` frame of this code."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def direct_id(a: str, b: str) -> str:
+    low, high = sorted((a, b))
+    return f"p:{low}:{high}"
+
+
+@dataclass
+class Message:
+    mid: int
+    seq: int
+    conversation: str
+    sender: str
+    cmid: str
+    type: str
+    body: dict[str, Any]
+    mode: str  # 'write' (in the inboxes) or 'read' (stored once)
+    sent_at_ms: int | None = None  # learned from the first frame that shows it
+
+    def check(self, frame: dict[str, Any]) -> str | None:
+        """None if ``frame`` is this message as the protocol shows it; else what differs."""
+        if self.sent_at_ms is None and isinstance(frame.get("sent_at_ms"), int):
+            self.sent_at_ms = frame["sent_at_ms"]
+        expected = self.frame()
+        return None if frame == expected else f"message differs:\n  expected {expected}\n  got      {frame}"
+
+    def frame(self) -> dict[str, Any]:
+        return {
+            "mid": self.mid, "seq": self.seq, "conversation": self.conversation, "sender": self.sender,
+            "client_msg_id": self.cmid, "type": self.type, "body": self.body, "sent_at_ms": self.sent_at_ms,
+        }
+
+
+@dataclass(frozen=True)
+class Total:
+    """An unread total that may lag read fan-out flushes: ``low <= total <= high``."""
+
+    low: int
+    high: int
+
+    def holds(self, value: object) -> bool:
+        return isinstance(value, int) and self.low <= value <= self.high
+
+
+@dataclass(frozen=True)
+class MsgPush:
+    message: Message
+    unread: dict[str, Any] | None  # {conversation, count, total: Total}; None for read fan-out
+
+
+@dataclass(frozen=True)
+class UnreadPush:
+    """The same frame the reading connection got as its reply (fixed once that reply is seen)."""
+
+    reply: dict[str, Any]
+
+
+Push = MsgPush | UnreadPush
+
+
+def check_push(expected: Push, frame: dict[str, Any]) -> str | None:
+    """None if ``frame`` is the push ``expected``; else what differs."""
+    if isinstance(expected, UnreadPush):
+        wanted = {k: v for k, v in expected.reply.items() if k != "ref"}
+        return None if frame == wanted else f"unread push: expected {wanted}, got {frame}"
+    if frame.get("op") != "msg" or set(frame) != ({"op", "message", "unread"} if expected.unread else {"op", "message"}):
+        return f"expected a msg push {'with' if expected.unread else 'without'} unread, got {frame}"
+    problem = expected.message.check(frame["message"])
+    if problem or expected.unread is None:
+        return problem
+    return check_unread(expected.unread, frame["unread"])
+
+
+def check_unread(expected: dict[str, Any], got: dict[str, Any]) -> str | None:
+    total = expected["total"]
+    exact = {k: v for k, v in expected.items() if k != "total"}
+    rest = {k: v for k, v in got.items() if k != "total"}
+    if rest != exact or not (total.holds(got.get("total")) if isinstance(total, Total) else got.get("total") == total):
+        return f"unread: expected {exact} with total {total}, got {got}"
+    return None
+
+
+@dataclass
+class Group:
+    gid: str
+    name: str
+    roles: dict[str, str]
+    joined: dict[str, int]  # member -> the conversation's seq when they joined
+
+    @property
+    def conversation(self) -> str:
+        return f"g:{self.gid}"
+
+
+@dataclass
+class User:
+    name: str
+    devices: list[str] = field(default_factory=list)
+    inbox: dict[int, Message] = field(default_factory=dict)  # mid -> message, write fan-out only
+    read: dict[str, int] = field(default_factory=dict)  # conversation -> read seq
+    last_known: dict[str, int] = field(default_factory=dict)  # conversation -> lowest last seq the server may hold
+    deleted: set[int] = field(default_factory=set)
+    groups: set[str] = field(default_factory=set)
+
+
+class Model:
+    """The protocol's state: users, conversations, groups. Methods mirror the operations; each
+    returns the expected reply (or raises Refused) and records the expected pushes in
+    ``self.pushes`` (device -> list), which the caller collects with ``take_pushes``."""
+
+    def __init__(self, read_fan_out_threshold: int, log_limit: int, inbox_limit: int = 1000) -> None:
+        self.threshold = read_fan_out_threshold
+        self.log_limit = log_limit
+        self.inbox_limit = inbox_limit
+        self.users: dict[str, User] = {}
+        self.messages: dict[str, list[Message]] = {}  # conversation -> messages by seq (index seq - 1)
+        self.groups: dict[str, Group] = {}
+        self.read_mark: dict[str, int] = {}  # gid -> newest read fan-out seq
+        self.dedup: dict[tuple[str, str, str], Message] = {}  # (conversation, sender, cmid)
+        self.by_mid: dict[int, Message] = {}
+        self.pushes: dict[str, list[Push]] = {}
+
+    # -- users and devices
+
+    def user(self, name: str) -> User:
+        if name not in self.users:
+            self.users[name] = User(name)
+        return self.users[name]
+
+    def connect(self, name: str, device: str) -> None:
+        self.user(name).devices.append(device)
+
+    def disconnect(self, name: str, device: str) -> None:
+        self.user(name).devices.remove(device)
+
+    def _push(self, user: User, push: Push, skip: str = "") -> None:
+        for device in user.devices:
+            if device != skip:
+                self.pushes.setdefault(device, []).append(push)
+
+    def take_pushes(self) -> dict[str, list[Push]]:
+        out, self.pushes = self.pushes, {}
+        return out
+
+    # -- conversations
+
+    def last_seq(self, conversation: str) -> int:
+        return len(self.messages.get(conversation, []))
+
+    def is_member(self, name: str, conversation: str) -> bool:
+        if conversation.startswith("p:"):
+            return name in conversation.split(":")[1:]
+        group = self.groups.get(conversation[2:])
+        return group is not None and name in group.roles
+
+    def members(self, conversation: str) -> list[str]:
+        if conversation.startswith("p:"):
+            return sorted(set(conversation.split(":")[1:]))
+        return sorted(self.groups[conversation[2:]].roles)
+
+    def floor(self, name: str, conversation: str) -> int:
+        """A member sees the messages after this seq (their joining point)."""
+        if conversation.startswith("g:"):
+            return self.groups[conversation[2:]].joined[name]
+        return 0
+
+    def _unread(self, user: User, conversation: str) -> int:
+        return max(0, self.last_seq(conversation) - user.read.get(conversation, 0))
+
+    def total(self, user: User) -> Total:
+        """The user's unread total as the server may hold it now (lagging read fan-out flushes)."""
+        high = sum(self._unread(user, c) for c in self._conversations(user))
+        low = sum(max(0, user.last_known.get(c, 0) - user.read.get(c, 0)) for c in self._conversations(user))
+        return Total(low, high)
+
+    def _conversations(self, user: User) -> list[str]:
+        """Conversations with a state for the user: one-to-one with a message, groups they are in."""
+        out = [c for c in self.messages if c.startswith("p:") and self.is_member(user.name, c)]
+        out += [f"g:{gid}" for gid in user.groups]
+        return [c for c in out if self.state_last(user, c) > 0]
+
+    def state_last(self, user: User, conversation: str) -> int:
+        if conversation.startswith("g:"):
+            return max(self.last_seq(conversation), self.floor(user.name, conversation))
+        return self.last_seq(conversation)
+
+    def _catch_up(self, user: User, conversation: str) -> None:
+        user.last_known[conversation] = self.last_seq(conversation)
+
+    # -- send
+
+    def send(self, name: str, device: str, conversation: str, cmid: str, type_: str, body: dict[str, Any], new_mid: int | None) -> dict[str, Any]:
+        """The ``sent`` reply; ``new_mid`` is the mid the server's reply gave, used if the message is new."""
+        if not self.is_member(name, conversation):
+            raise Refused("forbidden")
+        seen = self.dedup.get((conversation, name, cmid))
+        if seen is not None:  # a resend: the first answer, nothing stored, nothing pushed
+            return {"op": "sent", "cmid": cmid, "conversation": conversation, "mid": seen.mid, "seq": seen.seq}
+        assert new_mid is not None, f"the server refused a send into {conversation} that the model accepts"
+        members = self.members(conversation)
+        mode = "read" if conversation.startswith("g:") and len(members) >= self.threshold else "write"
+        message = Message(new_mid, self.last_seq(conversation) + 1, conversation, name, cmid, type_, body, mode)
+        self.messages.setdefault(conversation, []).append(message)
+        self.dedup[(conversation, name, cmid)] = message
+        self.by_mid[new_mid] = message
+        sender = self.user(name)
+        if mode == "read":
+            self.read_mark[conversation[2:]] = message.seq
+            sender.read[conversation] = max(sender.read.get(conversation, 0), message.seq)
+            self._catch_up(sender, conversation)
+            for member in members:
+                self._push(self.user(member), MsgPush(message, None), skip=device)
+        else:
+            for member in members:
+                user = self.user(member)
+                user.inbox[new_mid] = message
+                if len(user.inbox) > self.inbox_limit:
+                    del user.inbox[min(user.inbox)]
+                if member == name:
+                    user.read[conversation] = message.seq
+                self._catch_up(user, conversation)
+                unread = {"conversation": conversation, "count": self._unread(user, conversation), "total": self.total(user)}
+                self._push(user, MsgPush(message, unread), skip=device if member == name else "")
+        return {"op": "sent", "cmid": cmid, "conversation": conversation, "mid": message.mid, "seq": message.seq}
+
+    # -- read, ack, delete
+
+    def read(self, name: str, device: str, conversation: str, seq: int) -> dict[str, Any]:
+        """The ``unread`` reply (its total a Total); the user's other devices get the same frame."""
+        if not self.is_member(name, conversation):
+            raise Refused("not_found")
+        user = self.user(name)
+        if conversation.startswith("g:"):
+            self._catch_up(user, conversation)
+        upto = min(seq, self.state_last(user, conversation))
+        user.read[conversation] = max(user.read.get(conversation, 0), upto)
+        return {
+            "op": "unread", "conversation": conversation, "count": self._unread(user, conversation),
+            "total": self.total(user), "read_seq": user.read[conversation],
+        }
+
+    def read_seen(self, name: str, device: str, reply: dict[str, Any]) -> None:
+        """The read reply as the server sent it: the other devices get exactly that."""
+        self._push(self.user(name), UnreadPush(reply), skip=device)
+
+    def ack(self, name: str, mids: list[int]) -> dict[str, Any]:
+        user = self.user(name)
+        removed = 0
+        for mid in mids:
+            if user.inbox.pop(mid, None) is not None:
+                removed += 1
+        return {"op": "acked", "removed": removed}
+
+    def delete(self, name: str, conversation: str, mid: int) -> dict[str, Any]:
+        if not self.is_member(name, conversation):
+            raise Refused("not_found")
+        user = self.user(name)
+        user.deleted.add(mid)
+        user.inbox.pop(mid, None)
+        return {"op": "deleted", "conversation": conversation, "mid": mid}
+
+    # -- history and sync
+
+    def history(self, name: str, conversation: str, before_seq: int | None, limit: int) -> tuple[list[Message], int | None]:
+        """The page's visible messages (newest first) and ``next_before_seq``."""
+        if not self.is_member(name, conversation):
+            raise Refused("not_found")
+        floor = self.floor(name, conversation)
+        upper = before_seq if before_seq is not None else self.last_seq(conversation) + 1
+        seqs = list(range(min(upper - 1, self.last_seq(conversation)), floor, -1))[:limit]
+        page = [self.messages[conversation][seq - 1] for seq in seqs]
+        deleted = self.user(name).deleted
+        return [m for m in page if m.mid not in deleted], (seqs[-1] if seqs and seqs[-1] > floor + 1 else None)
+
+    def sync(self, name: str, before_mid: int | None, limit: int) -> dict[str, Any]:
+        """The expected ``sync`` reply, messages as Message objects (newest first)."""
+        user = self.user(name)
+        mids = sorted((mid for mid in user.inbox if before_mid is None or mid < before_mid), reverse=True)
+        page = mids[:limit]
+        reply: dict[str, Any] = {"messages": [user.inbox[mid] for mid in page], "next_before_mid": page[-1] if len(mids) > limit else None}
+        if before_mid is None:
+            for gid in sorted(user.groups):
+                self._catch_up(user, f"g:{gid}")
+            reply["conversations"] = [
+                {"conversation": c, "last_seq": self.state_last(user, c), "read_seq": user.read.get(c, 0), "unread": self._unread(user, c)}
+                for c in sorted(self._conversations(user))
+            ]
+            reply["total_unread"] = sum(state["unread"] for state in reply["conversations"])
+            merged = {m.mid: m for m in reply["messages"]}
+            for gid in sorted(user.groups):
+                mark = self.read_mark.get(gid, 0)
+                conversation = f"g:{gid}"
+                floor = max(user.read.get(conversation, 0), self.floor(name, conversation))
+                # the conversation log holds the newest log_limit messages
+                lowest = max(floor, self.last_seq(conversation) - self.log_limit)
+                seqs = list(range(mark, lowest, -1))[:limit]
+                for seq in seqs:
+                    message = self.messages[conversation][seq - 1]
+                    if message.mid not in user.deleted:
+                        merged.setdefault(message.mid, message)
+            reply["messages"] = [merged[mid] for mid in sorted(merged, reverse=True)]
+        return reply
+
+    # -- groups
+
+    def _role(self, gid: str, name: str) -> str:
+        group = self.groups.get(gid)
+        if group is None or name not in group.roles:
+            raise Refused("not_found")
+        return group.roles[name]
+
+    def _join(self, group: Group, names: list[str]) -> None:
+        seq = self.last_seq(group.conversation)
+        for name in names:
+            user = self.user(name)
+            group.joined[name] = seq
+            user.groups.add(group.gid)
+            user.read[group.conversation] = seq
+            user.last_known[group.conversation] = seq
+
+    def create_group(self, owner: str, gid: str, name: str, members: list[str]) -> dict[str, Any]:
+        roles = {member: MEMBER for member in members if member != owner}
+        roles[owner] = OWNER
+        group = Group(gid, name, dict(roles), {})
+        self.groups[gid] = group
+        self._join(group, sorted(roles))
+        return {"op": "group", "gid": gid, "conversation": f"g:{gid}", "name": name, "members": roles}
+
+    def add_members(self, actor: str, gid: str, users: list[str]) -> dict[str, Any]:
+        if self._role(gid, actor) not in (OWNER, ADMIN):
+            raise Refused("forbidden")
+        group = self.groups[gid]
+        new = sorted(set(users) - set(group.roles))
+        for name in new:
+            group.roles[name] = MEMBER
+        self._join(group, new)
+        return {"op": "members_added", "gid": gid, "added": new}
+
+    def _leave(self, group: Group, name: str) -> None:
+        user = self.user(name)
+        del group.roles[name]
+        del group.joined[name]
+        user.groups.discard(group.gid)
+        for state in (user.read, user.last_known):
+            state.pop(group.conversation, None)
+
+    def remove_member(self, actor: str, gid: str, name: str) -> dict[str, Any]:
+        actor_role = self._role(gid, actor)
+        group = self.groups[gid]
+        if name not in group.roles:
+            raise Refused("not_found")
+        role = group.roles[name]
+        if not ((actor_role == OWNER and role != OWNER) or (actor_role == ADMIN and role == MEMBER)):
+            raise Refused("forbidden")
+        self._leave(group, name)
+        return {"op": "member_removed", "gid": gid, "user": name}
+
+    def leave_group(self, name: str, gid: str) -> dict[str, Any]:
+        if self._role(gid, name) == OWNER:
+            raise Refused("forbidden")
+        self._leave(self.groups[gid], name)
+        return {"op": "left", "gid": gid}
+
+    def set_role(self, actor: str, gid: str, name: str, role: str) -> dict[str, Any]:
+        if self._role(gid, actor) != OWNER:
+            raise Refused("forbidden")
+        group = self.groups[gid]
+        if name not in group.roles:
+            raise Refused("not_found")
+        if name == actor:
+            raise Refused("bad_frame")
+        group.roles[name] = role
+        if role == OWNER:
+            group.roles[actor] = ADMIN
+        return {"op": "role_set", "gid": gid, "user": name, "role": role}
+
+    def group_members(self, actor: str, gid: str) -> dict[str, Any]:
+        self._role(gid, actor)
+        return {"op": "group_members", "gid": gid, "members": dict(self.groups[gid].roles)}
+
+    def my_groups(self, name: str) -> dict[str, Any]:
+        user = self.user(name)
+        return {"op": "my_groups", "groups": [
+            {"gid": gid, "conversation": f"g:{gid}", "name": self.groups[gid].name, "role": self.groups[gid].roles[name]}
+            for gid in sorted(user.groups)
+        ]}
+
+    # -- what the test may pick from
+
+    def visible(self, name: str, conversation: str) -> list[Message]:
+        """The messages a member may see in a conversation (after their join), oldest first."""
+        floor = self.floor(name, conversation) if self.is_member(name, conversation) else 0
+        return self.messages.get(conversation, [])[floor:]
+
+    def sent_by(self, name: str) -> list[Message]:
+        return [m for (c, sender, _), m in self.dedup.items() if sender == name]
