@@ -1,8 +1,10 @@
 """The ingest script on its own: one answer per client message id, gap-free seqs."""
 
+from imflow.core import keys
 from imflow.core.ids import IdGenerator
 from imflow.core.ingest import accept
 from imflow.core.models import SendCommand
+from imflow.core.scripts import script
 
 
 def cmd(cmid: str, text: str = "hi") -> SendCommand:
@@ -24,5 +26,17 @@ async def test_log_keeps_the_newest_and_an_old_replay_still_answers(any_redis) -
     ids = IdGenerator(1)
     for i in range(10):
         await accept(any_redis, ids, cmd(f"m{i}"), 60, log_limit=3)
+    log = keys.conversation_log("p:alice:bob")
+    # nothing is sealed into the archive yet: the log keeps every message (history has no hole)
+    assert await any_redis.zcard(log) == 10
+    old, stored = await accept(any_redis, ids, cmd("m0"), 60, log_limit=3)
+    assert old.duplicate and old.seq == 1 and stored is not None
+    # the archive sealed seqs 1..8: the log keeps the newest 3 (and would keep anything unsealed above)
+    await script(any_redis, "trim_log")(keys=[log, keys.conversation_sealed("p:alice:bob")], args=[8, 3])
+    assert [int(score) for _, score in await any_redis.zrange(log, 0, -1, withscores=True)] == [8, 9, 10]
+    # a later ingest trims the same way, and the mark only rises
+    await script(any_redis, "trim_log")(keys=[log, keys.conversation_sealed("p:alice:bob")], args=[5, 3])
+    await accept(any_redis, ids, cmd("m10"), 60, log_limit=3)
+    assert [int(score) for _, score in await any_redis.zrange(log, 0, -1, withscores=True)] == [9, 10, 11]
     old, stored = await accept(any_redis, ids, cmd("m0"), 60, log_limit=3)
     assert old.duplicate and old.seq == 1 and stored is None  # trimmed from Redis, in the archive
