@@ -50,7 +50,6 @@ async def set_aside(ctx: AgentContext, agent: str, value: bytes, partition: int,
         "at_ms": now_ms(),
     }
     await ctx.producer.send(ctx.topic(TOPIC), digest.encode(), orjson.dumps(record))
-    await ctx.redis.set(seen, 1, ex=SEEN_TTL_S)
     sender = _sender_of(value)
     if sender is not None:
         node, user, cmid = sender
@@ -61,6 +60,8 @@ async def set_aside(ctx: AgentContext, agent: str, value: bytes, partition: int,
             "cmid": cmid,
         }
         await gateway_events.to_gateway(ctx.redis, node, user, frame)
+    # marked last: a crash before this sets the record aside (and tells its sender) again
+    await ctx.redis.set(seen, 1, ex=SEEN_TTL_S)
 
 
 def _sender_of(value: bytes) -> tuple[str, str, str] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from pydantic import Field, ValidationError
 
 from . import wire
@@ -35,7 +36,9 @@ def validate_body(message_type: MessageType, body: dict[str, Any]) -> dict[str, 
     """
     try:
         if message_type.schema is not None:
-            body = message_type.schema.model_validate(body).model_dump()
+            # JSON mode both ways: a strict schema takes what JSON can say (enum values, arrays
+            # for tuples, ISO dates) and gives back only what JSON can carry
+            body = message_type.schema.model_validate_json(orjson.dumps(body)).model_dump(mode="json")
         if message_type.validate is not None:
             body = message_type.validate(dict(body))
     except ValidationError as exc:

@@ -15,10 +15,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pluggy
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import hookspecs
+from .redis_client import STORAGE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ class Hooks:
         for impl in self._implementations(name):
             try:
                 value = await await_me_maybe(impl.function(*[kwargs[arg] for arg in impl.argnames]))
-            except (RedisConnectionError, RedisTimeoutError) as exc:  # an outage, not a plugin bug: no traceback
+            except STORAGE_UNAVAILABLE as exc:  # an outage, not a plugin bug: no traceback
                 log.warning("plugin %s: storage unavailable in %s (%s); skipped", impl.plugin_name, name, exc)
                 continue
             except Exception:

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
+
+# Redis is away or cannot take writes for now (down, loading its AOF, a failover, a cluster
+# reshuffle, out of memory): wait and try again; never a verdict on the request itself.
+STORAGE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError,  # BusyLoadingError (the AOF is loading) is one
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.MasterDownError,
+    redis_errors.OutOfMemoryError,
+)
 
 
 def connect(url: str | None, max_connections: int = 64) -> Redis:

@@ -124,10 +124,12 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _liveness_outlasts_heartbeats(self) -> Settings:
+    def _heartbeats_fit_their_timeouts(self) -> Settings:
         # one late beat (a busy loop, a slow Redis) must not get a live gateway swept
         if self.gateway_liveness_ttl_seconds < 2 * self.gateway_heartbeat_seconds:
             raise ValueError("gateway_liveness_ttl_seconds must be at least twice gateway_heartbeat_seconds")
+        if self.worker_heartbeat_seconds >= self.worker_session_timeout_seconds:  # Kafka refuses it
+            raise ValueError("worker_heartbeat_seconds must be below worker_session_timeout_seconds (a third of it or less)")
         return self
 
     @property

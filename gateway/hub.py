@@ -268,6 +268,10 @@ class Hub:
         self.heartbeat_seconds = heartbeat_seconds  # settings gateway_heartbeat_seconds
         self.liveness_ttl_seconds = liveness_ttl_seconds  # settings gateway_liveness_ttl_seconds
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._sweeping: asyncio.Task[None] | None = None
+        # held around every change of this gateway's presence entries, so a write-back after
+        # being swept never overwrites a connect or disconnect that happened meanwhile
+        self.presence_lock = asyncio.Lock()
         self.connections: dict[str, set[Connection]] = defaultdict(set)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -372,7 +376,7 @@ class Hub:
         await self.lag.stop()
         for task in list(self._rechecks):
             task.cancel()
-        for task in (self._listener, self._heartbeat_task):
+        for task in (self._listener, self._heartbeat_task, self._sweeping):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -385,6 +389,12 @@ class Hub:
                 await gateway_liveness.forget(self.redis, self.node)
         except Exception as exc:
             log.warning("could not leave the gateway registry (%s); live gateways will sweep our entries", exc)
+
+    async def _sweep_dead(self) -> None:
+        try:
+            await gateway_liveness.sweep_dead(self.redis, me=self.node)
+        except Exception as exc:  # the next beat tries again
+            log.warning("sweeping dead gateways failed (%s); retrying at a later beat", exc)
 
     def _held(self) -> dict[str, int]:
         """User -> connections held now."""
@@ -407,10 +417,12 @@ class Hub:
                 if state == Beat.BEING_SWEPT:
                     rewrite = True  # once the sweeper is done, or it would take them again
                 elif state == Beat.REGISTERED or rewrite:
-                    held = self._held()
-                    if state == Beat.REGISTERED and beating_since is not None:
-                        log.warning("this gateway was presumed dead and swept; writing back %d user(s)", len(held))
-                    await presence.announce(self.redis, self.node, held)
+                    rewrite = True  # stays set until the write-back has succeeded
+                    async with self.presence_lock:  # no connect or disconnect changes counts meanwhile
+                        held = self._held()
+                        if state == Beat.REGISTERED and beating_since is not None:
+                            log.warning("this gateway was presumed dead and swept; writing back %d user(s)", len(held))
+                        await presence.announce(self.redis, self.node, held)
                     rewrite = False
                 now = time.monotonic()
                 if failing:
@@ -419,8 +431,10 @@ class Hub:
                 beating_since = beating_since or now
                 # sweep others only after beating for a TTL: after a Redis outage every deadline
                 # has passed, and the live gateways need one beat to push theirs on again
-                if now - beating_since >= self.liveness_ttl_seconds:
-                    await gateway_liveness.sweep_dead(self.redis, me=self.node)
+                if now - beating_since >= self.liveness_ttl_seconds and (self._sweeping is None or self._sweeping.done()):
+                    # in a task of its own: a long sweep must not stop our own beat (we would be
+                    # presumed dead and swept in turn)
+                    self._sweeping = asyncio.create_task(self._sweep_dead())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis is out: beat again later; never let the task die

@@ -7,15 +7,13 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.exceptions import BusyLoadingError as RedisBusyLoadingError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from imflow.core import archive, archive_queue, message_types, fan_out, gateway_events, groups, inbox, keys
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
 from imflow.core.models import SendCommand, direct_conversation
 from imflow.core.plugin_calls import await_me_maybe
+from imflow.core.redis_client import STORAGE_UNAVAILABLE
 from imflow.core.plugin_types import OperationContext, OperationError, Rejection, plugin_error_code
 
 from . import protocol
@@ -257,6 +255,6 @@ async def handle(
 ) -> dict[str, Any] | None:
     try:
         return await HANDLERS[type(frame)](frame, connection, backend, extensions)  # type: ignore[operator]
-    except (RedisConnectionError, RedisTimeoutError, RedisBusyLoadingError) as exc:
+    except STORAGE_UNAVAILABLE as exc:
         # Redis away or still loading its AOF: a coded answer the client can act on, no traceback
         raise ImflowError(ErrorCode.UNAVAILABLE, "storage is unavailable; retry shortly (operations are idempotent)") from exc

@@ -41,22 +41,23 @@ async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub, extens
     connection.push({"op": "welcome", "user": user, "node": backend.node_name, **_lifetime(claims)})
     hub.add(connection)  # after the token check: a revocation heard meanwhile still ends it
     try:
-        await _presence(presence.connected, backend, user)
+        await _presence(presence.connected, backend, hub, user)
         await backend.hooks.call("imflow_on_connect", user=user, node=backend.node_name, connection=connection)
         # the welcome goes out once pushes reach this connection, and any queued meanwhile follow it
         connection.open()
         await _serve(websocket, backend, connection, extensions)
     finally:
         hub.remove(connection)
-        await _presence(presence.disconnected, backend, user)
+        await _presence(presence.disconnected, backend, hub, user)
         await backend.hooks.call("imflow_on_disconnect", user=user, node=backend.node_name, connection=connection)
         await connection.finish()
 
 
-async def _presence(change: Any, backend: Backend, user: str) -> None:
+async def _presence(change: Any, backend: Backend, hub: Hub, user: str) -> None:
     """Record where the user is; if Redis is out, the session goes on (pushes may miss it, sync won't)."""
     try:
-        await change(backend.redis, user, backend.node_name)
+        async with hub.presence_lock:  # not in the middle of the hub writing its entries back
+            await change(backend.redis, user, backend.node_name)
     except Exception as exc:
         log.warning("presence of %s not recorded (%s); the client will still sync", user, exc)
 

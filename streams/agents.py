@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 
 import pydantic
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from imflow.core import archive_queue, dead_letter, fan_out, wire
@@ -19,6 +18,7 @@ from imflow.core.errors import ImflowError
 from imflow.core.fan_out import MODES, Mode
 from imflow.core.models import Message, SendCommand
 from imflow.core.plugin_calls import Hooks
+from imflow.core.redis_client import STORAGE_UNAVAILABLE
 from imflow.core.send_path import handle_sends
 
 from . import topics
@@ -54,7 +54,7 @@ AGENTS: tuple[AgentSpec, ...] = (AgentSpec("ingest", topics.INGEST, ingest),)
 # Storage outages are waited out (the records are not committed meanwhile); a batch that
 # fails otherwise is retried record by record, so one poison record cannot stop a partition
 # or take its neighbours down with it.
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+_TRANSIENT = (*STORAGE_UNAVAILABLE, KafkaError, OSError)
 
 
 async def run_body(spec: AgentSpec, ctx: AgentContext, records: Records) -> None:

@@ -139,6 +139,10 @@ class KafkaProducer:
                 try:
                     await fresh.start()
                     break
+                except asyncio.CancelledError:  # stop() while starting: let go of it too
+                    with contextlib.suppress(Exception):
+                        await fresh.stop()
+                    raise
                 except KafkaError as exc:  # the brokers are away again: keep trying
                     log.warning("Kafka producer %s could not start (%s); retrying", self._client_id, exc)
                     with contextlib.suppress(Exception):

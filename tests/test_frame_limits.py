@@ -256,3 +256,28 @@ def test_wire_decode_refuses_what_is_not_utf8() -> None:
     with pytest.raises(Exception):
         wire.decode('{"t":"\ud800"}')
     assert wire.decode('{"t":"\\ud83d\\ude00"}') == {"t": "\U0001f600"}
+
+
+def test_a_plugin_schema_takes_what_json_can_say() -> None:
+    """Strict schemas are checked in JSON mode: enum values, arrays for tuples; the stored body
+    is plain JSON again."""
+    import enum
+
+    from imflow.core.errors import ImflowError
+    from imflow.core.message_types import validate_body
+    from imflow.core.plugin_types import MessageBody, MessageType
+
+    class Mood(enum.Enum):
+        HAPPY = "happy"
+        SAD = "sad"
+
+    class Sticker(MessageBody):
+        mood: Mood
+        size: tuple[int, int]
+
+    sticker = MessageType("sticker", schema=Sticker)
+    assert validate_body(sticker, {"mood": "happy", "size": [64, 64]}) == {"mood": "happy", "size": [64, 64]}
+    for bad in ({"mood": "angry", "size": [1, 1]}, {"mood": "sad", "size": [1]}, {"mood": "sad", "size": [1, 1], "x": 1}):
+        with pytest.raises(ImflowError) as refused:
+            validate_body(sticker, bad)
+        assert refused.value.code == "bad_frame"
