@@ -12,6 +12,7 @@ on (mid) and (owner_uid, mid), so a replay never shows twice.
 from __future__ import annotations
 
 import contextlib
+import threading
 import uuid
 import zlib
 from collections import defaultdict
@@ -167,8 +168,27 @@ class ArchiveReader:
         self._db = duckdb.connect()
         with contextlib.suppress(duckdb.Error):  # footers of segments read before are kept (they never change)
             self._db.execute("SET parquet_metadata_cache = true")
+        # one DuckDB connection refuses a second call while one runs ("connection is busy"), and
+        # history pages run in worker threads at once: each thread reads through its own cursor
+        self._local = threading.local()
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._cursors_lock = threading.Lock()
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._local.cursor = self._db.cursor()
+            with contextlib.suppress(duckdb.Error):  # a cursor starts from the defaults
+                cursor.execute("SET parquet_metadata_cache = true")
+            with self._cursors_lock:
+                self._cursors.append(cursor)
+        return cursor
 
     def close(self) -> None:
+        with self._cursors_lock:
+            for cursor in self._cursors:
+                cursor.close()
+            self._cursors.clear()
         self._db.close()
 
     def history_page(
@@ -182,6 +202,7 @@ class ArchiveReader:
         unless ``include_deleted`` (the gateway hides them itself, from Redis, which knows a
         deletion at once: the archive only once it has sealed it).
         """
+        db = self._cursor()
         owners = [owner] + ([conversation] if conversation.startswith("g:") else [])
         shards = sorted({mailbox_shard(name, self.layout.mailbox_shards) for name in owners})
         boxes = [path for shard in shards for path in self.layout.files(MAILBOX, shard)]
@@ -201,7 +222,7 @@ class ArchiveReader:
         }
         if deletions:
             params["deleted"] = deletions
-        index = self._db.execute(
+        index = db.execute(
             f"""
             SELECT DISTINCT mid, seq FROM read_parquet($boxes, hive_partitioning = false)
             WHERE {owner_filter} AND conversation = $conversation AND seq < $before AND seq > $after {hidden}
@@ -226,7 +247,7 @@ class ArchiveReader:
         # DuckDB skips row groups by their min/max of conversation and seq; the mids are
         # integers and go into the query as literals
         listed = ", ".join(str(int(mid)) for mid in mids)
-        rows = self._db.execute(
+        rows = self._cursor().execute(
             f"""
             SELECT mid, conversation, seq, sender, client_msg_id, type, body, sent_at_ms
             FROM read_parquet($files, hive_partitioning = false)

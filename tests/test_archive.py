@@ -72,3 +72,23 @@ def test_readers_never_see_half_a_segment_while_a_writer_seals(tmp_path: Path) -
         seen = len(seqs)
     thread.join()
     assert seen == 2000
+
+
+def test_history_pages_can_be_read_from_many_threads_at_once(tmp_path: Path) -> None:
+    """Gateways read history pages in worker threads at once; one DuckDB connection refused a
+    second call while one ran ("connection is busy"), which became an `internal` error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    layout = ArchiveLayout(tmp_path, content_shards=2, mailbox_shards=2)
+    write_segments(layout, [record(seq) for seq in range(1, 201)])
+    reader = ArchiveReader(layout)
+
+    def page(before: int) -> list[int]:
+        return [m["seq"] for m in reader.history_page("bob", "p:alice:bob", before_seq=before, limit=20)]
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            pages = list(pool.map(page, [200 - n % 150 for n in range(400)]))
+    finally:
+        reader.close()
+    assert pages == [list(range(before - 1, max(0, before - 21), -1)) for before in [200 - n % 150 for n in range(400)]]
