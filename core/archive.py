@@ -145,7 +145,10 @@ def write_segments(layout: ArchiveLayout, records: list[dict[str, Any]]) -> int:
             tables[(record["table"], 0)].extend(record["rows"])
     schemas = {CONTENT: CONTENT_SCHEMA, MAILBOX: MAILBOX_SCHEMA, DELETIONS: DELETIONS_SCHEMA}
     written = 0
-    for (table, shard), rows in tables.items():
+    # every content segment before any mailbox segment: a reader that finds a message in the
+    # index must find its content (a mailbox file written first tore pages under load)
+    order = {CONTENT: 0, MAILBOX: 1, DELETIONS: 2}
+    for (table, shard), rows in sorted(tables.items(), key=lambda item: order.get(item[0][0], 3)):
         folder = layout.shard_dir(table, shard)
         folder.mkdir(parents=True, exist_ok=True)
         final = segment_path(folder)
