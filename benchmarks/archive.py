@@ -29,7 +29,7 @@ from pathlib import Path
 from stack import percentile
 
 from imflow.analytics import Archive
-from imflow.core.archive import ArchiveLayout, ArchiveReader
+from imflow.core.storage.archive import ArchiveLayout, ArchiveReader
 from imflow.simulate import Scenario, to_archive
 
 

@@ -30,7 +30,8 @@ import redis.asyncio as aioredis
 from stack import SECRET, Stack, arguments, percentile
 
 from imflow.client import Client
-from imflow.core import fan_out, groups, keys, presence, tokens
+from imflow.core import groups, tokens
+from imflow.core.storage import fan_out, keys, presence
 from imflow.core.ids import IdGenerator
 from imflow.core.models import SendCommand
 from imflow.core.send_path import handle_sends

@@ -11,7 +11,7 @@ from functools import cached_property
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from .archive import ArchiveLayout
+from .storage.archive import ArchiveLayout
 from .ids import MAX_NODE, IdGenerator
 from .plugin_calls import Hooks
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import gateway_events, keys
+from .storage import gateway_events, keys
 from .errors import ErrorCode
 from .ids import now_ms
 

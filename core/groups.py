@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import archive_queue, fan_out, keys
+from .storage import archive_queue, fan_out, keys
 from .errors import ErrorCode, ImflowError
 from .ids import now_ms
 from .models import direct_members
-from .scripts import queue_script, run_pipeline
+from .storage.scripts import queue_script, run_pipeline
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .redis_client import STORAGE_UNAVAILABLE
+from .storage.redis_client import STORAGE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 

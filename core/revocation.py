@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 import orjson
 from redis.exceptions import RedisError
 
-from . import keys, tokens
+from . import tokens
+from .storage import keys
 from .errors import ErrorCode, ImflowError
 from .ids import now_ms
 from .models import USER_ID_PATTERN
-from .scripts import script
+from .storage.scripts import script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

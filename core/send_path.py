@@ -17,13 +17,13 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from . import archive_queue, fan_out, gateway_events, keys
-from .fan_out import GroupView, Mode
-from .inbox import delivery_result, queue_delivery
-from .ingest import accepted_from, first_mode, queue_accept
+from .storage import archive_queue, fan_out, gateway_events, keys
+from .storage.fan_out import GroupView, Mode
+from .storage.inbox import delivery_result, queue_delivery
+from .storage.ingest import accepted_from, first_mode, queue_accept
 from .groups import group_id
 from .models import Message, SendCommand, direct_members
-from .scripts import run_pipeline
+from .storage.scripts import run_pipeline
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -30,7 +30,7 @@ from .session import serve_session
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from imflow.core.archive import ArchiveReader
+    from imflow.core.storage.archive import ArchiveReader
     from imflow.core.models import SendCommand
     from imflow.core.plugin_calls import Hooks
     from imflow.core.settings import Settings

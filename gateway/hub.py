@@ -17,9 +17,10 @@ import orjson
 from prometheus_client import Counter, Gauge
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from imflow.core import gateway_liveness, keys, presence, revocation
+from imflow.core import revocation
+from imflow.core.storage import gateway_liveness, keys, presence
 from imflow.core.errors import ErrorCode, ImflowError
-from imflow.core.gateway_liveness import Beat
+from imflow.core.storage.gateway_liveness import Beat
 from imflow.core.ids import now_ms
 from imflow.core.plugin_types import GatewayLoad, Priority
 from imflow.core.revocation import Revocation

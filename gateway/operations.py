@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from imflow.core import archive, archive_queue, message_types, fan_out, gateway_events, groups, inbox, keys
+from imflow.core import message_types, groups
+from imflow.core.storage import archive, archive_queue, fan_out, gateway_events, inbox, keys
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
 from imflow.core.models import SendCommand, direct_conversation
 from imflow.core.plugin_calls import await_me_maybe
-from imflow.core.redis_client import STORAGE_UNAVAILABLE
+from imflow.core.storage.redis_client import STORAGE_UNAVAILABLE
 from imflow.core.plugin_types import OperationContext, OperationError, Rejection, plugin_error_code
 
 from . import protocol

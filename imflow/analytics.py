@@ -20,9 +20,7 @@ from typing import Literal
 import duckdb
 import pandas as pd
 
-from imflow.core.archive import (
-    COMPACTED, CONTENT, CONTENT_SCHEMA, DELETIONS, DELETIONS_SCHEMA, MAILBOX, MAILBOX_SCHEMA, SEALED, ArchiveLayout,
-)
+from imflow.core.storage.archive import COMPACTED, CONTENT, CONTENT_SCHEMA, DELETIONS, DELETIONS_SCHEMA, MAILBOX, MAILBOX_SCHEMA, SEALED, ArchiveLayout
 
 Bucket = Literal["minute", "hour", "day", "week", "month"]
 _DUCK_TYPES = {"int64": "BIGINT", "string": "VARCHAR"}

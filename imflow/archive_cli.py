@@ -71,7 +71,7 @@ def simulate(
 @archive_cli.command("stats")
 def stats(data_dir: DataOpt = None) -> None:
     """Segments, rows and bytes per table and shard."""
-    from imflow.core.archive_housekeeping import stats as archive_stats
+    from imflow.core.storage.archive_housekeeping import stats as archive_stats
 
     root = _settings(data_dir).archive_dir
     table = Table("table", "shard", "segments", "rows", "MB", title=str(root))
@@ -99,7 +99,7 @@ def compact(
 ) -> None:
     """Merge each shard's small segments into one (de-duplicated, sorted for fast history
     pages). Safe while workers write and notebooks read; run it every few minutes (cron)."""
-    from imflow.core.archive_housekeeping import compact as run
+    from imflow.core.storage.archive_housekeeping import compact as run
 
     progress, say = _spinner("compacting")
     with progress:
@@ -115,7 +115,7 @@ def retention(
 ) -> None:
     """Drop what is older than --keep-days (the group membership record is kept). Safe while
     workers write and notebooks read."""
-    from imflow.core.archive_housekeeping import retention as run
+    from imflow.core.storage.archive_housekeeping import retention as run
 
     if keep_days <= 0:
         typer.secho("--keep-days must be above 0", fg="red", err=True)
@@ -136,7 +136,7 @@ def reshard(
     """Rewrite the message tables with new shard counts. Stop workers and gateways first, and
     start them again with IMFLOW_ARCHIVE_CONTENT_SHARDS / IMFLOW_ARCHIVE_MAILBOX_SHARDS set to
     the new counts."""
-    from imflow.core.archive_housekeeping import reshard as run
+    from imflow.core.storage.archive_housekeeping import reshard as run
 
     progress, say = _spinner("resharding")
     with progress:

@@ -113,7 +113,7 @@ def revoke(
     settings = load_settings(redis_url=redis)
     if settings.redis_url and not server:
         from imflow.core import revocation
-        from imflow.core.redis_client import connect
+        from imflow.core.storage.redis_client import connect
 
         async def run() -> int:
             client = connect(settings.redis_url)
@@ -158,8 +158,8 @@ def repair_unread(redis: RedisOpt = None, user: Annotated[list[str] | None, type
 
     from rich.progress import Progress
 
-    from imflow.core.redis_client import connect
-    from imflow.core.repair import repair_user, users_with_state
+    from imflow.core.storage.redis_client import connect
+    from imflow.core.storage.repair import repair_user, users_with_state
 
     settings = load_settings(redis_url=redis)
     if not settings.redis_url:

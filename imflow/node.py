@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
-from imflow.core.archive import ArchiveLayout, ArchiveReader
+from imflow.core.storage.archive import ArchiveLayout, ArchiveReader
 from imflow.core.models import SendCommand
-from imflow.core.redis_client import connect
+from imflow.core.storage.redis_client import connect
 from imflow.core.agents import AgentContext, AgentSpec, TimerSpec, topic_name
 from imflow.core.plugin_calls import Hooks
 from imflow.plugin_manager import make_hooks

@@ -31,17 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imflow.core.archive import (
-    CONTENT,
-    MAILBOX,
-    COMPACTED,
-    READ_EVENTS,
-    ROW_GROUP,
-    ArchiveLayout,
-    content_shard,
-    segment_path,
-    mailbox_shard,
-)
+from imflow.core.storage.archive import CONTENT, MAILBOX, COMPACTED, READ_EVENTS, ROW_GROUP, ArchiveLayout, content_shard, segment_path, mailbox_shard
 from imflow.core.groups import EVENTS_TABLE
 from imflow.core.ids import EPOCH_MS, NODE_BITS, SEQUENCE_BITS
 from imflow.plugins.red_packets import EVENTS_TABLE as GRAB_EVENTS_TABLE

@@ -12,13 +12,14 @@ import pydantic
 from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from imflow.core import archive_queue, dead_letter, fan_out, wire
+from imflow.core import dead_letter, wire
+from imflow.core.storage import archive_queue, fan_out
 from imflow.core.agents import AgentContext, AgentSpec, Records, TimerSpec
 from imflow.core.errors import ImflowError
-from imflow.core.fan_out import MODES, Mode
+from imflow.core.storage.fan_out import MODES, Mode
 from imflow.core.models import Message, SendCommand
 from imflow.core.plugin_calls import Hooks
-from imflow.core.redis_client import STORAGE_UNAVAILABLE
+from imflow.core.storage.redis_client import STORAGE_UNAVAILABLE
 from imflow.core.send_path import handle_sends
 
 from . import topics

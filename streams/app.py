@@ -10,7 +10,7 @@ import faust
 
 from imflow.core.agents import AgentContext, AgentSpec, TimerSpec, topic_name
 from imflow.core.plugin_calls import Hooks
-from imflow.core.redis_client import connect
+from imflow.core.storage.redis_client import connect
 
 from .agents import all_agents, run_body, run_timer
 from .kafka import KafkaProducer, ensure_topics

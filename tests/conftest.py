@@ -100,7 +100,7 @@ async def real_redis(redis_url: str):
 async def any_redis(request: pytest.FixtureRequest):
     """The same core test on fakeredis (the embedded default) and on the real redis-server."""
     if request.param == "fakeredis":
-        from imflow.core.redis_client import connect
+        from imflow.core.storage.redis_client import connect
 
         client = connect(None)
     else:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from imflow.analytics import Archive
-from imflow.core.archive import ArchiveLayout, write_segments
+from imflow.core.storage.archive import ArchiveLayout, write_segments
 from imflow.core.ids import EPOCH_MS, NODE_BITS, SEQUENCE_BITS
 
 HOUR = 3_600_000

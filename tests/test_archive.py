@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from imflow.core.archive import CONTENT, MAILBOX, ArchiveLayout, ArchiveReader, content_shard, mailbox_shard, write_segments
+from imflow.core.storage.archive import CONTENT, MAILBOX, ArchiveLayout, ArchiveReader, content_shard, mailbox_shard, write_segments
 
 
 def mid_of(seq: int) -> int:

@@ -1,10 +1,10 @@
 """The ingest script on its own: one answer per client message id, gap-free seqs."""
 
-from imflow.core import keys
+from imflow.core.storage import keys
 from imflow.core.ids import IdGenerator
-from imflow.core.ingest import accept
+from imflow.core.storage.ingest import accept
 from imflow.core.models import SendCommand
-from imflow.core.scripts import script
+from imflow.core.storage.scripts import script
 
 
 def cmd(cmid: str, text: str = "hi") -> SendCommand:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from imflow.core import keys
+from imflow.core.storage import keys
 from imflow.core.agents import AgentContext, AgentSpec
 from imflow.core.settings import Settings
 from imflow.streams.agents import ingest, run_body

@@ -9,7 +9,8 @@ import itertools
 import orjson
 import pytest
 
-from imflow.core import fan_out, groups, inbox, keys, presence
+from imflow.core import groups
+from imflow.core.storage import fan_out, inbox, keys, presence
 from imflow.core.ids import IdGenerator
 from imflow.core.models import SendCommand
 from imflow.core.send_path import handle_sends

@@ -17,9 +17,9 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from imflow.core import gateway_liveness, keys, presence
-from imflow.core.gateway_liveness import Beat
-from imflow.core.scripts import script
+from imflow.core.storage import gateway_liveness, keys, presence
+from imflow.core.storage.gateway_liveness import Beat
+from imflow.core.storage.scripts import script
 from imflow.gateway.hub import Hub
 from imflow.testing import eventually
 

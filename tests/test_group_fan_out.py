@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from imflow.client import Client, ClientError
 from imflow.testing import eventually
 
-from imflow.core import keys
+from imflow.core.storage import keys
 from stacks import READ_FAN_OUT_THRESHOLD
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from test_model import LOG_LIMIT, STACK_EXTRA_ENV, Device  # noqa: F401  (STACK_EXTRA_ENV: the module's stack)
 
 from imflow.client import Client
-from imflow.core.archive import DELETIONS, ArchiveLayout
+from imflow.core.storage.archive import DELETIONS, ArchiveLayout
 from imflow.testing import eventually
 
 from stacks import READ_FAN_OUT_THRESHOLD

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from imflow.testing import ImflowProcess, eventually
 
-from imflow.core import keys
+from imflow.core.storage import keys
 from imflow.core.models import SendCommand
 from imflow.core.settings import Settings
 from imflow.node import Node

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from imflow.analytics import Archive
 from imflow.cli import cli
-from imflow.core import archive_housekeeping as housekeeping
-from imflow.core.archive import COMPACTED, CONTENT, MAILBOX, SEALED, ArchiveLayout, ArchiveReader
+from imflow.core.storage import archive_housekeeping as housekeeping
+from imflow.core.storage.archive import COMPACTED, CONTENT, MAILBOX, SEALED, ArchiveLayout, ArchiveReader
 from imflow.simulate import Scenario, through_gateway, to_archive
 from imflow.testing import eventually
 

@@ -16,7 +16,8 @@ import pytest
 import websockets
 
 from imflow.client import Client, ClientError
-from imflow.core import keys, revocation, tokens
+from imflow.core import revocation, tokens
+from imflow.core.storage import keys
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
 from imflow.core.models import direct_conversation
@@ -211,7 +212,7 @@ async def test_a_revoked_token_cannot_renew_a_session(stack, users) -> None:
 async def redis():
     """fakeredis: the real Redis database of these tests holds the running real stack's state
     (the stack tests cover revocation on it end to end)."""
-    from imflow.core.redis_client import connect as connect_redis
+    from imflow.core.storage.redis_client import connect as connect_redis
 
     client = connect_redis(None)
     yield client

@@ -8,10 +8,10 @@ import random
 import orjson
 import pytest
 
-from imflow.core import keys
-from imflow.core.inbox import acknowledge, conversation_states, deliver, inbox_page, mark_read
+from imflow.core.storage import keys
+from imflow.core.storage.inbox import acknowledge, conversation_states, deliver, inbox_page, mark_read
 from imflow.core.models import Message
-from imflow.core.repair import repair_user, users_with_state
+from imflow.core.storage.repair import repair_user, users_with_state
 
 
 def message(conversation: str, seq: int, sender: str) -> Message:

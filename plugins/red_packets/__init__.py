@@ -24,7 +24,7 @@ from typing import Annotated, Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from imflow.core import archive_queue
+from imflow.core.storage import archive_queue
 from imflow.core.agents import TimerSpec
 from imflow.core.hookspecs import hookimpl
 from imflow.core.ids import now_ms

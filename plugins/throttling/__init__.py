@@ -33,7 +33,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from imflow.core import keys
+from imflow.core.storage import keys
 from imflow.core.hookspecs import hookimpl
 from imflow.core.models import SendCommand
 from imflow.core.plugin_types import GatewayContext, GatewayLoad, Priority, Rejection

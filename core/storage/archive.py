@@ -24,7 +24,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .ids import NODE_BITS, SEQUENCE_BITS, id_time_ms
+from ..ids import NODE_BITS, SEQUENCE_BITS, id_time_ms
 
 CONTENT = "im_msg_content"
 MAILBOX = "im_user_msg_box"

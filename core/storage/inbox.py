@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from . import keys
-from .models import Message
+from ..models import Message
 from .scripts import queue_script, run_pipeline, script
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import keys
-from .ids import IdGenerator
-from .models import Accepted, Message, SendCommand
+from ..ids import IdGenerator
+from ..models import Accepted, Message, SendCommand
 from .scripts import queue_script, run_pipeline
 
 if TYPE_CHECKING:

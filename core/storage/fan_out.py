@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
 
-    from .models import Message
+    from ..models import Message
 
 Mode = Literal["write", "read"]
 MODES: tuple[Mode, ...] = ("write", "read")

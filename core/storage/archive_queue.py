@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
 
-    from .models import Message
+    from ..models import Message
 
 LOCK_MS = 60_000
 PLUGIN_TABLE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")

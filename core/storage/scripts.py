@@ -1,4 +1,4 @@
-"""The Lua scripts of core/lua.
+"""The Lua scripts of core/storage/lua.
 
 Direct calls use redis-py's Script (EVALSHA, reloads on NOSCRIPT). In pipelines we queue
 EVALSHA ourselves: redis-py's pipeline would ask SCRIPT EXISTS before every execute, one more
@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 @cache
 def lua_source(name: str) -> str:
-    return resources.files("imflow.core").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return resources.files("imflow.core.storage").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
 @cache
@@ -67,6 +67,6 @@ async def run_pipeline(redis: Redis, fill: Callable[[Pipeline], Awaitable[T] | T
 
 
 async def load_scripts(redis: Redis) -> None:
-    for path in resources.files("imflow.core").joinpath("lua").iterdir():
+    for path in resources.files("imflow.core.storage").joinpath("lua").iterdir():
         if path.name.endswith(".lua"):
             await redis.script_load(lua_source(path.name.removesuffix(".lua")))
