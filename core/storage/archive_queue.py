@@ -8,16 +8,16 @@ sealing and trimming writes the batch again, which readers de-duplicate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-import uuid
 import zlib
 from typing import TYPE_CHECKING
 
 import orjson
 
-from . import keys
+from . import keys, locks
 from .archive import CONTENT, DELETIONS, MAILBOX, ArchiveLayout, write_segments
-from .scripts import queue_script, run_pipeline, script
+from .scripts import queue_script, run_pipeline
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -64,16 +64,14 @@ async def flush(
     conversation log's size), each sealed conversation's log is then trimmed to its newest
     ``log_limit`` among what is sealed: a message leaves Redis only once the archive has it.
     """
-    token = uuid.uuid4().hex
     held: list[tuple[int, int]] = []  # (partition, records taken)
     records: list[dict] = []
-    try:
+    async with contextlib.AsyncExitStack() as stack:
         for partition in partitions:
-            if not await redis.set(keys.archive_lock(app_id, partition), token, nx=True, px=LOCK_MS):
+            if not await stack.enter_async_context(locks.try_hold(redis, keys.archive_lock(app_id, partition), LOCK_MS)):
                 continue
-            held.append((partition, 0))  # at once: the lock is released whatever happens next
             entries = await redis.lrange(keys.archive_pending(app_id, partition), 0, max_records - 1)
-            held[-1] = (partition, len(entries))
+            held.append((partition, len(entries)))
             records.extend(orjson.loads(entry) for entry in entries)
         if records:
             await asyncio.to_thread(write_segments, layout, records)
@@ -85,10 +83,6 @@ async def flush(
             if log_limit is not None:
                 await _trim_logs(redis, records, log_limit)
         return any(taken >= max_records for _, taken in held)
-    finally:
-        unlock = script(redis, "unlock")
-        for partition, _ in held:
-            await unlock(keys=[keys.archive_lock(app_id, partition)], args=[token])
 
 
 async def _trim_logs(redis: Redis, records: list[dict], log_limit: int) -> None:

@@ -15,14 +15,13 @@ every count is *set* from seqs, so replays, late flushes and restarts cannot dou
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import orjson
 
-from . import keys
+from . import keys, locks
 from .scripts import queue_script, run_pipeline, script
 
 if TYPE_CHECKING:
@@ -127,15 +126,9 @@ async def flush_pending(redis: Redis) -> int:
     The pending hash is in Redis, so a flush a crashed worker did not do is done by the next
     tick of any worker. Returns the number of member updates.
     """
-    # one worker at a time (each would do the same work); the lock outlives no crash for long,
-    # and a worker releases only its own (a slow flush may outlast it)
-    token = uuid.uuid4().hex
-    if not await redis.set(keys.fan_out_lock(), token, nx=True, px=60_000):
-        return 0
-    try:
-        return await _flush(redis)
-    finally:
-        await script(redis, "unlock")(keys=[keys.fan_out_lock()], args=[token])
+    # one worker at a time (each would do the same work); the lock outlives no crash for long
+    async with locks.try_hold(redis, keys.fan_out_lock(), 60_000) as held:
+        return await _flush(redis) if held else 0
 
 
 async def _flush(redis: Redis) -> int:

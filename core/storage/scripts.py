@@ -23,14 +23,43 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@cache
+_REGISTERED: dict[str, str] = {}  # name -> source of scripts that live elsewhere (plugins)
+
+
+def register(name: str, source: str) -> None:
+    """Make a script that lives outside core/storage/lua (a plugin's) callable by ``name`` with
+    ``script``/``queue_script`` and loaded by ``load_scripts``, the same way as imflow's own.
+
+    Raises ValueError if ``name`` is taken by a different script.
+    """
+    if (name in _REGISTERED and _REGISTERED[name] != source) or (name not in _REGISTERED and _bundled(name)):
+        raise ValueError(f"a different Lua script is already called {name!r}")
+    _REGISTERED[name] = source
+
+
+def _bundled(name: str) -> bool:
+    return resources.files("imflow.core.storage").joinpath("lua", f"{name}.lua").is_file()
+
+
 def lua_source(name: str) -> str:
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    return _bundled_source(name)
+
+
+@cache
+def _bundled_source(name: str) -> str:
     return resources.files("imflow.core.storage").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
-@cache
 def lua_sha(name: str) -> str:
-    return hashlib.sha1(lua_source(name).encode()).hexdigest()
+    sha = _SHAS.get(name)
+    if sha is None:  # computed once per name: pipelines queue a script per message and member
+        sha = _SHAS[name] = hashlib.sha1(lua_source(name).encode()).hexdigest()
+    return sha
+
+
+_SHAS: dict[str, str] = {}
 
 
 def script(redis: Redis, name: str) -> AsyncScript:
@@ -70,3 +99,5 @@ async def load_scripts(redis: Redis) -> None:
     for path in resources.files("imflow.core.storage").joinpath("lua").iterdir():
         if path.name.endswith(".lua"):
             await redis.script_load(lua_source(path.name.removesuffix(".lua")))
+    for source in _REGISTERED.values():
+        await redis.script_load(source)
