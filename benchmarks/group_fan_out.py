@@ -9,7 +9,7 @@ the 1,000 WebSocket members and the sender. Per message: the sender's ACK latenc
 until every online member has it; per mode: Redis commands and Redis CPU per message
 (including the unread flush for read fan-out).
 
-Part 2 (threshold): the send path (core/send_path.py) called directly on the real Redis for
+Part 2 (threshold): the send path (core/sending.py) called directly on the real Redis for
 groups of 10 to 3,000 members, 10 % online, one message per batch as in a quiet group, with
 the group unread flush every 5 s at 1 and at 10 messages per second per group: Redis CPU per
 message by mode. The threshold is the smallest size at which read fan-out costs less.
@@ -34,7 +34,8 @@ from imflow.core import groups, tokens
 from imflow.core.storage import fan_out, keys, presence
 from imflow.core.ids import IdGenerator
 from imflow.core.models import SendCommand
-from imflow.core.send_path import handle_sends
+from imflow.core.agents import AgentContext
+from imflow.core.sending import handle_sends
 from imflow.core.settings import Settings
 
 
@@ -180,10 +181,10 @@ async def sweep(redis_url: str, sizes: list[int], messages: int, rates: list[int
                     await groups.create(redis, gid, names[0], "sweep", names[1:])
                     for name in names[: max(1, size // 10)]:
                         await presence.connected(redis, name, "sweep-gw")
+                    # the threshold alone picks the mode: read fan-out from 2 members, write below size + 1
                     settings = Settings(read_fan_out_threshold=2 if mode == "read" else size + 1)
-
-                    async def choose(conversation: str, members: int, sender: str, mode: str = mode) -> str:
-                        return mode
+                    ctx = AgentContext(settings=settings, redis=redis, producer=None)
+                    ctx._ids[0] = ids
 
                     before = meter.snapshot()
                     wall = []
@@ -191,7 +192,7 @@ async def sweep(redis_url: str, sizes: list[int], messages: int, rates: list[int
                         command = SendCommand(sender=names[i % size], client_msg_id=f"c{i}", conversation=f"g:{gid}",
                                               body={"text": "x" * 40}, sent_at_ms=1)
                         t0 = time.perf_counter()
-                        await handle_sends(redis, lambda p: ids, settings, [(command, 0)], choose_mode=choose)
+                        await handle_sends(ctx, [(command, 0)])
                         wall.append((time.perf_counter() - t0) * 1000)
                         if mode == "read" and (i + 1) % per_flush == 0:
                             await fan_out.flush_pending(redis)

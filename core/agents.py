@@ -11,9 +11,9 @@ from functools import cached_property
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from .storage.archive import ArchiveLayout
 from .ids import MAX_NODE, IdGenerator
-from .plugin_calls import Hooks
+from .services import Services
+from .storage.archive import ArchiveLayout
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -36,12 +36,13 @@ class Producer(Protocol):
         ...
 
 
-@dataclass
-class AgentContext:
-    settings: Settings
-    redis: Redis
+@dataclass(kw_only=True)
+class AgentContext(Services):
+    """A worker's Services (core/services.py) with what agents need besides: the ``producer``
+    for records they put on topics, one id generator per ingest partition and the archive's
+    layout to seal into."""
+
     producer: Producer
-    hooks: Hooks = field(default_factory=Hooks)
     _ids: dict[int, IdGenerator] = field(default_factory=dict)
 
     def ids(self, partition: int) -> IdGenerator:
@@ -52,7 +53,7 @@ class AgentContext:
         return self._ids[node]
 
     @cached_property
-    def archive(self) -> ArchiveLayout:
+    def archive_layout(self) -> ArchiveLayout:
         s = self.settings
         return ArchiveLayout(s.archive_dir, s.archive_content_shards, s.archive_mailbox_shards)
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .storage import gateway_events, keys
-from .errors import ErrorCode
 from .ids import now_ms
+from .notifications import Rejected
+from .storage import dead_letters, gateway_events
 
 if TYPE_CHECKING:
     from .agents import AgentContext
@@ -37,8 +37,8 @@ async def set_aside(ctx: AgentContext, agent: str, value: bytes, partition: int,
     marking may produce it twice; readers de-duplicate by ``digest``).
     """
     digest = hashlib.sha256(value).hexdigest()
-    seen = keys.dead_letter_seen(ctx.settings.app_id, digest)
-    if await ctx.redis.exists(seen):
+    app_id = ctx.settings.app_id
+    if await dead_letters.was_set_aside(ctx.redis, app_id, digest):
         return
     log.error("agent %s: set aside a record of partition %d on the dead-letter topic (%s): %s", agent, partition, digest[:12], error)
     record = {
@@ -53,15 +53,10 @@ async def set_aside(ctx: AgentContext, agent: str, value: bytes, partition: int,
     sender = _sender_of(value)
     if sender is not None:
         node, user, cmid = sender
-        frame = {
-            "op": "error",
-            "code": str(ErrorCode.REJECTED),
-            "message": f"message {cmid} could not be processed and was set aside; do not resend it unchanged",
-            "cmid": cmid,
-        }
-        await gateway_events.to_gateway(ctx.redis, node, user, frame)
+        why = f"message {cmid} could not be processed and was set aside; do not resend it unchanged"
+        await gateway_events.notify(ctx.redis, node, user, Rejected(cmid, why))
     # marked last: a crash before this sets the record aside (and tells its sender) again
-    await ctx.redis.set(seen, 1, ex=SEEN_TTL_S)
+    await dead_letters.mark_set_aside(ctx.redis, app_id, digest, SEEN_TTL_S)
 
 
 def _sender_of(value: bytes) -> tuple[str, str, str] | None:

@@ -1,6 +1,6 @@
 """Revoking a user's tokens: ``imflow revoke USER``.
 
-A revocation records a time for the user in Redis (keys.token_revocation). Every token of
+A revocation records a time for the user in Redis (core/storage/revocations.py). Every token of
 that user issued at or before it is refused from then on, wherever a token is checked: the
 WebSocket ``auth`` frame (first or later) and the HTTP API. Tokens issued after it work.
 Issue times are in milliseconds (core/tokens.py), so "at or before" errs towards refusing
@@ -21,11 +21,10 @@ import orjson
 from redis.exceptions import RedisError
 
 from . import tokens
-from .storage import keys
+from .storage import revocations
 from .errors import ErrorCode, ImflowError
 from .ids import now_ms
 from .models import USER_ID_PATTERN
-from .storage.scripts import script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -68,26 +67,22 @@ async def revoke(redis: Redis, user: str, at_ms: int | None = None) -> Revocatio
     if not USER_ID_PATTERN.fullmatch(user):
         raise ValueError(f"invalid user id {user!r}: use 1-64 letters, digits, '_', '.' or '-'")
     revocation = Revocation(user, at_ms if at_ms is not None else now_ms())
-    await script(redis, "raise_field")(keys=[keys.token_revocation(user)], args=[keys.REVOKED_MS, revocation.before_ms])
+    await revocations.raise_time(redis, user, revocation.before_ms)
     # after the record: a gateway that checks a new token once told finds it in Redis
-    await redis.publish(keys.gateways_channel(), revocation.encode())
+    await revocations.announce(redis, revocation.encode())
     return revocation
 
 
 async def revoked_before(redis: Redis, users: list[str]) -> dict[str, int]:
     """Each given user's revocation time (Unix ms); users never revoked are left out."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for user in users:
-            pipe.hget(keys.token_revocation(user), keys.REVOKED_MS)
-        replies = await pipe.execute()
-    return {user: int(reply) for user, reply in zip(users, replies, strict=True) if reply is not None}
+    return await revocations.times(redis, users)
 
 
 async def check(redis: Redis, claims: tokens.TokenClaims) -> None:
     """Raise ImflowError(token_revoked) if a revocation covers this token, or (unavailable)
     if Redis cannot say: a token that cannot be checked is not accepted."""
     try:
-        revoked = await redis.hget(keys.token_revocation(claims.user), keys.REVOKED_MS)
+        revoked = await revocations.time_of(redis, claims.user)
     except (RedisError, OSError) as exc:
         raise ImflowError(ErrorCode.UNAVAILABLE, "cannot check the token now; try again shortly") from exc
     if revoked is not None and Revocation(claims.user, int(revoked)).covers(claims.issued_ms):

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Gauge
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from imflow.core import revocation
-from imflow.core.storage import gateway_liveness, keys, presence
+from imflow.core.storage import gateway_events, gateway_liveness, presence
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.storage.gateway_liveness import Beat
 from imflow.core.ids import now_ms
@@ -26,7 +26,7 @@ from imflow.core.plugin_types import GatewayLoad, Priority
 from imflow.core.revocation import Revocation
 from imflow.core.settings import Settings
 
-from . import protocol
+from . import protocol, pushes
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -448,7 +448,7 @@ class Hub:
     async def _listen(self) -> None:
         """Route frames published for this gateway, and orders for all gateways; resubscribe
         after a Redis outage."""
-        own, everyone = keys.gateway_channel(self.node), keys.gateways_channel().encode()
+        own, everyone = gateway_events.own_channel(self.node), gateway_events.orders_channel().encode()
         lost = False
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
@@ -485,8 +485,14 @@ class Hub:
 
     def _route(self, data: bytes) -> None:
         try:
-            for event in orjson.loads(data):
+            events = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            log.exception("dropped a malformed batch of gateway events")
+            return
+        for event in events:  # one bad event costs only itself
+            try:
                 users = event["users"] if "users" in event else [event["user"]]
-                self.to_users(users, event["frame"], event.get("skip", ""), event.get("only", ""))
-        except Exception:
-            log.exception("dropped a malformed gateway event")
+                frame = pushes.frame_of(event["push"]) if "push" in event else event["frame"]
+                self.to_users(users, frame, event.get("skip", ""), event.get("only", ""))
+            except Exception:
+                log.exception("dropped a malformed gateway event")

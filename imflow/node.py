@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 from imflow.core.storage.archive import ArchiveLayout, ArchiveReader
 from imflow.core.models import SendCommand
 from imflow.core.storage.redis_client import connect
+from imflow.core import archiving
 from imflow.core.agents import AgentContext, AgentSpec, TimerSpec, topic_name
 from imflow.core.plugin_calls import Hooks
 from imflow.plugin_manager import make_hooks
-from imflow.streams.agents import all_agents, run_body, run_timer, seal_archive
+from imflow.streams.agents import all_agents, run_body, run_timer
 from imflow.streams.kafka import BroadcastConsumer, KafkaProducer, ensure_topics
 from imflow.streams.local import LocalBus
 from imflow.streams.topics import INGEST, all_topic_names
@@ -68,7 +69,7 @@ class Node:
         if s.embedded_transport:
             self.bus = self.producer = LocalBus(s.topic_partitions, batch_max=s.agent_batch_max)
             if self.run_agents:
-                self._context = AgentContext(s, self.redis, self.bus, self.hooks)
+                self._context = AgentContext(settings=s, redis=self.redis, node=s.node_name, hooks=self.hooks, producer=self.bus)
                 for spec in self.agents:
                     self.bus.subscribe(topic_name(s.app_id, spec.topic), partial(_local_consumer, spec, self._context))
                 self._timers = [asyncio.create_task(self._tick(timer, self._context)) for timer in self.timers]
@@ -118,7 +119,7 @@ class Node:
                 log.warning("stopping with records still queued in the in-process transport")
             await self.bus.stop()
         if self._context is not None:
-            await seal_archive(self._context)  # the embedded queue lives in memory: seal it before exit
+            await archiving.seal(self._context)  # the embedded queue lives in memory: seal it before exit
         if self._kafka is not None:
             await self._kafka.stop()
         await self.redis.aclose()

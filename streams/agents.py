@@ -1,56 +1,27 @@
-"""The built-in agent bodies, and how any body (built-in or a plugin's) is run.
+"""Which service each built-in agent and timer calls, and how any body (built-in or a plugin's) is run.
 
-A body gets the context and a batch of records (value, partition) in topic order. It must be
-idempotent: Kafka delivers at least once.
+Transport only: a body is one call into a core/ service; it gets the context and a batch of
+records (value, partition) in topic order, and must be idempotent (Kafka delivers at least once).
 """
 
 from __future__ import annotations
 
 import logging
 
-import pydantic
 from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from imflow.core import dead_letter, wire
-from imflow.core.storage import archive_queue, fan_out
+from imflow.core import archiving, dead_letter, sending, unread
 from imflow.core.agents import AgentContext, AgentSpec, Records, TimerSpec
-from imflow.core.errors import ImflowError
-from imflow.core.storage.fan_out import MODES, Mode
-from imflow.core.models import Message, SendCommand
 from imflow.core.plugin_calls import Hooks
 from imflow.core.storage.redis_client import STORAGE_UNAVAILABLE
-from imflow.core.send_path import handle_sends
 
 from . import topics
 
 log = logging.getLogger(__name__)
 
 
-async def ingest(ctx: AgentContext, records: Records) -> None:
-    """De-duplicate, assign mid and seq, fan out, queue for the archive, push and ACK."""
-    batch = []
-    for value, partition in records:
-        try:
-            # the gateways' decoder and limits (core/wire.py): a record they would refuse is refused here
-            batch.append((SendCommand.model_validate(wire.decode(value)), partition))
-        except (ImflowError, pydantic.ValidationError) as exc:
-            await dead_letter.set_aside(ctx, "ingest", value, partition, f"malformed record: {exc}")
-
-    async def after_persist(messages: list[Message]) -> None:
-        await ctx.hooks.call("imflow_after_persist", messages=messages, context=ctx)
-
-    async def choose_mode(conversation: str, members: int, sender: str) -> Mode | None:
-        chosen = await ctx.hooks.first("imflow_fan_out_policy", conversation=conversation, members=members, sender=sender)
-        if chosen is not None and chosen not in MODES:
-            log.warning("imflow_fan_out_policy answered %r for %s; using the default", chosen, conversation)
-            return None
-        return chosen
-
-    await handle_sends(ctx.redis, ctx.ids, ctx.settings, batch, after_persist, choose_mode)
-
-
-AGENTS: tuple[AgentSpec, ...] = (AgentSpec("ingest", topics.INGEST, ingest),)
+AGENTS: tuple[AgentSpec, ...] = (AgentSpec("ingest", topics.INGEST, sending.ingest),)
 
 # Storage outages are waited out (the records are not committed meanwhile); a batch that
 # fails otherwise is retried record by record, so one poison record cannot stop a partition
@@ -82,22 +53,9 @@ async def run_body(spec: AgentSpec, ctx: AgentContext, records: Records) -> None
                 log.exception("agent %s: could not set the record aside either", spec.name)
 
 
-async def seal_archive(ctx: AgentContext) -> None:
-    """The archive agent: seal what waits in every partition's queue (locks keep one writer each)."""
-    s = ctx.settings
-    partitions = range(s.topic_partitions)
-    while await archive_queue.flush(ctx.redis, s.app_id, ctx.archive, partitions, s.archive_batch, s.conversation_log_limit):
-        pass  # a partition gave a full batch: more may wait
-
-
-async def flush_group_unread(ctx: AgentContext) -> None:
-    """The group unread agent: bring members of read fan-out groups with new messages up to date."""
-    await fan_out.flush_pending(ctx.redis)
-
-
 TIMERS: tuple[TimerSpec, ...] = (
-    TimerSpec("archive", lambda s: s.archive_flush_seconds, seal_archive),
-    TimerSpec("group_unread", lambda s: s.group_unread_flush_seconds, flush_group_unread),
+    TimerSpec("archive", lambda s: s.archive_flush_seconds, archiving.seal),
+    TimerSpec("group_unread", lambda s: s.group_unread_flush_seconds, unread.flush_read_fan_out),
 )
 
 

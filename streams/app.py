@@ -48,7 +48,9 @@ class WorkerResources:
                     self._producer = KafkaProducer(s.kafka_bootstrap, f"{s.node_name}-worker")
                     await self._producer.start()
                     redis = self._shared_redis or connect(self.settings.redis_url)
-                    self._context = AgentContext(self.settings, redis, self._producer, self.hooks)
+                    self._context = AgentContext(
+                        settings=self.settings, redis=redis, node=self.settings.node_name, hooks=self.hooks, producer=self._producer
+                    )
         return self._context
 
     async def close(self) -> None:

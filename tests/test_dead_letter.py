@@ -16,7 +16,9 @@ import orjson
 from imflow.core.storage import keys
 from imflow.core.agents import AgentContext, AgentSpec
 from imflow.core.settings import Settings
-from imflow.streams.agents import ingest, run_body
+from imflow.core.sending import ingest
+from imflow.gateway import pushes
+from imflow.streams.agents import run_body
 
 
 class KeptProducer:
@@ -45,7 +47,7 @@ def deep(depth: int) -> Any:
 async def test_malformed_and_failing_records_are_set_aside_once_and_the_sender_told(any_redis, tmp_path) -> None:
     settings = Settings(data_dir=tmp_path, kafka_url=None, redis_url=None, app_id="dlq-test")
     producer = KeptProducer()
-    ctx = AgentContext(settings, any_redis, producer)
+    ctx = AgentContext(settings=settings, redis=any_redis, producer=producer)
     pubsub = any_redis.pubsub()
     await pubsub.subscribe(keys.gateway_channel("gw-1"))
     assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"  # type: ignore[index]
@@ -68,16 +70,16 @@ async def test_malformed_and_failing_records_are_set_aside_once_and_the_sender_t
     while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)) is not None:
         told.extend(orjson.loads(message["data"]))
     await pubsub.aclose()
-    assert told == [{"user": "alice", "frame": {
-        "op": "error", "code": "rejected", "cmid": "c-1",
-        "message": "message c-1 could not be processed and was set aside; do not resend it unchanged",
-    }}]
+    why = "message c-1 could not be processed and was set aside; do not resend it unchanged"
+    assert told == [{"users": ["alice"], "push": {"kind": "rejected", "cmid": "c-1", "message": why}}]
+    # and the gateway turns that notification into this frame
+    assert pushes.frame_of(told[0]["push"]) == {"op": "error", "code": "rejected", "cmid": "c-1", "message": why}
 
 
 async def test_a_body_that_keeps_failing_is_set_aside_not_retried_forever(any_redis, tmp_path) -> None:
     settings = Settings(data_dir=tmp_path, kafka_url=None, redis_url=None, app_id="dlq-test2")
     producer = KeptProducer()
-    ctx = AgentContext(settings, any_redis, producer)
+    ctx = AgentContext(settings=settings, redis=any_redis, producer=producer)
     calls = []
 
     async def broken(context: AgentContext, records: list[tuple[bytes, int]]) -> None:

@@ -1,4 +1,4 @@
-"""Write and read fan-out in the core (core/send_path.py, core/fan_out.py) on fakeredis and
+"""Write and read fan-out in the core (core/sending.py, core/storage/fan_out.py) on fakeredis and
 the real redis-server: one stored copy, counts flushed from seqs, replays and switches."""
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from imflow.core import groups
 from imflow.core.storage import fan_out, inbox, keys, presence
 from imflow.core.ids import IdGenerator
 from imflow.core.models import SendCommand
-from imflow.core.send_path import handle_sends
+from imflow.core.agents import AgentContext
+from imflow.core.hookspecs import hookimpl
+from imflow.core.plugin_calls import Hooks, empty_manager
+from imflow.core.sending import handle_sends
 from imflow.core.settings import Settings
 
 SETTINGS = Settings(read_fan_out_threshold=5)
@@ -29,8 +32,24 @@ def send(sender: str, conversation: str, text: str = "hi", cmid: str | None = No
     return command, 0
 
 
+class Policy:
+    """A plugin answering ``imflow_fan_out_policy`` with a test's function."""
+
+    def __init__(self, choose_mode) -> None:
+        self.choose_mode = choose_mode
+
+    @hookimpl
+    async def imflow_fan_out_policy(self, conversation: str, members: int, sender: str):
+        return await self.choose_mode(conversation, members, sender)
+
+
 async def run(redis, batch, choose_mode=None):
-    return await handle_sends(redis, lambda partition: IDS, SETTINGS, batch, choose_mode=choose_mode)
+    manager = empty_manager()
+    if choose_mode is not None:
+        manager.register(Policy(choose_mode), name="policy")
+    ctx = AgentContext(settings=SETTINGS, redis=redis, producer=None, hooks=Hooks(manager))
+    ctx._ids[0] = IDS  # one generator for the test, shared by every run
+    return await handle_sends(ctx, batch)
 
 
 async def unread(redis, user: str, conversation: str) -> tuple[int, int]:
@@ -129,18 +148,18 @@ async def test_online_members_get_one_event_per_gateway_and_replays_push_nothing
     try:
         command = send("m001", conversation)
         await run(any_redis, [command])
-        pushes_a = [e for e in await events_a() if e["frame"]["op"] == "msg"]
-        pushes_b = [e for e in await events_b() if e["frame"]["op"] == "msg"]
+        pushes_a = [e for e in await events_a() if e["push"]["kind"] == "msg"]
+        pushes_b = [e for e in await events_b() if e["push"]["kind"] == "msg"]
         assert len(pushes_a) == 1 and sorted(pushes_a[0]["users"]) == ["m000", "m001", "m002"]
         assert pushes_a[0]["skip"] == "conn-1", "not back to the sending connection"
         assert len(pushes_b) == 1 and pushes_b[0]["users"] == ["m003"]
         await run(any_redis, [command])  # Kafka redelivers
-        assert [e for e in await events_a() if e["frame"]["op"] == "msg"] == pushes_a
+        assert [e for e in await events_a() if e["push"]["kind"] == "msg"] == pushes_a
         # someone who left is not pushed to, even if a stale presence entry remained
         await groups.leave(any_redis, "big", "m002")
         await any_redis.hset(keys.group_online("big"), "gw-a|m002", 1)
         await run(any_redis, [send("m001", conversation)])
-        latest = [e for e in await events_a() if e["frame"]["op"] == "msg"][-1]
+        latest = [e for e in await events_a() if e["push"]["kind"] == "msg"][-1]
         assert sorted(latest["users"]) == ["m000", "m001"]
     finally:
         for pubsub in (pubsub_a, pubsub_b):

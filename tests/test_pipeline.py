@@ -101,8 +101,9 @@ async def test_ingest_assigns_gap_free_seqs_once_per_client_message(pipeline: Pi
         nonlocal acked
         while (message := await acks.get_message(ignore_subscribe_messages=True, timeout=0.2)) is not None:
             for event in json.loads(message["data"]):
-                assert event["user"] == "alice" and event["frame"]["op"] == "sent"
-                answers[event["frame"]["cmid"]].add((event["frame"]["mid"], event["frame"]["seq"]))
+                push = event["push"]
+                assert event["users"] == ["alice"] and push["kind"] == "sent"
+                answers[push["cmid"]].add((push["mid"], push["seq"]))
                 acked += 1
         return len(answers) == 20 and acked >= 30
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 import orjson
 
 from . import keys, locks
-from .scripts import queue_script, run_pipeline, script
+from .scripts import Reply, queue_script, run_pipeline
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -49,8 +49,9 @@ class GroupView:
     senders: frozenset[str]
 
 
-def queue_group_view(pipe: Pipeline, gid: str, list_below: int, senders: list[str]) -> None:
-    queue_script(pipe, "group_view", keys=[keys.group_members(gid)], args=[list_below, *senders])
+def queue_group_view(pipe: Pipeline, gid: str, list_below: int, senders: list[str]) -> Reply:
+    """Queue the look at group ``gid`` for a batch (read the reply with ``group_view``)."""
+    return queue_script(pipe, "group_view", keys=[keys.group_members(gid)], args=[list_below, *senders])
 
 
 def group_view(result: list, list_below: int, senders: list[str]) -> GroupView:
@@ -66,24 +67,38 @@ def queue_advance(pipe: Pipeline, user: str, gid: str, seq: int, read_at_least: 
                  args=[f"g:{gid}", seq, read_at_least, gid])
 
 
-def queue_stored(pipe: Pipeline, message: Message, gid: str) -> int:
+@dataclass(frozen=True)
+class StoredReplies:
+    """Handles on the replies of ``queue_stored``."""
+
+    raised: Reply  # the group's read fan-out mark: 0 on a replay
+    online: Reply  # the members connected now, as ``gateway|user`` fields
+
+    def result(self) -> tuple[bool, dict[str, list[str]]]:
+        """(first time stored: a replay raised no mark and pushes nothing again, the members
+        connected now by gateway)."""
+        return bool(self.raised.value), online_by_gateway(self.online.value)
+
+
+def queue_stored(pipe: Pipeline, message: Message, gid: str) -> StoredReplies:
     """The per-message Redis work of read fan-out, whatever the group's size: raise the group's
     read fan-out mark and the pending flush, bring the sender up to their own message, and list
-    the members connected now. Returns the pipeline index of the first reply; ``stored_result``
-    reads the replies from there."""
+    the members connected now."""
     conversation, seq = message.conversation, message.seq
-    index = len(pipe)
-    queue_script(pipe, "raise_field", keys=[keys.group_info(gid)], args=[keys.READ_UPTO, seq])
+    raised = queue_script(pipe, "raise_field", keys=[keys.group_info(gid)], args=[keys.READ_UPTO, seq])
     queue_script(pipe, "raise_field", keys=[keys.fan_out_pending()], args=[conversation, seq])
     queue_advance(pipe, message.sender, gid, seq, seq)
-    queue_script(pipe, "online_members", keys=[keys.group_online(gid), keys.group_members(gid)], args=[])
-    return index
+    online = queue_script(pipe, "online_members", keys=[keys.group_online(gid), keys.group_members(gid)], args=[])
+    return StoredReplies(raised, online)
 
 
-def stored_result(results: list, index: int) -> tuple[bool, dict[str, list[str]]]:
-    """(first time stored: a replay raised no mark and pushes nothing again, the members
-    connected now by gateway)."""
-    return bool(results[index]), online_by_gateway(results[index + 3])
+async def members_of(redis: Redis, gids: list[str]) -> dict[str, list[str]]:
+    """Every member of each group, sorted (one round trip)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for gid in gids:
+            pipe.hkeys(keys.group_members(gid))
+        found = await pipe.execute()
+    return {gid: sorted(member.decode() for member in members) for gid, members in zip(gids, found, strict=True)}
 
 
 def online_by_gateway(fields: list[bytes]) -> dict[str, list[str]]:

@@ -1,4 +1,9 @@
-"""Frames for the gateways: each gateway listens on its own channel and routes by user.
+"""Notifications and plugin frames for the gateways: each gateway listens on its own channel
+and routes by user.
+
+An event carries either a service notification (``"push"``: core/notifications.py, which the
+gateway turns into a client frame) or a frame a plugin built (``"frame"``: plugins own their
+frames' shape).
 
 One publish carries a list of events, so a batch of messages costs one pub/sub message per
 gateway, not one per receiver: the subscriber's per-message overhead is what limits a
@@ -22,6 +27,18 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
 
+    from ..notifications import Notification
+
+
+def own_channel(node: str) -> str:
+    """The pub/sub channel gateway ``node`` listens on for its users' events."""
+    return keys.gateway_channel(node)
+
+
+def orders_channel() -> str:
+    """The pub/sub channel every gateway listens on for orders to all (revocations)."""
+    return keys.gateways_channel()
+
 
 def event(user: str, frame: dict[str, Any], skip: str = "", only: str = "") -> dict[str, Any]:
     """A frame for every connection of ``user`` on a gateway, except the connection ``skip``;
@@ -34,29 +51,47 @@ def event(user: str, frame: dict[str, Any], skip: str = "", only: str = "") -> d
     return out
 
 
+def notice(users: list[str], push: Notification, skip: str = "", only: str = "") -> dict[str, Any]:
+    """A service notification for every connection of ``users`` on a gateway (but ``skip``; or,
+    with ``only``, that one connection alone: a sender's ``sent``)."""
+    out: dict[str, Any] = {"users": users, "push": push.wire()}
+    if skip:
+        out["skip"] = skip
+    if only:
+        out["only"] = only
+    return out
+
+
 class GatewayBatch:
-    """Events collected per gateway, published as one message each."""
+    """Notifications collected per gateway, published as one message each."""
 
     def __init__(self) -> None:
         self.by_node: dict[str, list[dict[str, Any]]] = defaultdict(list)
 
-    def add(self, node: str, user: str, frame: dict[str, Any], skip: str = "", only: str = "") -> None:
-        self.by_node[node].append(event(user, frame, skip, only))
-
-    def add_many(self, node: str, users: list[str], frame: dict[str, Any], skip: str = "") -> None:
-        """One event for many users of a gateway: the frame is carried and serialised once."""
-        out: dict[str, Any] = {"users": users, "frame": frame}
-        if skip:
-            out["skip"] = skip
-        self.by_node[node].append(out)
+    def add(self, node: str, users: list[str], push: Notification, skip: str = "", only: str = "") -> None:
+        """One event for these users of a gateway: the notification is carried and serialised once."""
+        self.by_node[node].append(notice(users, push, skip, only))
 
     def queue(self, pipe: Pipeline) -> None:
         for node, events in self.by_node.items():
             pipe.publish(keys.gateway_channel(node), orjson.dumps(events))
 
 
+async def publish(redis: Redis, batch: GatewayBatch) -> None:
+    """Publish a batch: one message per gateway, in one round trip."""
+    if batch.by_node:
+        async with redis.pipeline(transaction=False) as pipe:
+            batch.queue(pipe)
+            await pipe.execute()
+
+
 async def to_gateway(redis: Redis, node: str, user: str, frame: dict[str, Any], skip: str = "") -> None:
     await redis.publish(keys.gateway_channel(node), orjson.dumps([event(user, frame, skip)]))
+
+
+async def notify(redis: Redis, node: str, user: str, push: Notification) -> None:
+    """One notification for every connection of ``user`` on gateway ``node``."""
+    await redis.publish(keys.gateway_channel(node), orjson.dumps([notice([user], push)]))
 
 
 async def to_user(redis: Redis, user: str, frame: dict[str, Any], skip: str = "") -> None:

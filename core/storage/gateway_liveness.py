@@ -6,7 +6,7 @@ gateway killed with SIGKILL (or cut off) stops beating; once its deadline passes
 gateway claims its sweep (``sweep_dead``) and removes what names it: its fields in its users'
 ``user_gateways`` hashes and in their groups' ``group_online`` hashes, found through the
 gateway's own index ``gateway_users`` (kept by core/presence.py with the same counts). Until
-then routing skips it (``dead_among``), so no push goes to a gateway presumed dead.
+then routing skips it (``presence.gateways_of`` and the send path), so no push goes to a gateway presumed dead.
 
 A gateway that was only paused (a stalled loop, a network cut longer than the TTL) and beats
 again learns from ``beat`` that it was swept, and writes its entries again (core/presence.py
@@ -21,7 +21,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from . import keys
-from .scripts import queue_script, run_pipeline, script
+from .scripts import Reply, queue_script, run_pipeline, script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -54,12 +54,9 @@ async def forget(redis: Redis, node: str) -> None:
     await redis.zrem(keys.gateways_alive(), node)
 
 
-def queue_dead(pipe: Pipeline) -> int:
-    """Queue the lookup of the gateways presumed dead; returns the index of its reply in the
-    pipeline (read it with ``dead_from``)."""
-    index = len(pipe)
-    queue_script(pipe, "gateways_dead", keys=[keys.gateways_alive()], args=[])
-    return index
+def queue_dead(pipe: Pipeline) -> Reply:
+    """Queue the lookup of the gateways presumed dead; read its reply with ``dead_from``."""
+    return queue_script(pipe, "gateways_dead", keys=[keys.gateways_alive()], args=[])
 
 
 def dead_from(reply: list[bytes]) -> frozenset[str]:
@@ -69,13 +66,6 @@ def dead_from(reply: list[bytes]) -> frozenset[str]:
 async def dead_gateways(redis: Redis) -> frozenset[str]:
     """The gateways whose deadline has passed (not yet swept, or swept and not forgotten)."""
     return dead_from(await script(redis, "gateways_dead")(keys=[keys.gateways_alive()], args=[]))
-
-
-async def dead_among(redis: Redis, nodes: list[str]) -> frozenset[str]:
-    """Which of ``nodes`` are presumed dead (a node that never beat counts as alive)."""
-    if not nodes:
-        return frozenset()
-    return (await dead_gateways(redis)).intersection(nodes)
 
 
 async def sweep_dead(redis: Redis, me: str = "") -> dict[str, int]:

@@ -9,7 +9,7 @@ import orjson
 from . import keys
 from ..ids import IdGenerator
 from ..models import Accepted, Message, SendCommand
-from .scripts import queue_script, run_pipeline
+from .scripts import Reply, queue_script, run_pipeline
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 
 def queue_accept(
     pipe: Pipeline, ids: IdGenerator, command: SendCommand, dedup_ttl_seconds: int, log_limit: int, mode: str = "write"
-) -> None:
-    """Add the ingest script for one command to a pipeline (commands run in order, one round trip)."""
+) -> Reply:
+    """Add the ingest script for one command to a pipeline (commands run in order, one round
+    trip); read its reply with ``accepted_from`` and ``first_mode``."""
     unsaved = orjson.dumps(
         {
             "conversation": command.conversation,
@@ -30,7 +31,7 @@ def queue_accept(
             "sent_at_ms": command.sent_at_ms,
         }
     )
-    queue_script(
+    return queue_script(
         pipe,
         "ingest",
         keys=[

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import gateway_liveness, keys
-from .scripts import queue_script, run_pipeline
+from .scripts import Reply, queue_script, reply, run_pipeline
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -48,13 +48,22 @@ async def disconnected(redis: Redis, user: str, node: str) -> None:
 
 async def gateways_of(redis: Redis, user: str) -> list[str]:
     """The gateways holding the user's connections, but those presumed dead (not swept yet)."""
-    def look_up(pipe: Pipeline) -> int:
-        pipe.hkeys(keys.user_gateways(user))
-        return gateway_liveness.queue_dead(pipe)
+    def look_up(pipe: Pipeline) -> tuple[Reply, Reply]:
+        return queue_gateways_of(pipe, user), gateway_liveness.queue_dead(pipe)
 
-    index, replies = await run_pipeline(redis, look_up)
-    dead = gateway_liveness.dead_from(replies[index])
-    return [node for node in (field.decode() for field in replies[0]) if node not in dead]
+    (held, dead), _ = await run_pipeline(redis, look_up)
+    return gateways_from(held.value, gateway_liveness.dead_from(dead.value))
+
+
+def queue_gateways_of(pipe: Pipeline, user: str) -> Reply:
+    """Queue the lookup of the gateways holding ``user``'s connections (read with ``gateways_from``)."""
+    pipe.hkeys(keys.user_gateways(user))
+    return reply(pipe)
+
+
+def gateways_from(fields: list[bytes], dead: frozenset[str] = frozenset()) -> list[str]:
+    """The gateways of a ``queue_gateways_of`` reply, but those in ``dead``."""
+    return [node for node in (field.decode() for field in fields) if node not in dead]
 
 
 async def announce(redis: Redis, node: str, held: dict[str, int]) -> None:

@@ -70,9 +70,34 @@ def script(redis: Redis, name: str) -> AsyncScript:
     return cache_[name]
 
 
-def queue_script(pipe: Pipeline, name: str, keys: list[str], args: list[Any]) -> None:
-    """Queue one script call in a pipeline run by ``run_pipeline``."""
+class Reply:
+    """A handle on the reply of one command queued in a pipeline run by ``run_pipeline``:
+    ``value`` is that command's reply once the pipeline has run (callers never count indices)."""
+
+    __slots__ = ("_index", "_replies")
+
+    def __init__(self, index: int) -> None:
+        self._index = index
+        self._replies: list[Any] | None = None
+
+    @property
+    def value(self) -> Any:
+        if self._replies is None:
+            raise RuntimeError("the pipeline of this reply has not run yet")
+        return self._replies[self._index]
+
+
+def reply(pipe: Pipeline) -> Reply:
+    """A handle on the reply of the command queued last on ``pipe``."""
+    handle = Reply(len(pipe) - 1)
+    pipe.__dict__.setdefault("_imflow_replies", []).append(handle)
+    return handle
+
+
+def queue_script(pipe: Pipeline, name: str, keys: list[str], args: list[Any]) -> Reply:
+    """Queue one script call in a pipeline run by ``run_pipeline``; returns a handle on its reply."""
     pipe.evalsha(lua_sha(name), len(keys), *keys, *args)
+    return reply(pipe)
 
 
 async def run_pipeline(redis: Redis, fill: Callable[[Pipeline], Awaitable[T] | T]) -> tuple[T, list[Any]]:
@@ -87,11 +112,15 @@ async def run_pipeline(redis: Redis, fill: Callable[[Pipeline], Awaitable[T] | T
             if isinstance(filled, Awaitable):
                 filled = await filled
             try:
-                return filled, await pipe.execute()
+                replies = await pipe.execute()
             except NoScriptError:
                 if attempt == 2:
                     raise
                 await load_scripts(redis)
+                continue
+            for handle in pipe.__dict__.get("_imflow_replies", ()):
+                handle._replies = replies
+            return filled, replies
     raise AssertionError("unreachable")
 
 

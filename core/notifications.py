@@ -1,0 +1,61 @@
+"""What the service layer tells users' devices, as typed notifications.
+
+A service says *what happened* (your message was stored; a message arrived; a message was set
+aside); the gateway that holds the device turns each notification into its client frame
+(gateway/frames.py). Between a worker and a gateway a notification travels as a small JSON
+object ``{"kind": …, …fields}`` (``wire()``), inside the batches of core/storage/gateway_events.py.
+The service layer never builds a client frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .models import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """The sender's message is stored: its server ids (the ACK, docs/protocol.md ``sent``)."""
+
+    kind: ClassVar[str] = "sent"
+    cmid: str
+    conversation: str
+    mid: int
+    seq: int
+
+    def wire(self) -> dict[str, Any]:
+        return {"kind": self.kind, "cmid": self.cmid, "conversation": self.conversation, "mid": self.mid, "seq": self.seq}
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A message reached a member; ``unread`` is their count for its conversation and their
+    total ({"conversation", "count", "total"}) where write fan-out knows it now, else None
+    (read fan-out: the count follows with the next flush or sync)."""
+
+    kind: ClassVar[str] = "msg"
+    message: Message
+    unread: dict[str, Any] | None = None
+
+    def wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "message": self.message.model_dump()}
+        if self.unread is not None:
+            out["unread"] = self.unread
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A worker could not process the message ``cmid`` and set it aside (core/dead_letter.py)."""
+
+    kind: ClassVar[str] = "rejected"
+    cmid: str
+    message: str
+
+    def wire(self) -> dict[str, Any]:
+        return {"kind": self.kind, "cmid": self.cmid, "message": self.message}
+
+
+Notification = Sent | Delivered | Rejected

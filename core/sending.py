@@ -1,0 +1,232 @@
+"""The sending service: steps 3 to 6 of the message path for a batch of sends (accept, fan out,
+archive, notify). The ingest agent is one call to ``ingest``.
+
+A batch costs four Redis round trips whatever its size (look at the conversations, accept,
+fan out, publish): every script and command of a step goes in one pipeline, and Redis runs
+them in order, so seqs follow the order of the topic. Group messages go out by write or read
+fan-out (core/storage/fan_out.py), chosen per group and sender by the ``imflow_fan_out_policy``
+hook or by size.
+
+Idempotent as a whole: a replay of the same commands re-runs every step, and each step does
+nothing the second time (dedup key, last-delivered seq, read-time archive de-duplication).
+A replay after a crash half-way through finishes the work the crash interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pydantic
+
+from . import dead_letter, wire
+from .errors import ImflowError
+from .groups import group_id
+from .models import Message, SendCommand, direct_members
+from .notifications import Delivered, Sent
+from .storage import archive_queue, fan_out, gateway_events, presence
+from .storage.fan_out import GroupView, Mode
+from .storage.inbox import delivery_result, queue_delivery
+from .storage.ingest import accepted_from, first_mode, queue_accept
+from .storage.scripts import Reply, reply, run_pipeline
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
+
+    from .agents import AgentContext, Records
+    from .models import Accepted
+
+log = logging.getLogger(__name__)
+
+
+async def ingest(ctx: AgentContext, records: Records) -> None:
+    """The ingest agent: decode each record as the gateways do (core/wire.py and their limits;
+    a record they would refuse is set aside on the dead-letter topic), then ``handle_sends``."""
+    batch = []
+    for value, partition in records:
+        try:
+            batch.append((SendCommand.model_validate(wire.decode(value)), partition))
+        except (ImflowError, pydantic.ValidationError) as exc:
+            await dead_letter.set_aside(ctx, "ingest", value, partition, f"malformed record: {exc}")
+    await handle_sends(ctx, batch)
+
+
+@dataclass
+class _Send:
+    """One send of a batch as it goes through the steps."""
+
+    command: SendCommand
+    partition: int
+    members: list[str] | None  # None: a read fan-out group too big to list
+    mode: Mode
+    accepted: Accepted | None = None
+    message: Message | None = None  # None: refused, or a replay the log no longer holds
+
+
+async def views_of(redis: Redis, batch: list[tuple[SendCommand, int]], list_below: int) -> dict[str, GroupView]:
+    """Size, members and member senders of each conversation of a batch, read now (one round
+    trip for all its groups; members listed only for groups smaller than ``list_below``)."""
+    out: dict[str, GroupView] = {}
+    senders: dict[str, set[str]] = defaultdict(set)
+    for command, _ in batch:
+        senders[command.conversation].add(command.sender)
+    groups = sorted(c for c in senders if group_id(c))
+    for conversation in senders.keys() - set(groups):
+        pair = direct_members(conversation)
+        if pair is not None:
+            members = sorted(set(pair))
+            out[conversation] = GroupView(len(members), members, frozenset(members))
+    if groups:
+        asked = {conversation: sorted(senders[conversation]) for conversation in groups}
+
+        def view_all(pipe: Pipeline) -> dict[str, Reply]:
+            return {c: fan_out.queue_group_view(pipe, group_id(c) or "", list_below, asked[c]) for c in groups}
+
+        replies, _ = await run_pipeline(redis, view_all)
+        for conversation, handle in replies.items():
+            view = fan_out.group_view(handle.value, list_below, asked[conversation])
+            if view.count:
+                out[conversation] = view
+    return out
+
+
+async def _choose_mode(ctx: AgentContext, conversation: str, members: int, sender: str) -> Mode:
+    """Write or read fan-out for this group message: a plugin's answer, else by size."""
+    chosen = await ctx.hooks.first("imflow_fan_out_policy", conversation=conversation, members=members, sender=sender)
+    if chosen is not None and chosen not in fan_out.MODES:
+        log.warning("imflow_fan_out_policy answered %r for %s; using the default", chosen, conversation)
+        chosen = None
+    return chosen or fan_out.default_mode(members, ctx.settings.read_fan_out_threshold)
+
+
+async def _plan(ctx: AgentContext, batch: list[tuple[SendCommand, int]]) -> list[_Send]:
+    """The sends of a batch that may go ahead, with their members and fan-out mode."""
+    views = await views_of(ctx.redis, batch, ctx.settings.read_fan_out_threshold)
+    work = []
+    modes: dict[tuple[str, str], Mode] = {}
+    for command, partition in batch:
+        view = views.get(command.conversation)
+        if view is None or command.sender not in view.senders:
+            # the gateway refuses these; a record that gets here anyway is dropped, not stored
+            log.warning("dropped a send from %s into %s: not a member", command.sender, command.conversation)
+            continue
+        mode: Mode = "write"
+        if group_id(command.conversation):
+            key = (command.conversation, command.sender)
+            if key not in modes:
+                modes[key] = await _choose_mode(ctx, command.conversation, view.count, command.sender)
+            mode = modes[key]
+        work.append(_Send(command, partition, view.members, mode))
+    return work
+
+
+async def _accept(ctx: AgentContext, work: list[_Send]) -> None:
+    """Step 1: dedup, mid, seq, conversation log (and the fan-out mode, kept for replays)."""
+    s = ctx.settings
+
+    def accept_all(pipe: Pipeline) -> list[Reply]:
+        return [
+            queue_accept(pipe, ctx.ids(send.partition), send.command, s.dedup_ttl_seconds, s.conversation_log_limit, send.mode)
+            for send in work
+        ]
+
+    replies, _ = await run_pipeline(ctx.redis, accept_all)
+    for send, handle in zip(work, replies, strict=True):
+        send.accepted, send.message = accepted_from(send.command, handle.value)
+        # a replay goes the way the message first went, whatever the group's size or a plugin says now
+        send.mode = first_mode(handle.value) or send.mode  # type: ignore[assignment]
+    unlisted = sorted({send.command.conversation for send in work if send.mode == "write" and send.members is None})
+    if unlisted:  # a plugin chose write fan-out for a group too big to list in the first look
+        listed = await fan_out.members_of(ctx.redis, [group_id(c) or "" for c in unlisted])
+        for send in work:
+            if send.members is None and send.command.conversation in unlisted:
+                send.members = listed[group_id(send.command.conversation) or ""]
+
+
+@dataclass
+class _Fanned:
+    """Handles on the replies of step 2."""
+
+    deliveries: list[tuple[Message, str, Reply, str]]  # write: (message, member, its delivery, connection to skip)
+    stored_once: list[tuple[Message, str, fan_out.StoredReplies]]  # read: (message, connection to skip, replies)
+    gateways: dict[str, Reply]  # write fan-out's members -> the gateways holding them
+
+
+async def _fan_out(ctx: AgentContext, work: list[_Send]) -> _Fanned:
+    """Step 2: archive queue; write: each member's inbox and unread; read: the group's marks."""
+    s = ctx.settings
+    users = sorted({m for send in work if send.message is not None and send.mode == "write" for m in send.members or ()})
+
+    def fan_out_all(pipe: Pipeline) -> _Fanned:
+        fanned = _Fanned([], [], {})
+        for send in work:
+            message = send.message
+            if message is None:
+                continue
+            if send.mode == "read":
+                archive_queue.queue_message(pipe, s.app_id, send.partition, message, [message.conversation])
+                stored = fan_out.queue_stored(pipe, message, group_id(message.conversation) or "")
+                fanned.stored_once.append((message, send.command.origin, stored))
+                continue
+            archive_queue.queue_message(pipe, s.app_id, send.partition, message, send.members or [])
+            for member in send.members or ():
+                skip = send.command.origin if member == send.command.sender else ""
+                queue_delivery(pipe, message, member, s.inbox_limit)
+                fanned.deliveries.append((message, member, reply(pipe), skip))
+        fanned.gateways = {user: presence.queue_gateways_of(pipe, user) for user in users}
+        return fanned
+
+    fanned, _ = await run_pipeline(ctx.redis, fan_out_all)
+    return fanned
+
+
+async def _notify(ctx: AgentContext, work: list[_Send], fanned: _Fanned) -> None:
+    """Step 3: the messages are durable now (conversation log, inboxes, archive queue): tell everyone."""
+    batch = gateway_events.GatewayBatch()
+    # the senders' ACKs first: a gateway routes events in order, and a push to a thousand
+    # members of a big group should not stand in front of the one notification its sender waits for
+    for send in work:
+        accepted = send.accepted
+        if send.command.gateway and accepted is not None:
+            ack = Sent(accepted.client_msg_id, accepted.conversation, accepted.mid, accepted.seq)
+            # the connection that sent it, alone: the sender's other devices get the message
+            batch.add(send.command.gateway, [send.command.sender], ack, only=send.command.origin)
+    gateways = {user: presence.gateways_from(handle.value) for user, handle in fanned.gateways.items()}
+    for message, member, handle, skip in fanned.deliveries:
+        fresh, unread = delivery_result(message, handle.value)
+        if fresh:
+            push = Delivered(message, unread.to_dict())
+            for node in gateways[member]:
+                # the sending connection has the message already: it gets the 'sent' ACK
+                batch.add(node, [member], push, skip)
+    for message, skip, stored in fanned.stored_once:
+        # one event per gateway for all the members it holds; each member's count follows from
+        # seqs (message.seq - their read seq) and reaches them with the next flush or sync
+        fresh, online = stored.result()
+        push = Delivered(message)
+        for node, members in online.items() if fresh else ():
+            batch.add(node, members, push, skip)
+    await gateway_events.publish(ctx.redis, batch)
+
+
+async def handle_sends(ctx: AgentContext, batch: list[tuple[SendCommand, int]]) -> list[Message]:
+    """Process sends (command, ingest partition) in topic order; returns the stored messages
+    (a replay's too), in order.
+
+    Plugins' ``imflow_after_persist`` runs once the batch is durable and before anyone is told,
+    so what it sets up (a red packet, say) exists by the time a client sees the message.
+    Raises Redis errors as they come (the agent retries the batch: every step is idempotent).
+    """
+    work = await _plan(ctx, batch)
+    if not work:
+        return []
+    await _accept(ctx, work)
+    fanned = await _fan_out(ctx, work)
+    stored = [send.message for send in work if send.message is not None]
+    if stored:
+        await ctx.hooks.call("imflow_after_persist", messages=stored, context=ctx)
+    await _notify(ctx, work, fanned)
+    return stored
