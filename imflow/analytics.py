@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Literal
 
 import duckdb
-import pandas as pd
+
+try:
+    import pandas as pd
+except ImportError as exc:  # the [analytics] extra: the server runs without it
+    raise ImportError("imflow.analytics needs pandas: pip install 'imflow[analytics]'") from exc
 
 from imflow.core.storage.archive import COMPACTED, CONTENT, CONTENT_SCHEMA, DELETIONS, DELETIONS_SCHEMA, MAILBOX, MAILBOX_SCHEMA, SEALED, ArchiveLayout
 
