@@ -5,10 +5,9 @@ The same body runs under Faust (imflow.streams.app) and on the in-process transp
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from .ids import MAX_NODE, IdGenerator
@@ -16,7 +15,8 @@ from .services import Services
 from .storage.archive import ArchiveLayout
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+
+    import asyncio
 
     from .settings import Settings
 

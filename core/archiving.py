@@ -19,5 +19,6 @@ async def seal(ctx: AgentContext) -> None:
     Redis and archive errors (the next tick tries again: sealing is idempotent)."""
     s = ctx.settings
     partitions = range(s.topic_partitions)
-    while await archive_queue.flush(ctx.redis, s.app_id, ctx.archive_layout, partitions, s.archive_batch, s.conversation_log_limit):
+    layout, limit = ctx.archive_layout, s.conversation_log_limit
+    while await archive_queue.flush(ctx.redis, s.app_id, layout, partitions, s.archive_batch, limit):
         pass  # a partition gave a full batch: more may wait

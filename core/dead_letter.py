@@ -40,7 +40,9 @@ async def set_aside(ctx: AgentContext, agent: str, value: bytes, partition: int,
     app_id = ctx.settings.app_id
     if await dead_letters.was_set_aside(ctx.redis, app_id, digest):
         return
-    log.error("agent %s: set aside a record of partition %d on the dead-letter topic (%s): %s", agent, partition, digest[:12], error)
+    log.error(
+        "agent %s: set aside a record of partition %d on the dead-letter topic (%s): %s", agent, partition, digest[:12], error
+    )
     record = {
         "agent": agent,
         "partition": partition,

@@ -1,9 +1,11 @@
-"""Every hook a plugin can implement, in one place (docs/plugins.md documents each with an example).
+"""Every hook a plugin can implement, in one place (docs/plugins.md documents each with its signature).
 
-A plugin is a module or object with functions named like these hooks and decorated with
-``imflow.core.hookspecs.hookimpl``. Hooks may be ``async def``; callers await results that
-are awaitable. A hook implementation that raises is logged with its plugin's name and
-skipped: one plugin never takes down a gateway or a worker.
+A plugin is an object (or module) with methods named like these hooks and decorated with
+``imflow.plugin_api.hookimpl``. Hooks may be ``async def`` except the registration hooks
+(REGISTRATION), which run at start-up. Callers use the typed façade ``hooks.call.<hook>``
+(core/plugin_calls.py), which takes first-result-or-all from the ``firstresult`` flag here.
+A hook implementation that raises is logged with its plugin's name and skipped: one plugin
+never takes down a gateway or a worker.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
     from starlette.routing import BaseRoute
 
     from .agents import AgentContext, AgentSpec, TimerSpec
     from .models import Message, SendCommand
-    from .plugin_types import BroadcastStream, GatewayContext, GatewayLoad, Outbound, Priority, MessageType, Operation, Rejection
+    from .plugin_types import BroadcastStream, GatewayContext, GatewayLoad, MessageType, Operation, Outbound, Priority, Rejection
+    from .services import Services
     from .settings import Settings
 
 PROJECT = "imflow"
@@ -33,9 +37,35 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def imflow_configure(settings: Settings) -> None:
     """Called once per process with the effective settings, before anything is served.
 
-    Read your own settings here, by convention from environment variables
-    ``IMFLOW_<PLUGIN>_<NAME>`` (pydantic-settings with that prefix). May be async. Results
-    are ignored.
+    Declare your own settings with ``imflow_settings`` instead; this hook is for plugins that
+    need imflow's. May be async. Results are ignored.
+    """
+
+
+@hookspec
+def imflow_settings() -> BaseSettings:
+    """This plugin's settings: a pydantic-settings object whose class has its own env prefix
+    (``IMFLOW_<PLUGIN>_``, for example ``IMFLOW_RED_PACKETS_``), read when the plugin object is
+    built. ``imflow config`` lists its fields next to imflow's own. Not async; called at start-up
+    and by ``imflow config``.
+    """
+
+
+@hookspec
+def imflow_startup(services: Services, role: str) -> None:
+    """This process starts serving: called once, after storage is connected and before the
+    first client or record is handled. ``services`` is the process's one ``Services`` object
+    (settings, redis, node, archive, hooks, clock); ``role`` is ``"gateway"`` (a gateway whose
+    agents run in workers), ``"worker"`` (a stream worker) or ``"serve"`` (gateway and agents in
+    one process). Start what your plugin keeps running here. May be async. Results are ignored.
+    """
+
+
+@hookspec
+def imflow_shutdown(services: Services, role: str) -> None:
+    """This process stops: called once, before storage is closed, with the same ``services`` and
+    ``role`` as ``imflow_startup``. Stop your tasks and let go of what you hold. May be async.
+    Results are ignored.
     """
 
 
@@ -163,4 +193,24 @@ def imflow_shape_broadcast(stream: str, key: str, messages: list[dict], load: Ga
     Called once per batch and key, not per viewer. ``firstresult``; async allowed."""
 
 
-__all__ = [name for name in dir() if name.startswith("imflow_")] + ["hookimpl", "hookspec", "PROJECT"]
+# the ``role`` of imflow_startup and imflow_shutdown
+ROLES = ("gateway", "worker", "serve")
+
+# called once at start-up (and by ``imflow config``), never async: lists are concatenated
+REGISTRATION = frozenset({
+    "imflow_settings", "imflow_message_types", "imflow_client_operations", "imflow_http_routes",
+    "imflow_stream_agents", "imflow_broadcast_streams",
+})
+
+
+def names() -> list[str]:
+    """The name of every hook, in the order of this module."""
+    return [name for name, value in globals().items() if name.startswith("imflow_") and callable(value)]
+
+
+def is_firstresult(name: str) -> bool:
+    """Whether hook ``name`` stops at the first answer that is not None (its ``firstresult``)."""
+    return bool(getattr(globals()[name], f"{PROJECT}_spec")["firstresult"])
+
+
+__all__ = [*names(), "REGISTRATION", "ROLES", "PROJECT", "hookimpl", "hookspec", "is_firstresult", "names"]

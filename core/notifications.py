@@ -10,9 +10,10 @@ The service layer never builds a client frame.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .models import Message
+if TYPE_CHECKING:
+    from .models import Message
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,16 +1,19 @@
-"""The types plugins return from hooks. Plain data; imports nothing but core models."""
+"""The types plugins return from hooks and receive. Plain data; plugins import them from imflow.plugin_api."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from .errors import ImflowError
+
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from redis.asyncio import Redis
 
     from .plugin_calls import Hooks
@@ -27,12 +30,17 @@ def plugin_error_code(code: str) -> str:
 
 @dataclass(frozen=True)
 class Rejection:
-    """A refusal with a stable error code (``plugin.reason``) and a message for the user;
-    ``retry_after_ms`` tells the client when trying again can succeed (rate limits)."""
+    """A refusal returned by a hook (``imflow_before_send``, ``imflow_admit_broadcast``): the same
+    triple as ``ImflowError`` — a stable error code (``plugin.reason``), a message for the user,
+    and ``retry_after_ms`` (when trying again can succeed, for rate limits) — returned, not raised."""
 
     code: str
     message: str
     retry_after_ms: int | None = None
+
+    def error(self) -> OperationError:
+        """This refusal as the error to raise (from an operation, for example)."""
+        return OperationError(self.code, self.message, self.retry_after_ms)
 
 
 class Priority(IntEnum):
@@ -149,11 +157,6 @@ class Operation:
     handle: Callable[[OperationContext, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
-class OperationError(Exception):
-    """Raised by a plugin operation: becomes an error frame with this code."""
-
-    def __init__(self, code: str, message: str, retry_after_ms: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retry_after_ms = retry_after_ms
+class OperationError(ImflowError):
+    """Raised by a plugin operation: becomes an error frame with this code (a plugin's codes
+    contain a dot). The one error type, ``ImflowError``, under the name plugins have always used."""

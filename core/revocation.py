@@ -21,10 +21,10 @@ import orjson
 from redis.exceptions import RedisError
 
 from . import tokens
-from .storage import revocations
 from .errors import ErrorCode, ImflowError
 from .ids import now_ms
 from .models import USER_ID_PATTERN
+from .storage import revocations
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

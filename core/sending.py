@@ -26,7 +26,7 @@ from .errors import ImflowError
 from .groups import group_id
 from .models import Message, SendCommand, direct_members
 from .notifications import Delivered, Sent
-from .storage import archive_queue, fan_out, gateway_events, presence
+from .storage import archive_queue, fan_out, gateway_events, gateway_liveness, presence
 from .storage.fan_out import GroupView, Mode
 from .storage.inbox import delivery_result, queue_delivery
 from .storage.ingest import accepted_from, first_mode, queue_accept
@@ -95,7 +95,7 @@ async def views_of(redis: Redis, batch: list[tuple[SendCommand, int]], list_belo
 
 async def _choose_mode(ctx: AgentContext, conversation: str, members: int, sender: str) -> Mode:
     """Write or read fan-out for this group message: a plugin's answer, else by size."""
-    chosen = await ctx.hooks.first("imflow_fan_out_policy", conversation=conversation, members=members, sender=sender)
+    chosen = await ctx.hooks.call.fan_out_policy(conversation=conversation, members=members, sender=sender)
     if chosen is not None and chosen not in fan_out.MODES:
         log.warning("imflow_fan_out_policy answered %r for %s; using the default", chosen, conversation)
         chosen = None
@@ -153,6 +153,7 @@ class _Fanned:
     deliveries: list[tuple[Message, str, Reply, str]]  # write: (message, member, its delivery, connection to skip)
     stored_once: list[tuple[Message, str, fan_out.StoredReplies]]  # read: (message, connection to skip, replies)
     gateways: dict[str, Reply]  # write fan-out's members -> the gateways holding them
+    dead: Reply | None = None  # the gateways presumed dead (not pushed to)
 
 
 async def _fan_out(ctx: AgentContext, work: list[_Send]) -> _Fanned:
@@ -177,6 +178,8 @@ async def _fan_out(ctx: AgentContext, work: list[_Send]) -> _Fanned:
                 queue_delivery(pipe, message, member, s.inbox_limit)
                 fanned.deliveries.append((message, member, reply(pipe), skip))
         fanned.gateways = {user: presence.queue_gateways_of(pipe, user) for user in users}
+        if users:
+            fanned.dead = gateway_liveness.queue_dead(pipe)
         return fanned
 
     fanned, _ = await run_pipeline(ctx.redis, fan_out_all)
@@ -194,7 +197,8 @@ async def _notify(ctx: AgentContext, work: list[_Send], fanned: _Fanned) -> None
             ack = Sent(accepted.client_msg_id, accepted.conversation, accepted.mid, accepted.seq)
             # the connection that sent it, alone: the sender's other devices get the message
             batch.add(send.command.gateway, [send.command.sender], ack, only=send.command.origin)
-    gateways = {user: presence.gateways_from(handle.value) for user, handle in fanned.gateways.items()}
+    dead = gateway_liveness.dead_from(fanned.dead.value) if fanned.dead is not None else frozenset()
+    gateways = {user: presence.gateways_from(handle.value, dead) for user, handle in fanned.gateways.items()}
     for message, member, handle, skip in fanned.deliveries:
         fresh, unread = delivery_result(message, handle.value)
         if fresh:
@@ -227,6 +231,6 @@ async def handle_sends(ctx: AgentContext, batch: list[tuple[SendCommand, int]]) 
     fanned = await _fan_out(ctx, work)
     stored = [send.message for send in work if send.message is not None]
     if stored:
-        await ctx.hooks.call("imflow_after_persist", messages=stored, context=ctx)
+        await ctx.hooks.call.after_persist(messages=stored, context=ctx)
     await _notify(ctx, work, fanned)
     return stored

@@ -7,7 +7,6 @@ global or a callback into a layer above. Gateways and workers each build one at 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,6 +14,8 @@ from .ids import now_ms
 from .plugin_calls import Hooks
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from redis.asyncio import Redis
 
     from .settings import Settings

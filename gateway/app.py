@@ -3,22 +3,16 @@ readiness at /readyz."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
-from starlette.websockets import WebSocket
-
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from imflow.core.plugin_types import GatewayContext
 
@@ -28,12 +22,19 @@ from .hub import Hub
 from .session import serve_session
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    import asyncio
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
-    from imflow.core.storage.archive import ArchiveReader
+    from redis.asyncio import Redis
+    from starlette.requests import Request
+    from starlette.types import Scope
+    from starlette.websockets import WebSocket
+
     from imflow.core.models import SendCommand
     from imflow.core.plugin_calls import Hooks
+    from imflow.core.services import Services
     from imflow.core.settings import Settings
+    from imflow.core.storage.archive import ArchiveReader
 
 
 class Backend(Protocol):
@@ -44,6 +45,7 @@ class Backend(Protocol):
     redis: Redis
     archive: ArchiveReader
     hooks: Hooks
+    services: Services  # what the core services get from this process (once started)
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...

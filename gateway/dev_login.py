@@ -9,9 +9,8 @@ browser client in gateway/web/ sign in without a token printed by ``imflow token
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
@@ -20,6 +19,9 @@ from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.models import USER_ID_PATTERN
 
 from .http_api import error_response, json_body
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 MAX_BODY = 4096
 LOOPBACK = {"127.0.0.1", "::1"}

@@ -5,30 +5,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
-from typing import TYPE_CHECKING, Any
-
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable
+from collections import defaultdict, deque
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import Counter, Gauge
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from imflow.core import revocation
-from imflow.core.storage import gateway_events, gateway_liveness, presence
 from imflow.core.errors import ErrorCode, ImflowError
-from imflow.core.storage.gateway_liveness import Beat
 from imflow.core.ids import now_ms
 from imflow.core.plugin_types import GatewayLoad, Priority
 from imflow.core.revocation import Revocation
 from imflow.core.settings import Settings
+from imflow.core.storage import gateway_events, gateway_liveness, presence
+from imflow.core.storage.gateway_liveness import Beat
 
 from . import protocol, pushes
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from redis.asyncio import Redis
     from starlette.websockets import WebSocket
 
@@ -151,9 +150,8 @@ class Connection:
             if priority == Priority.LOW:
                 self._drop()
                 return
-            if not self._evict_low():
-                if len(self._queue) >= 2 * self.limit:
-                    return self._too_slow("frames that may not be dropped piled up")
+            if not self._evict_low() and len(self._queue) >= 2 * self.limit:
+                return self._too_slow("frames that may not be dropped piled up")
         self._queue.append((priority, data))
         self._ready.set()
 

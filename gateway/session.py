@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from imflow.core import revocation
-from imflow.core.storage import presence
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
+from imflow.core.storage import presence
 
 from . import operations, protocol
 from .hub import CLOSE_UNAUTHENTICATED, Connection
@@ -43,14 +43,14 @@ async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub, extens
     hub.add(connection)  # after the token check: a revocation heard meanwhile still ends it
     try:
         await _presence(presence.connected, backend, hub, user)
-        await backend.hooks.call("imflow_on_connect", user=user, node=backend.node_name, connection=connection)
+        await backend.hooks.call.on_connect(user=user, node=backend.node_name, connection=connection)
         # the welcome goes out once pushes reach this connection, and any queued meanwhile follow it
         connection.open()
         await _serve(websocket, backend, connection, extensions)
     finally:
         hub.remove(connection)
         await _presence(presence.disconnected, backend, hub, user)
-        await backend.hooks.call("imflow_on_disconnect", user=user, node=backend.node_name, connection=connection)
+        await backend.hooks.call.on_disconnect(user=user, node=backend.node_name, connection=connection)
         await connection.finish()
 
 
@@ -74,7 +74,7 @@ async def _authenticate(websocket: WebSocket, backend: Backend) -> TokenClaims |
     1013 when the token cannot be checked now) and None."""
     try:
         message = await asyncio.wait_for(websocket.receive(), AUTH_TIMEOUT_S)
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         error = ImflowError(ErrorCode.UNAUTHENTICATED, f"send an auth frame within {AUTH_TIMEOUT_S} s")
         return await _refuse(websocket, error, None)
     except (WebSocketDisconnect, RuntimeError):
@@ -95,7 +95,8 @@ async def _authenticate(websocket: WebSocket, backend: Backend) -> TokenClaims |
 async def _refuse(websocket: WebSocket, error: ImflowError, ref: Any) -> None:
     try:
         await websocket.send_json(protocol.error_frame(error, ref))
-        code = {ErrorCode.FRAME_TOO_LARGE: CLOSE_TOO_LARGE, ErrorCode.UNAVAILABLE: CLOSE_TRY_AGAIN}.get(error.code, CLOSE_UNAUTHENTICATED)  # type: ignore[call-overload]
+        closes = {str(ErrorCode.FRAME_TOO_LARGE): CLOSE_TOO_LARGE, str(ErrorCode.UNAVAILABLE): CLOSE_TRY_AGAIN}
+        code = closes.get(str(error.code), CLOSE_UNAUTHENTICATED)
         await websocket.close(code, str(error.code))
     except Exception:  # the client left already
         pass
@@ -163,7 +164,9 @@ async def _reauthenticate(frame: protocol.Auth, connection: Connection, backend:
     session as it was: it still ends when its own token expires."""
     claims = await revocation.verify(backend.redis, backend.settings.secret_key.get_secret_value(), frame.token)
     if claims.user != connection.user:
-        raise ImflowError(ErrorCode.FORBIDDEN, f"this connection is {connection.user}'s; open a new connection to sign in as another user")
+        raise ImflowError(
+            ErrorCode.FORBIDDEN, f"this connection is {connection.user}'s; open a new connection to sign in as another user"
+        )
     if connection.closed.is_set():  # revoked or expired while the token was checked
         return None
     connection.authorize(claims)

@@ -204,11 +204,25 @@ def plugins() -> None:
 
 @cli.command()
 def config() -> None:
-    """Print every setting's effective value (secrets masked), its environment variable and meaning."""
+    """Print every setting's effective value (secrets masked), its environment variable and meaning:
+    imflow's own, then each plugin's (declared by its ``imflow_settings`` hook)."""
+    from imflow.plugin_manager import describe_settings, make_hooks
+
     settings = load_settings()
+    try:
+        plugin_rows = describe_settings(make_hooks(settings))
+    except ValidationError as exc:  # a plugin's settings are read when its object is built
+        typer.secho(f"invalid plugin settings:\n{exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
     rows = settings.described()
-    width = max(len(row["env"]) for row in rows)
+    width = max(len(row["env"]) for row in rows + plugin_rows)
     for row in rows:
+        typer.echo(f"{row['env']:<{width}}  {row['value']!s:<40}  {row['description']}")
+    plugin = None
+    for row in plugin_rows:
+        if row["plugin"] != plugin:
+            plugin = row["plugin"]
+            typer.echo(f"\n# plugin {plugin}")
         typer.echo(f"{row['env']:<{width}}  {row['value']!s:<40}  {row['description']}")
 
 

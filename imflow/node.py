@@ -9,16 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
-from imflow.core.storage.archive import ArchiveLayout, ArchiveReader
-from imflow.core.models import SendCommand
-from imflow.core.storage.redis_client import connect
 from imflow.core import archiving
 from imflow.core.agents import AgentContext, AgentSpec, TimerSpec, topic_name
-from imflow.core.plugin_calls import Hooks
+from imflow.core.services import Services
+from imflow.core.storage.archive import ArchiveLayout, ArchiveReader
+from imflow.core.storage.redis_client import connect
 from imflow.plugin_manager import make_hooks
 from imflow.streams.agents import all_agents, run_body, run_timer
 from imflow.streams.kafka import BroadcastConsumer, KafkaProducer, ensure_topics
@@ -26,10 +24,14 @@ from imflow.streams.local import LocalBus
 from imflow.streams.topics import INGEST, all_topic_names
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import faust
     from redis.asyncio import Redis
 
     from imflow.core.agents import Producer
+    from imflow.core.models import SendCommand
+    from imflow.core.plugin_calls import Hooks
     from imflow.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,11 @@ class Node:
         self.run_agents = run_agents
         self.hooks = hooks if hooks is not None else make_hooks(settings)
         self.agents, self.timers = all_agents(self.hooks)
-        self.broadcast_topics = sorted({stream.topic for stream in self.hooks.collect_sync("imflow_broadcast_streams")})
+        self.broadcast_topics = sorted({stream.topic for stream in self.hooks.call.broadcast_streams()})
         self._broadcast_consumers: list[BroadcastConsumer] = []
         self.node_name = settings.node_name
+        self.role = "serve" if run_agents else "gateway"  # for the plugins' startup and shutdown hooks
+        self.services: Services  # what the gateway's services get (built once Redis is connected)
         self.redis: Redis
         self.producer: Producer
         self.archive = ArchiveReader(
@@ -64,8 +68,10 @@ class Node:
 
     async def start(self) -> None:
         s = self.settings
-        await self.hooks.call("imflow_configure", settings=s)
+        await self.hooks.call.configure(settings=s)
         self.redis = connect(s.redis_url)
+        self.services = Services(settings=s, redis=self.redis, node=s.node_name, archive=self.archive, hooks=self.hooks)
+        await self.hooks.call.startup(services=self.services, role=self.role)
         if s.embedded_transport:
             self.bus = self.producer = LocalBus(s.topic_partitions, batch_max=s.agent_batch_max)
             if self.run_agents:
@@ -120,6 +126,8 @@ class Node:
             await self.bus.stop()
         if self._context is not None:
             await archiving.seal(self._context)  # the embedded queue lives in memory: seal it before exit
+        if hasattr(self, "services"):  # started far enough for the plugins to have started
+            await self.hooks.call.shutdown(services=self.services, role=self.role)
         if self._kafka is not None:
             await self._kafka.stop()
         await self.redis.aclose()

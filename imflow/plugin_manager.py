@@ -2,6 +2,8 @@
 
 Built-ins are listed in DEFAULT_PLUGINS; third-party plugins arrive through the ``imflow``
 entry-point group of installed packages. ``IMFLOW_DISABLED_PLUGINS`` names plugins to leave out.
+A plugin that is a class is instantiated once per plugin manager, so two managers in one
+process (tests build several) share no plugin state; a module is registered as it is.
 """
 
 from __future__ import annotations
@@ -11,45 +13,60 @@ import logging
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+from pydantic import SecretStr
+
 import imflow
 from imflow.core.plugin_calls import Hooks, empty_manager
 
 if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
+
     from imflow.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "imflow"
-DEFAULT_PLUGINS: tuple[str, ...] = (  # module names
-    "imflow.plugins.red_packets",
-    "imflow.plugins.live_rooms",
-    "imflow.plugins.throttling",
-)
+DEFAULT_PLUGINS: dict[str, str] = {  # name -> "module:class", as an entry point names it
+    "red_packets": "imflow.plugins.red_packets:RedPackets",
+    "live_rooms": "imflow.plugins.live_rooms:LiveRooms",
+    "throttling": "imflow.plugins.throttling:Throttling",
+}
+
+
+def _built(plugin: Any) -> Any:
+    """A plugin object: a class is instantiated (one object per manager), anything else is kept."""
+    return plugin() if isinstance(plugin, type) else plugin
+
+
+def _load(reference: str) -> Any:
+    module_name, _, attribute = reference.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
 
 
 def make_hooks(settings: Settings, extra: list[tuple[str, Any]] | None = None) -> Hooks:
     """A fresh plugin manager for these settings (never a global one), wrapped for isolated calls.
 
-    ``extra`` registers (name, plugin) pairs too, as tests and embedding code do.
+    ``extra`` registers (name, plugin) pairs too, as tests and embedding code do. A plugin's
+    settings are read when its object is built: raises pydantic.ValidationError if they are invalid.
     """
     manager = empty_manager()
     disabled = settings.disabled_plugin_names
-    for module_name in DEFAULT_PLUGINS:
-        name = module_name.rsplit(".", 1)[-1]
+    for name, reference in DEFAULT_PLUGINS.items():
         if name not in disabled:
-            manager.register(importlib.import_module(module_name), name=name)
+            manager.register(_built(_load(reference)), name=name)
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         if entry_point.name in disabled or manager.has_plugin(entry_point.name):
             continue
         try:
-            plugin = entry_point.load()
+            plugin = _built(entry_point.load())
         except Exception:  # a broken package must not stop imflow; say which one it was
             log.exception("plugin %s (%s) failed to load; skipped", entry_point.name, entry_point.value)
             continue
         manager.register(plugin, name=entry_point.name)
     for name, plugin in extra or ():
         if name not in disabled:
-            manager.register(plugin, name=name)
+            manager.register(_built(plugin), name=name)
     manager.check_pending()  # a misspelled hook name fails here, loudly
     return Hooks(manager)
 
@@ -63,11 +80,35 @@ def describe(hooks: Hooks) -> list[dict[str, Any]]:
     rows = []
     for name, plugin in hooks.plugins():
         caller_names = sorted(caller.name for caller in hooks.manager.get_hookcallers(plugin) or ())
-        if f"imflow.plugins.{name}" in DEFAULT_PLUGINS:
+        if name in DEFAULT_PLUGINS:
             origin, version = "built-in", imflow.__version__
         elif name in distributions:
             origin, version = f"package {distributions[name][0]}", distributions[name][1]
         else:
             origin, version = "registered in code", "-"
         rows.append({"name": name, "version": version, "origin": origin, "hooks": caller_names})
+    return rows
+
+
+def describe_settings(hooks: Hooks) -> list[dict[str, Any]]:
+    """Every setting plugins declare (``imflow_settings``), as ``Settings.described`` gives imflow's
+    own: plugin, name, effective value (secrets masked), environment variable, description."""
+    rows: list[dict[str, Any]] = []
+    for plugin, settings in hooks.call.settings():
+        rows.extend({"plugin": plugin, **row} for row in settings_rows(settings))
+    return rows
+
+
+def settings_rows(settings: BaseSettings) -> list[dict[str, Any]]:
+    """The fields of one pydantic-settings object: name, value (secrets masked), env variable, description."""
+    prefix = settings.model_config.get("env_prefix", "")
+    rows: list[dict[str, Any]] = []
+    for name, field in type(settings).model_fields.items():
+        value = getattr(settings, name)
+        rows.append({
+            "name": name,
+            "value": "********" if isinstance(value, SecretStr) else value,
+            "env": f"{prefix}{name}".upper(),
+            "description": field.description or "",
+        })
     return rows

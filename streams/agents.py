@@ -7,16 +7,19 @@ records (value, partition) in topic order, and must be idempotent (Kafka deliver
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from imflow.core import archiving, dead_letter, sending, unread
 from imflow.core.agents import AgentContext, AgentSpec, Records, TimerSpec
-from imflow.core.plugin_calls import Hooks
 from imflow.core.storage.redis_client import STORAGE_UNAVAILABLE
 
 from . import topics
+
+if TYPE_CHECKING:
+    from imflow.core.plugin_calls import Hooks
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ TIMERS: tuple[TimerSpec, ...] = (
 
 def all_agents(hooks: Hooks) -> tuple[list[AgentSpec], list[TimerSpec]]:
     """The built-in agents and timers, and those plugins add (``imflow_stream_agents``)."""
-    added = hooks.collect_sync("imflow_stream_agents")
+    added = hooks.call.stream_agents()
     agents = [*AGENTS, *(spec for spec in added if isinstance(spec, AgentSpec))]
     timers = [*TIMERS, *(spec for spec in added if isinstance(spec, TimerSpec))]
     return agents, timers

@@ -42,19 +42,21 @@ class WorkerResources:
                 if self._context is None:
                     s = self.settings
                     if self._shared_redis is None:  # an embedding process configured its plugins already
-                        await self.hooks.call("imflow_configure", settings=s)
+                        await self.hooks.call.configure(settings=s)
                     topics = all_topic_names(s.app_id, [spec.topic for spec in self.agents])
                     await ensure_topics(s.kafka_bootstrap, topics, s.topic_partitions, s.topic_replication_factor)
                     self._producer = KafkaProducer(s.kafka_bootstrap, f"{s.node_name}-worker")
                     await self._producer.start()
                     redis = self._shared_redis or connect(self.settings.redis_url)
-                    self._context = AgentContext(
-                        settings=self.settings, redis=redis, node=self.settings.node_name, hooks=self.hooks, producer=self._producer
-                    )
+                    s, hooks, producer = self.settings, self.hooks, self._producer
+                    self._context = AgentContext(settings=s, redis=redis, node=s.node_name, hooks=hooks, producer=producer)
+                    if self._shared_redis is None:  # an embedding process runs its plugins' startup itself
+                        await hooks.call.startup(services=self._context, role="worker")
         return self._context
 
     async def close(self) -> None:
         if self._context is not None and self._shared_redis is None:
+            await self.hooks.call.shutdown(services=self._context, role="worker")
             await self._context.redis.aclose()
         self._context = None
         if self._producer is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -24,6 +24,9 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     UnknownProducerId,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +175,8 @@ async def ensure_topics(bootstrap: str, names: list[str], partitions: int, repli
         existing = set(await admin.list_topics())
         missing = [NewTopic(name, partitions, replication_factor) for name in names if name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process made them first
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:  # another process made them first
-                pass
     finally:
         await admin.close()
 

@@ -13,7 +13,7 @@ ALLOWED = {
     "core": set(),
     "streams": {"imflow.core"},
     "gateway": {"imflow.core"},
-    "plugins": {"imflow.core"},
+    "plugins": {"imflow.plugin_api"},  # the stable plugin API, nothing else of imflow
 }
 
 

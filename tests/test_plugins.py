@@ -9,18 +9,29 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import fakeredis
 import httpx
 import orjson
 import pluggy
 import pytest
+from redis import exceptions as redis_errors
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from imflow.client import ClientError
 from imflow.core.agents import AgentSpec, TimerSpec
 from imflow.core.hookspecs import hookimpl
-from imflow.core.models import SendCommand
-from imflow.core.plugin_types import BroadcastStream, GatewayContext, MessageType, Operation, OperationError, Rejection
+from imflow.core.models import SendCommand, direct_conversation
+from imflow.core.plugin_types import (
+    BroadcastStream,
+    GatewayContext,
+    GatewayLoad,
+    MessageType,
+    Operation,
+    OperationError,
+    Rejection,
+)
+from imflow.core.services import Services
 from imflow.core.settings import Settings
 from imflow.plugin_manager import describe, make_hooks
 from imflow.testing import eventually
@@ -119,6 +130,9 @@ class Everything:
     @hookimpl
     async def imflow_on_disconnect(self, user: str, node: str) -> None:
         self.disconnected.append(user)
+
+
+HOT = GatewayLoad(connections=1, queued_frames=100_000, slow_connections=1, loop_lag_ms=900)
 
 
 class Broken:
@@ -247,3 +261,133 @@ def test_plugins_can_be_disabled_and_are_described() -> None:
     assert rows["everything"]["origin"] == "registered in code"
     assert "imflow_before_send" in rows["everything"]["hooks"] and "imflow_stream_agents" in rows["everything"]["hooks"]
     assert "red_packets" not in {row["name"] for row in describe(make_hooks(Settings(disabled_plugins="red_packets")))}
+
+
+def _send(text: str = "hi") -> SendCommand:
+    return SendCommand(sender="alice", conversation=direct_conversation("alice", "bob"), client_msg_id="c1", body={"text": text},
+                       sent_at_ms=1)
+
+
+class Recorder:
+    """Remembers which of its hooks ran; answers before_send with ``answer`` (async)."""
+
+    def __init__(self, answer: Any = None) -> None:
+        self.answer = answer
+        self.ran: list[str] = []
+
+    @hookimpl
+    async def imflow_before_send(self, command: SendCommand) -> Any:
+        self.ran.append("before_send")
+        return self.answer
+
+
+async def test_a_firstresult_hook_runs_nothing_after_the_first_answer() -> None:
+    early, refusing, late = Recorder(), Recorder(Rejection("x.no", "no")), Recorder(Rejection("x.late", "late"))
+    hooks = make_hooks(Settings(disabled_plugins="throttling,red_packets,live_rooms"),
+                       extra=[("late", late), ("refusing", refusing), ("early", early)])  # last registered runs first
+    verdict = await hooks.call.before_send(command=_send(), gateway=None)
+    assert verdict == Rejection("x.no", "no")
+    assert (early.ran, refusing.ran, late.ran) == (["before_send"], ["before_send"], []), "the late one never ran"
+    # the deprecated string-named call keeps the same semantics
+    assert await hooks.first("imflow_before_send", command=_send(), gateway=None) == Rejection("x.no", "no")
+    assert late.ran == []
+
+
+async def test_calls_go_through_pluggy_so_monitoring_and_wrappers_see_them() -> None:
+    seen: list[str] = []
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def imflow_before_send(self, command: SendCommand):
+            seen.append("wrapper before")
+            pending = yield  # the pending calls, in order: a wrapper may drop one
+            seen.append("wrapper after")
+            return [call for call in pending if call.plugin != "refusing"]
+
+    refusing = Recorder(Rejection("x.no", "no"))
+    hooks = make_hooks(Settings(disabled_plugins="throttling,red_packets,live_rooms"),
+                       extra=[("refusing", refusing), ("wrapper", Wrapper())])
+    undo = hooks.manager.add_hookcall_monitoring(lambda name, impls, kwargs: seen.append(f"call {name}"),
+                                                 lambda outcome, name, impls, kwargs: seen.append(f"done {name}"))
+    try:
+        assert await hooks.call.before_send(command=_send(), gateway=None) is None, "the wrapper dropped the refusal"
+    finally:
+        undo()
+    assert seen == ["call imflow_before_send", "wrapper before", "wrapper after", "done imflow_before_send"]
+    assert refusing.ran == []
+
+
+async def test_failures_are_isolated_and_outages_logged_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    class Down:
+        @hookimpl
+        async def imflow_before_send(self, command: SendCommand) -> None:
+            raise redis_errors.ConnectionError("connection refused")
+
+    class AsyncRegistration:
+        @hookimpl
+        async def imflow_message_types(self) -> list[MessageType]:
+            return [MessageType("never", shout)]
+
+    caplog.set_level(logging.WARNING)
+    answering = Recorder(Rejection("x.no", "no"))
+    hooks = make_hooks(Settings(disabled_plugins="throttling,red_packets,live_rooms"),
+                       extra=[("answering", answering), ("down", Down()), ("broken", Broken()), ("async", AsyncRegistration())])
+    assert await hooks.call.before_send(command=_send(), gateway=None) == Rejection("x.no", "no")
+    assert [m.name for m in hooks.call.message_types()] == [], "broken and async registrations skipped"
+    outage = next(r for r in caplog.records if "storage unavailable in imflow_before_send" in r.getMessage())
+    assert outage.getMessage().startswith("plugin down:") and outage.exc_info is None
+    failed = {r.getMessage(): r for r in caplog.records if "failed in" in r.getMessage()}
+    assert failed["plugin broken failed in imflow_before_send; skipped"].exc_info is not None
+    assert "plugin broken failed in imflow_message_types; skipped" in failed
+    assert "plugin async failed in imflow_message_types; skipped" in failed
+
+
+async def test_two_plugin_managers_share_no_plugin_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMFLOW_THROTTLE_USER_RATE", "3")
+    monkeypatch.setenv("IMFLOW_RED_PACKETS_MAX_COUNT", "5")
+    first = make_hooks(Settings())
+    monkeypatch.setenv("IMFLOW_THROTTLE_USER_RATE", "7")
+    monkeypatch.setenv("IMFLOW_RED_PACKETS_MAX_COUNT", "9")
+    second = make_hooks(Settings())
+    one, two = dict(first.plugins()), dict(second.plugins())
+    for name in ("red_packets", "live_rooms", "throttling"):
+        assert one[name] is not two[name], f"{name} is one object in two managers"
+    assert (one["throttling"].settings.user_rate, two["throttling"].settings.user_rate) == (3, 7)
+    # each manager's plugins answer with their own settings
+    packet = _send().model_copy(update={"type": "red_packet", "body": {"total_cents": 100, "count": 7, "greeting": ""}})
+    assert (await first.call.before_send(command=packet, gateway=None)).code == "red_packet.bad_amount"
+    assert await second.call.before_send(command=packet, gateway=None) is None
+    # the breaker and the per-viewer carry are per object
+    one["throttling"].imflow_shape_broadcast("rooms", "r", [{"priority": 0}], HOT)
+    assert one["throttling"].breaker.state == "open" and two["throttling"].breaker.state == "closed"
+    assert dict(first.call.settings())["red_packets"].max_count == 5
+    assert dict(second.call.settings())["red_packets"].max_count == 9
+
+
+async def test_startup_and_shutdown_reach_every_plugin_with_the_services() -> None:
+    class Lifecycle:
+        def __init__(self) -> None:
+            self.events: list[tuple[str, str, str]] = []
+
+        @hookimpl
+        async def imflow_startup(self, services: Services, role: str) -> None:
+            self.events.append(("startup", services.node, role))
+
+        @hookimpl
+        def imflow_shutdown(self, services: Services, role: str) -> None:
+            self.events.append(("shutdown", services.node, role))
+
+    async def broadcast(topic: str, key: bytes, value: bytes) -> None:
+        return None
+
+    plugin = Lifecycle()
+    hooks = make_hooks(Settings(), extra=[("lifecycle", plugin)])
+    services = Services(settings=Settings(), redis=fakeredis.FakeAsyncRedis(), node="gw-1", hooks=hooks)
+    await hooks.call.startup(services=services, role="gateway")
+    # live rooms starts a batch flusher for a gateway's rooms; its shutdown hook stops it
+    rooms = dict(hooks.plugins())["live_rooms"]
+    gateway = rooms._gateway(GatewayContext("gw-1", services.settings, services.redis, hooks, lambda: HOT, broadcast))
+    gateway.start()
+    await hooks.call.shutdown(services=services, role="gateway")
+    assert plugin.events == [("startup", "gw-1", "gateway"), ("shutdown", "gw-1", "gateway")]
+    assert gateway.flusher is not None and gateway.flusher.done() and rooms.gateways == {}

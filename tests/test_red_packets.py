@@ -19,7 +19,7 @@ from imflow.testing import eventually
 
 
 def open_packet(client, mid: int, total: int, count: int, expires_at: int = 1 << 50) -> None:
-    client.register_script(red_packets._lua("open"))(keys=[red_packets.packet_key(mid)], args=[total, count, "s", "p:a:b", expires_at])
+    client.register_script(red_packets.lua_source("open"))(keys=[red_packets.packet_key(mid)], args=[total, count, "s", "p:a:b", expires_at])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # no clock in the verdict
@@ -34,7 +34,7 @@ def test_any_split_sums_to_the_total_with_every_share_at_least_a_cent(total, cou
     count = min(count, total)
     client = fakeredis.FakeRedis()
     open_packet(client, 1, total, count)
-    grab = client.register_script(red_packets._lua("grab"))
+    grab = client.register_script(red_packets.lua_source("grab"))
     users = [f"u{i}" for i in range(count + extra)]
     random.Random(seed).shuffle(users)
     shares = {}
@@ -53,11 +53,11 @@ def test_any_split_sums_to_the_total_with_every_share_at_least_a_cent(total, cou
 @pytest.mark.redis
 async def test_a_thousand_concurrent_grabs_on_the_real_redis(redis_url: str, real_redis) -> None:
     """1,000 grabbers, each on a connection of its own, race for 500 shares of 100.00."""
-    await real_redis.register_script(red_packets._lua("open"))(
+    await real_redis.register_script(red_packets.lua_source("open"))(
         keys=[red_packets.packet_key(7)], args=[10_000, 500, "s", "p:a:b", 1 << 50]
     )
     clients = [aioredis.Redis.from_url(redis_url) for _ in range(50)]
-    scripts = [c.register_script(red_packets._lua("grab")) for c in clients]
+    scripts = [c.register_script(red_packets.lua_source("grab")) for c in clients]
 
     async def grabber(i: int) -> tuple[str, int, int]:
         status, share, _, _ = await scripts[i % 50](

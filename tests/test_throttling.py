@@ -10,9 +10,8 @@ import httpx
 import pytest
 
 from imflow.client import ClientError
-from imflow.core.plugin_types import GatewayLoad, Priority
-from imflow.plugins import throttling
-from imflow.plugins.throttling import Breaker, shape
+from imflow.plugin_api import GatewayLoad, Priority
+from imflow.plugins.throttling import Breaker, ThrottleSettings, shape
 
 CALM = GatewayLoad(connections=100, queued_frames=10, slow_connections=0, loop_lag_ms=2)
 HOT = GatewayLoad(connections=100, queued_frames=100_000, slow_connections=40, loop_lag_ms=900)
@@ -43,15 +42,16 @@ def test_the_cap_keeps_every_priority_message_and_samples_chat_in_order() -> Non
 
 def test_the_breaker_opens_under_load_and_closes_by_itself() -> None:
     clock = Clock()
-    breaker = Breaker(clock)
+    settings = ThrottleSettings()
+    breaker = Breaker(settings, clock)
     assert breaker.admits_low(CALM) and breaker.state == "closed"
     assert not breaker.admits_low(HOT) and breaker.state == "open"
     clock.now += 1
     assert not breaker.admits_low(CALM), "stays open through the cool-down"
-    clock.now += throttling.settings.breaker_cooldown_s
+    clock.now += settings.breaker_cooldown_s
     assert breaker.admits_low(HOT) and breaker.state == "half-open", "tries again after the cool-down"
     assert not breaker.admits_low(HOT) and breaker.state == "open", "still hot: open again"
-    clock.now += throttling.settings.breaker_cooldown_s
+    clock.now += settings.breaker_cooldown_s
     breaker.admits_low(CALM)
     assert breaker.admits_low(CALM) and breaker.state == "closed"
 
@@ -75,11 +75,13 @@ async def room_texts_through(viewer, last: str, timeout: float = 30) -> list[str
 
 @pytest.fixture
 def limits(monkeypatch: pytest.MonkeyPatch):
+    """Set throttling settings through the environment, before the server (and its plugin
+    object, which reads them when it is built) starts."""
+
     def set_(**values: float) -> None:
         for name, value in values.items():
-            monkeypatch.setattr(throttling.settings, name, value)
+            monkeypatch.setenv(f"IMFLOW_THROTTLE_{name.upper()}", str(value))
 
-    monkeypatch.setattr(throttling, "throttle", throttling.Throttle())  # fresh buckets and breaker
     return set_
 
 

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .archive import COMPACTED, CONTENT, DELETIONS, MAILBOX, ROW_GROUP, ArchiveLayout, content_shard, mailbox_shard, segment_path
 from ..groups import EVENTS_TABLE
+from .archive import COMPACTED, CONTENT, DELETIONS, MAILBOX, ROW_GROUP, ArchiveLayout, content_shard, mailbox_shard, segment_path
 
 TRASH = ".trash"
 SMALL_BYTES = 64 << 20  # segments below this are compacted together
@@ -54,7 +54,9 @@ class Report:
 
 
 def tables(root: Path) -> list[str]:
-    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")) if Path(root).exists() else []
+    if not Path(root).exists():
+        return []
+    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def shard_dirs(root: Path, table: str) -> list[Path]:
@@ -153,7 +155,8 @@ def retention(root: Path, keep_days: float, now_ms: int | None = None, grace_sec
                     column = _time_column(pq.read_schema(segment))
                     if column is None:
                         continue
-                    low, high = db.execute(f"SELECT min({column}), max({column}) FROM read_parquet($f)", {"f": str(segment)}).fetchone()
+                    sql = f"SELECT min({column}), max({column}) FROM read_parquet($f)"
+                    low, high = db.execute(sql, {"f": str(segment)}).fetchone()
                     if low is None or low >= cutoff:
                         continue
                     rows = _rows([segment])

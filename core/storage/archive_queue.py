@@ -98,6 +98,7 @@ async def _trim_logs(redis: Redis, records: list[dict], log_limit: int) -> None:
 
     def trim_all(pipe: Pipeline) -> None:
         for conversation, seq in sealed.items():
-            queue_script(pipe, "trim_log", [keys.conversation_log(conversation), keys.conversation_sealed(conversation)], [seq, log_limit])
+            log_keys = [keys.conversation_log(conversation), keys.conversation_sealed(conversation)]
+            queue_script(pipe, "trim_log", log_keys, [seq, log_limit])
 
     await run_pipeline(redis, trim_all)

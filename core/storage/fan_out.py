@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 import orjson
 
 from . import keys, locks
-from .scripts import Reply, queue_script, run_pipeline
+from .scripts import Reply, queue_script, run_pipeline, script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -156,19 +156,19 @@ async def _flush(redis: Redis) -> int:
         for start in range(0, len(members), FLUSH_CHUNK):
             chunk = members[start : start + FLUSH_CHUNK]
 
-            def advance_chunk(pipe: Pipeline, chunk: list[str] = chunk) -> None:
+            def advance_chunk(pipe: Pipeline, chunk: list[str] = chunk, gid: str = gid, seq: int = seq) -> None:
                 for member in chunk:
                     queue_advance(pipe, member, gid, seq, 0)
 
             await run_pipeline(redis, advance_chunk)
         updates += len(members)
-        await run_pipeline(
-            redis, lambda pipe: queue_script(pipe, "settle_field", keys=[keys.fan_out_pending()], args=[conversation, seq])
-        )
+        await script(redis, "settle_field")(keys=[keys.fan_out_pending()], args=[conversation, seq])
     return updates
 
 
-async def unread_messages(redis: Redis, user: str, marks: dict[str, int], limit: int, log_limit: int | None = None) -> list[bytes]:
+async def unread_messages(
+    redis: Redis, user: str, marks: dict[str, int], limit: int, log_limit: int | None = None
+) -> list[bytes]:
     """The user's unread messages in read fan-out groups (never in their inbox): per group the
     newest ``limit`` after their read position and among the group's newest ``log_limit``
     (what the conversation log is sure to hold; older ones are the archive's, for history),

@@ -6,14 +6,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import keys
-from ..ids import IdGenerator
 from ..models import Accepted, Message, SendCommand
+from . import keys
 from .scripts import Reply, queue_script, run_pipeline
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
+
+    from ..ids import IdGenerator
 
 
 def queue_accept(

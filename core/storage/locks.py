@@ -9,13 +9,14 @@ how long a crashed holder keeps others out.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from redis.exceptions import LockError
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,8 @@ plugin); gifts, red packets and the host's own messages at high priority (never 
 Operations: ``room.open`` (become the room's host), ``room.join``, ``room.leave``,
 ``room.post`` {room, text, kind: chat|gift|red_packet}, ``room.info``.
 Settings: ``IMFLOW_ROOMS_BATCH_MS`` (100), ``IMFLOW_ROOMS_MAX_TEXT`` (500).
+Each plugin manager builds its own ``LiveRooms`` object: its settings and its gateways' room
+registries are its own, and its shutdown hook stops the flushers it started.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from typing import Any
 
 import orjson
 from prometheus_client import Counter, Histogram
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from imflow.core.hookspecs import hookimpl
-from imflow.core.plugin_types import (
+from imflow.plugin_api import (
     BroadcastStream,
     GatewayContext,
     Operation,
@@ -42,6 +44,8 @@ from imflow.core.plugin_types import (
     Outbound,
     Priority,
     Rejection,
+    Services,
+    hookimpl,
 )
 
 log = logging.getLogger(__name__)
@@ -54,13 +58,14 @@ HOST_TTL_S = 6 * 3600  # a room's host holds it for a show's length; opening it 
 
 
 class RoomSettings(BaseSettings):
+    """The plugin's settings (``IMFLOW_ROOMS_…``), shown by ``imflow config``."""
+
     model_config = SettingsConfigDict(env_prefix="IMFLOW_ROOMS_", env_file=".env", extra="ignore")
-    batch_ms: int = 100
-    max_text: int = 500
+    batch_ms: int = Field(100, description="How long a gateway gathers a room's messages into one room.batch frame (ms)")
+    max_text: int = Field(500, description="Longest room post, in characters")
 
 
-settings = RoomSettings()
-DELIVERED = Counter("imflow_room_messages_delivered", "Room messages pushed to viewers (messages × viewers)")
+DELIVERED = Counter("imflow_room_messages_delivered", "Room messages pushed to viewers (messages x viewers)")
 BATCH_DELAY = Histogram("imflow_room_batch_delay_seconds", "From a room post to its batch going out",
                         buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2))
 
@@ -78,6 +83,7 @@ class Gateway:
     """One gateway's rooms: who watches what here, and what waits to go out."""
 
     context: GatewayContext
+    settings: RoomSettings
     rooms: dict[str, set[Outbound]] = field(default_factory=lambda: defaultdict(set))
     waiting: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     flusher: asyncio.Task[None] | None = None
@@ -89,7 +95,7 @@ class Gateway:
 
     async def _flush_forever(self) -> None:
         while True:
-            await asyncio.sleep(settings.batch_ms / 1000)
+            await asyncio.sleep(self.settings.batch_ms / 1000)
             try:
                 await self.flush()
                 if time.monotonic() - self.refreshed > REFRESH_S:
@@ -105,9 +111,7 @@ class Gateway:
             viewers = self.rooms.get(room)
             if not viewers:
                 continue
-            shaped = await self.context.hooks.first(
-                "imflow_shape_broadcast", stream=STREAM, key=room, messages=messages, load=load
-            )
+            shaped = await self.context.hooks.call.shape_broadcast(stream=STREAM, key=room, messages=messages, load=load)
             chosen = messages if shaped is None else shaped
             now = time.time() * 1000
             for message in chosen:
@@ -142,18 +146,12 @@ class Gateway:
             self.rooms[room].discard(connection)
         return left
 
-
-GATEWAYS: dict[str, Gateway] = {}  # by node: a test process may run several gateways
-
-
-def _gateway(context: OperationContext | GatewayContext) -> Gateway:
-    gateway_context = context.gateway if isinstance(context, OperationContext) else context
-    if gateway_context is None:
-        raise OperationError("room.unavailable", "live rooms need a running gateway")
-    gateway = GATEWAYS.get(gateway_context.node)
-    if gateway is None or gateway.context is not gateway_context:
-        gateway = GATEWAYS[gateway_context.node] = Gateway(gateway_context)
-    return gateway
+    async def stop(self) -> None:
+        """Stop the flusher (what waits is dropped: rooms have no history)."""
+        if self.flusher is not None:
+            self.flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.flusher
 
 
 def _room(fields: dict[str, Any]) -> str:
@@ -173,93 +171,118 @@ async def viewers(context: OperationContext, room: str) -> int:
     return total
 
 
-async def open_room(context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
-    room = _room(fields)
-    await context.redis.set(host_key(room), context.user, nx=True, ex=HOST_TTL_S)
-    host = (await context.redis.get(host_key(room)) or b"").decode()
-    if host != context.user:
-        raise OperationError("room.taken", f"room {room} has a host already")
-    return {"room": room, "host": host}
+class LiveRooms:
+    """The plugin object, one per plugin manager: its settings and, per gateway node it serves
+    (a test process may run several), that gateway's rooms."""
 
+    def __init__(self) -> None:
+        self.settings = RoomSettings()
+        self.gateways: dict[str, Gateway] = {}  # by node
 
-async def join(context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
-    room = _room(fields)
-    gateway = _gateway(context)
-    assert context.connection is not None
-    gateway.rooms[room].add(context.connection)
-    gateway.start()
-    await gateway.report_viewers([room])
-    host = await context.redis.get(host_key(room))
-    return {"room": room, "viewers": await viewers(context, room), "host": host.decode() if host else None}
+    def _gateway(self, context: OperationContext | GatewayContext) -> Gateway:
+        gateway_context = context.gateway if isinstance(context, OperationContext) else context
+        if gateway_context is None:
+            raise OperationError("room.unavailable", "live rooms need a running gateway")
+        gateway = self.gateways.get(gateway_context.node)
+        if gateway is None or gateway.context is not gateway_context:
+            gateway = self.gateways[gateway_context.node] = Gateway(gateway_context, self.settings)
+        return gateway
 
+    async def open_room(self, context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
+        """``room.open``: the asking user hosts the room (``room.taken`` if someone does)."""
+        room = _room(fields)
+        await context.redis.set(host_key(room), context.user, nx=True, ex=HOST_TTL_S)
+        host = (await context.redis.get(host_key(room)) or b"").decode()
+        if host != context.user:
+            raise OperationError("room.taken", f"room {room} has a host already")
+        return {"room": room, "host": host}
 
-async def leave(context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
-    room = _room(fields)
-    gateway = _gateway(context)
-    gateway.rooms.get(room, set()).discard(context.connection)
-    await gateway.report_viewers([room])
-    return {"room": room}
+    async def join(self, context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
+        """``room.join``: the connection becomes a viewer of the room on this gateway."""
+        room = _room(fields)
+        gateway = self._gateway(context)
+        assert context.connection is not None
+        gateway.rooms[room].add(context.connection)
+        gateway.start()
+        await gateway.report_viewers([room])
+        host = await context.redis.get(host_key(room))
+        return {"room": room, "viewers": await viewers(context, room), "host": host.decode() if host else None}
 
+    async def leave(self, context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
+        """``room.leave``: the connection stops viewing the room."""
+        room = _room(fields)
+        gateway = self._gateway(context)
+        gateway.rooms.get(room, set()).discard(context.connection)
+        await gateway.report_viewers([room])
+        return {"room": room}
 
-async def post(context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
-    room = _room(fields)
-    kind = fields.get("kind", "chat")
-    text = fields.get("text", "")
-    if not isinstance(kind, str) or kind not in KINDS or not isinstance(text, str) or not text or len(text) > settings.max_text:
-        raise OperationError("room.bad_request", f"kind one of {sorted(KINDS)}, text 1-{settings.max_text} characters")
-    gateway = _gateway(context)
-    if context.connection is None or context.connection not in gateway.rooms.get(room, ()):
-        raise OperationError("room.not_joined", f"join room {room} before posting to it")
-    host = await context.redis.get(host_key(room))
-    priority = Priority.HIGH if host and host.decode() == context.user else KINDS[kind]
-    verdict = await gateway.context.hooks.first(
-        "imflow_admit_broadcast", stream=STREAM, key=room, user=context.user, priority=priority, gateway=gateway.context
-    )
-    if isinstance(verdict, Rejection):
-        raise OperationError(verdict.code, verdict.message, verdict.retry_after_ms)
-    message = {"id": uuid.uuid4().hex[:16], "room": room, "sender": context.user, "kind": kind, "text": text,
-               "priority": int(priority), "at_ms": int(time.time() * 1000)}
-    await gateway.context.broadcast(STREAM, room.encode(), orjson.dumps(message))
-    return {"room": room, "id": message["id"]}
+    async def post(self, context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
+        """``room.post``: put a viewer's message on the rooms stream, once the throttles admit it."""
+        room = _room(fields)
+        kind = fields.get("kind", "chat")
+        text = fields.get("text", "")
+        max_text = self.settings.max_text
+        if not isinstance(kind, str) or kind not in KINDS or not isinstance(text, str) or not text or len(text) > max_text:
+            raise OperationError("room.bad_request", f"kind one of {sorted(KINDS)}, text 1-{max_text} characters")
+        gateway = self._gateway(context)
+        if context.connection is None or context.connection not in gateway.rooms.get(room, ()):
+            raise OperationError("room.not_joined", f"join room {room} before posting to it")
+        host = await context.redis.get(host_key(room))
+        priority = Priority.HIGH if host and host.decode() == context.user else KINDS[kind]
+        verdict = await gateway.context.hooks.call.admit_broadcast(
+            stream=STREAM, key=room, user=context.user, priority=priority, gateway=gateway.context
+        )
+        if isinstance(verdict, Rejection):
+            raise verdict.error()
+        message = {"id": uuid.uuid4().hex[:16], "room": room, "sender": context.user, "kind": kind, "text": text,
+                   "priority": int(priority), "at_ms": int(time.time() * 1000)}
+        await gateway.context.broadcast(STREAM, room.encode(), orjson.dumps(message))
+        return {"room": room, "id": message["id"]}
 
+    async def info(self, context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
+        """``room.info``: the room's approximate viewer count and its host."""
+        room = _room(fields)
+        host = await context.redis.get(host_key(room))
+        return {"room": room, "viewers": await viewers(context, room), "host": host.decode() if host else None}
 
-async def info(context: OperationContext, fields: dict[str, Any]) -> dict[str, Any]:
-    room = _room(fields)
-    host = await context.redis.get(host_key(room))
-    return {"room": room, "viewers": await viewers(context, room), "host": host.decode() if host else None}
+    async def on_records(self, context: GatewayContext, values: list[bytes]) -> None:
+        """Every gateway: keep the messages of rooms it has viewers in, for the next flush."""
+        gateway = self._gateway(context)
+        for value in values:
+            try:
+                message = orjson.loads(value)
+                room = message["room"]
+            except Exception:
+                log.warning("live rooms: skipped a malformed record")
+                continue
+            if gateway.rooms.get(room):
+                gateway.waiting[room].append(message)
 
+    @hookimpl
+    def imflow_settings(self) -> RoomSettings:
+        return self.settings
 
-async def on_records(context: GatewayContext, values: list[bytes]) -> None:
-    """Every gateway: keep the messages of rooms it has viewers in, for the next flush."""
-    gateway = _gateway(context)
-    for value in values:
-        try:
-            message = orjson.loads(value)
-            room = message["room"]
-        except Exception:
-            log.warning("live rooms: skipped a malformed record")
-            continue
-        if gateway.rooms.get(room):
-            gateway.waiting[room].append(message)
+    @hookimpl
+    def imflow_client_operations(self) -> list[Operation]:
+        return [Operation("room.open", self.open_room), Operation("room.join", self.join), Operation("room.leave", self.leave),
+                Operation("room.post", self.post), Operation("room.info", self.info)]
 
+    @hookimpl
+    def imflow_broadcast_streams(self) -> list[BroadcastStream]:
+        return [BroadcastStream(STREAM, self.on_records)]
 
-@hookimpl
-def imflow_client_operations() -> list[Operation]:
-    return [Operation("room.open", open_room), Operation("room.join", join), Operation("room.leave", leave),
-            Operation("room.post", post), Operation("room.info", info)]
+    @hookimpl
+    async def imflow_on_disconnect(self, node: str, connection: Outbound) -> None:
+        gateway = self.gateways.get(node)
+        if gateway is not None:
+            left = gateway.leave_all(connection)
+            if left:
+                with contextlib.suppress(Exception):  # the count refresh will catch up
+                    await gateway.report_viewers(left)
 
-
-@hookimpl
-def imflow_broadcast_streams() -> list[BroadcastStream]:
-    return [BroadcastStream(STREAM, on_records)]
-
-
-@hookimpl
-async def imflow_on_disconnect(node: str, connection: Outbound) -> None:
-    gateway = GATEWAYS.get(node)
-    if gateway is not None:
-        left = gateway.leave_all(connection)
-        if left:
-            with contextlib.suppress(Exception):  # the count refresh will catch up
-                await gateway.report_viewers(left)
-
+    @hookimpl
+    async def imflow_shutdown(self, services: Services) -> None:
+        """Stop the flusher of this node's gateway (a worker has none)."""
+        gateway = self.gateways.pop(services.node, None)
+        if gateway is not None:
+            await gateway.stop()

@@ -11,41 +11,62 @@ a timer. Every packet, grab and refund goes to the archive tables ``red_packets`
 ``red_packet_events``.
 
 Settings: ``IMFLOW_RED_PACKETS_TTL_SECONDS``, ``IMFLOW_RED_PACKETS_MAX_TOTAL_CENTS``,
-``IMFLOW_RED_PACKETS_MAX_COUNT``.
+``IMFLOW_RED_PACKETS_MAX_COUNT``, read when a plugin manager builds its ``RedPackets`` object.
 """
 
 from __future__ import annotations
 
 import random
-from functools import cache
 from importlib import resources
 from typing import Annotated, Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from imflow.core.storage import archive_queue
-from imflow.core.agents import TimerSpec
-from imflow.core.hookspecs import hookimpl
-from imflow.core.ids import now_ms
-from imflow.core.plugin_types import MessageBody, MessageType, Operation, OperationError, Rejection
-from imflow.core.groups import is_member, may_see
+from imflow.plugin_api import (
+    AgentContext,
+    MessageBody,
+    MessageType,
+    Operation,
+    OperationContext,
+    OperationError,
+    Rejection,
+    SendCommand,
+    TimerSpec,
+    enqueue_rows,
+    hookimpl,
+    is_member,
+    may_see,
+    now_ms,
+    partition_for,
+    register_script,
+    script,
+)
 
 TYPE = "red_packet"
 EXPIRIES = "rp:expiries"  # sorted set mid -> expires_at_ms, for the refund timer
 PACKETS_TABLE = "red_packets"
 EVENTS_TABLE = "red_packet_events"
+SCRIPTS = {name: f"red_packet_{name}" for name in ("grab", "open", "refund")}  # file -> registered name
+
+
+def lua_source(name: str) -> str:
+    """The source of this plugin's script ``name`` (``grab``, ``open``, ``refund``)."""
+    return resources.files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+for name in SCRIPTS:  # loaded the one way, like imflow's own (storage.scripts)
+    register_script(SCRIPTS[name], lua_source(name))
 
 
 class RedPacketSettings(BaseSettings):
+    """The plugin's settings (``IMFLOW_RED_PACKETS_…``), shown by ``imflow config``."""
+
     model_config = SettingsConfigDict(env_prefix="IMFLOW_RED_PACKETS_", env_file=".env", extra="ignore")
 
     ttl_seconds: int = Field(86_400, gt=0, description="How long a packet can be grabbed before the rest is refunded")
     max_total_cents: int = Field(20_000, gt=0, description="Largest amount one packet may hold, in cents")
     max_count: int = Field(1_000, gt=0, description="Most shares one packet may be split into")
-
-
-settings = RedPacketSettings()
 
 
 def packet_key(mid: int) -> str:
@@ -56,29 +77,18 @@ def grabs_key(mid: int) -> str:
     return f"rp:{{{mid}}}:grabs"
 
 
-@cache
-def _lua(name: str) -> str:
-    return resources.files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
-
-
-def _script(redis: Any, name: str) -> Any:
-    scripts = redis.__dict__.setdefault("_red_packet_scripts", {})
-    if name not in scripts:
-        scripts[name] = redis.register_script(_lua(name))
-    return scripts[name]
-
-
 class RedPacketBody(MessageBody):
     """The body of a ``red_packet`` message, declared once (the amounts' policy is checked in
     imflow_before_send, where settings apply): ``total_cents`` and ``count`` are integers within
-    the protocol's 0…2^53−1, ``greeting`` at most 100 characters."""
+    the protocol's 0...2^53-1, ``greeting`` at most 100 characters."""
 
     total_cents: int
     count: int
     greeting: Annotated[str, Field(max_length=100)] = ""
 
 
-def amount_problem(total: int, count: int) -> Rejection | None:
+def amount_problem(total: int, count: int, settings: RedPacketSettings) -> Rejection | None:
+    """Why a packet of ``total`` cents in ``count`` shares may not be sent under ``settings``, or None."""
     if total <= 0 or count <= 0:
         return Rejection("red_packet.bad_amount", "amount and count must be positive")
     if count > settings.max_count:
@@ -91,7 +101,7 @@ def amount_problem(total: int, count: int) -> Rejection | None:
 
 
 def _partition(mid: int, settings_: Any) -> int:
-    return archive_queue.partition_for(mid, settings_.topic_partitions)
+    return partition_for(mid, settings_.topic_partitions)
 
 
 def _request(frame: dict[str, Any]) -> tuple[str, int]:
@@ -110,7 +120,8 @@ async def _visible_packet(redis: Any, conversation: str, mid: int, user: str) ->
     return packet if await may_see(redis, conversation, user, int(packet.get("seq", 1))) else None
 
 
-async def grab(context: Any, frame: dict[str, Any]) -> dict[str, Any]:
+async def grab(context: OperationContext, frame: dict[str, Any]) -> dict[str, Any]:
+    """``red_packet.grab``: a share of the packet for the asking member, or an OperationError."""
     conversation, mid = _request(frame)
     redis = context.redis
     if await _visible_packet(redis, conversation, mid, context.user) is None:
@@ -119,7 +130,7 @@ async def grab(context: Any, frame: dict[str, Any]) -> dict[str, Any]:
         # sent before this member joined: as absent for them as it is from their history
         raise OperationError("red_packet.not_found", "no such red packet in this conversation")
     at = now_ms()
-    status, share, cents_left, count_left = await _script(redis, "grab")(
+    status, share, cents_left, count_left = await script(redis, SCRIPTS["grab"])(
         keys=[packet_key(mid), grabs_key(mid)], args=[context.user, at, random.random()]
     )
     if status == -1:
@@ -131,11 +142,12 @@ async def grab(context: Any, frame: dict[str, Any]) -> dict[str, Any]:
     if status == -4:
         raise OperationError("red_packet.empty", "all shares are taken")
     event = {"mid": mid, "kind": "grab", "user": context.user, "cents": int(share), "at_ms": at}
-    await archive_queue.enqueue_rows(redis, context.settings.app_id, _partition(mid, context.settings), EVENTS_TABLE, [event])
+    await enqueue_rows(redis, context.settings.app_id, _partition(mid, context.settings), EVENTS_TABLE, [event])
     return {"mid": mid, "share_cents": int(share), "cents_left": int(cents_left), "count_left": int(count_left)}
 
 
-async def status(context: Any, frame: dict[str, Any]) -> dict[str, Any]:
+async def status(context: OperationContext, frame: dict[str, Any]) -> dict[str, Any]:
+    """``red_packet.status``: the packet's totals and grabs, to whoever may see its message."""
     conversation, mid = _request(frame)
     packet = await _visible_packet(context.redis, conversation, mid, context.user)
     if packet is None:  # a non-member or a late member learns nothing, not even that it exists
@@ -145,64 +157,65 @@ async def status(context: Any, frame: dict[str, Any]) -> dict[str, Any]:
     return {"mid": mid, "sender": packet["sender"], **{k: int(packet[k]) for k in numbers}, "grabs": grabs}
 
 
-async def refund_expired(context: Any) -> None:
+async def refund_expired(context: AgentContext) -> None:
     """The refund timer: close expired packets (any worker; the script refunds once)."""
     at = now_ms()
-    for mid in await context.redis.zrangebyscore(EXPIRIES, 0, at, start=0, num=500):
-        mid = int(mid)
-        refunded = await _script(context.redis, "refund")(keys=[packet_key(mid)], args=[at])
+    for member in await context.redis.zrangebyscore(EXPIRIES, 0, at, start=0, num=500):
+        mid = int(member)
+        refunded = await script(context.redis, SCRIPTS["refund"])(keys=[packet_key(mid)], args=[at])
         if refunded > 0:
             event = {"mid": mid, "kind": "refund", "user": "", "cents": int(refunded), "at_ms": at}
             s = context.settings
-            await archive_queue.enqueue_rows(context.redis, s.app_id, _partition(mid, s), EVENTS_TABLE, [event])
+            await enqueue_rows(context.redis, s.app_id, _partition(mid, s), EVENTS_TABLE, [event])
         if refunded != -1:
             await context.redis.zrem(EXPIRIES, mid)
 
 
-@hookimpl
-def imflow_configure(settings: Any) -> None:
-    globals()["settings"] = RedPacketSettings()
+class RedPackets:
+    """The plugin object: one per plugin manager, with the settings read when it was built."""
 
+    def __init__(self) -> None:
+        self.settings = RedPacketSettings()
 
-@hookimpl
-def imflow_message_types() -> list[MessageType]:
-    return [MessageType(TYPE, schema=RedPacketBody)]
+    @hookimpl
+    def imflow_settings(self) -> RedPacketSettings:
+        return self.settings
 
+    @hookimpl
+    def imflow_message_types(self) -> list[MessageType]:
+        return [MessageType(TYPE, schema=RedPacketBody)]
 
-@hookimpl
-def imflow_client_operations() -> list[Operation]:
-    return [Operation("red_packet.grab", grab), Operation("red_packet.status", status)]
+    @hookimpl
+    def imflow_client_operations(self) -> list[Operation]:
+        return [Operation("red_packet.grab", grab), Operation("red_packet.status", status)]
 
+    @hookimpl
+    def imflow_stream_agents(self) -> list[TimerSpec]:
+        return [TimerSpec("red_packet.refund", lambda s: 1.0, refund_expired)]
 
-@hookimpl
-def imflow_stream_agents() -> list[TimerSpec]:
-    return [TimerSpec("red_packet.refund", lambda s: 1.0, refund_expired)]
+    @hookimpl
+    def imflow_before_send(self, command: SendCommand) -> Rejection | None:
+        if command.type != TYPE:
+            return None
+        return amount_problem(command.body["total_cents"], command.body["count"], self.settings)
 
-
-@hookimpl
-def imflow_before_send(command: Any) -> Rejection | None:
-    if command.type != TYPE:
-        return None
-    return amount_problem(command.body["total_cents"], command.body["count"])
-
-
-@hookimpl
-async def imflow_after_persist(messages: list[Any], context: Any) -> None:
-    """Open each new packet (idempotent: a replay finds it open) and put it in the ledger."""
-    for message in messages:
-        if message.type != TYPE:
-            continue
-        expires = message.sent_at_ms + settings.ttl_seconds * 1000
-        body = message.body
-        await _script(context.redis, "open")(
-            keys=[packet_key(message.mid)],
-            args=[body["total_cents"], body["count"], message.sender, message.conversation, expires, message.seq],
-        )
-        await context.redis.zadd(EXPIRIES, {message.mid: expires}, nx=True)
-        # written on every replay too (a crash may have come between opening and this):
-        # the row is the same each time, and the archive view keeps one
-        row = {"mid": message.mid, "conversation": message.conversation, "sender": message.sender,
-               "total_cents": body["total_cents"], "count": body["count"], "greeting": body["greeting"],
-               "expires_at_ms": expires}
-        s = context.settings
-        await archive_queue.enqueue_rows(context.redis, s.app_id, _partition(message.mid, s), PACKETS_TABLE, [row])
+    @hookimpl
+    async def imflow_after_persist(self, messages: list[Any], context: AgentContext) -> None:
+        """Open each new packet (idempotent: a replay finds it open) and put it in the ledger."""
+        for message in messages:
+            if message.type != TYPE:
+                continue
+            expires = message.sent_at_ms + self.settings.ttl_seconds * 1000
+            body = message.body
+            await script(context.redis, SCRIPTS["open"])(
+                keys=[packet_key(message.mid)],
+                args=[body["total_cents"], body["count"], message.sender, message.conversation, expires, message.seq],
+            )
+            await context.redis.zadd(EXPIRIES, {message.mid: expires}, nx=True)
+            # written on every replay too (a crash may have come between opening and this):
+            # the row is the same each time, and the archive view keeps one
+            row = {"mid": message.mid, "conversation": message.conversation, "sender": message.sender,
+                   "total_cents": body["total_cents"], "count": body["count"], "greeting": body["greeting"],
+                   "expires_at_ms": expires}
+            s = context.settings
+            await enqueue_rows(context.redis, s.app_id, _partition(message.mid, s), PACKETS_TABLE, [row])

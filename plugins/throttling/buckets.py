@@ -9,12 +9,14 @@ gateways' clocks may differ). Keys that one call takes from must share a Redis C
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from imflow.plugin_api import register_script, script
+
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from redis.asyncio import Redis
 
 # KEYS: the buckets.  ARGV[1]: now in ms, or '' for the server's clock; then rate, burst per key.
@@ -51,6 +53,8 @@ for i, key in ipairs(KEYS) do
 end
 return {0, 0}
 """
+SCRIPT = "throttle_take"
+register_script(SCRIPT, TAKE)  # loaded the one way, like imflow's own (storage.scripts)
 
 
 @dataclass(frozen=True)
@@ -72,9 +76,6 @@ class Refused:
     retry_after_ms: int
 
 
-_scripts: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # per Redis client
-
-
 async def take(redis: Redis, buckets: Sequence[Bucket], now_ms: int | None = None) -> Refused | None:
     """Take one token from each of ``buckets``, atomically, or from none of them.
 
@@ -83,11 +84,8 @@ async def take(redis: Redis, buckets: Sequence[Bucket], now_ms: int | None = Non
     tests) replaces the Redis server's clock. All keys must hash to one Redis Cluster slot (give
     them one hash tag); raises ``redis.RedisError`` when Redis fails.
     """
-    script = _scripts.get(redis)
-    if script is None:
-        script = _scripts[redis] = redis.register_script(TAKE)
     args: list[Any] = ["" if now_ms is None else now_ms]
     for bucket in buckets:
         args += [bucket.rate, bucket.burst]
-    wait, limiting = await script(keys=[bucket.key for bucket in buckets], args=args)
+    wait, limiting = await script(redis, SCRIPT)(keys=[bucket.key for bucket in buckets], args=args)
     return Refused(buckets[int(limiting) - 1], int(wait)) if wait else None

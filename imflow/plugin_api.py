@@ -1,0 +1,71 @@
+"""The stable API of imflow plugins: the one module a plugin imports from imflow.
+
+What is named here keeps its name and meaning across imflow's releases (docs/plugins.md, "The
+plugin API"); anything else in imflow may move. The built-in plugins (imflow/plugins/) import
+only this module, and so should yours.
+"""
+
+from __future__ import annotations
+
+from imflow.core.agents import AgentContext, AgentSpec, TimerSpec
+from imflow.core.errors import ImflowError
+from imflow.core.groups import is_member, may_see
+from imflow.core.hookspecs import hookimpl
+from imflow.core.ids import now_ms
+from imflow.core.models import Message, SendCommand
+from imflow.core.plugin_calls import Hooks
+from imflow.core.plugin_types import (
+    BroadcastStream,
+    GatewayContext,
+    GatewayLoad,
+    MessageBody,
+    MessageType,
+    Operation,
+    OperationContext,
+    OperationError,
+    Outbound,
+    Priority,
+    Rejection,
+    plugin_error_code,
+)
+from imflow.core.services import Services
+from imflow.core.settings import Settings
+from imflow.core.storage.archive_queue import enqueue_rows, partition_for
+from imflow.core.storage.keys import user_tag
+from imflow.core.storage.scripts import queue_script, run_pipeline, script
+from imflow.core.storage.scripts import register as register_script
+
+__all__ = [  # see docs/plugins.md, "The plugin API", for what each is
+    "AgentContext",
+    "AgentSpec",
+    "BroadcastStream",
+    "GatewayContext",
+    "GatewayLoad",
+    "Hooks",
+    "ImflowError",
+    "Message",
+    "MessageBody",
+    "MessageType",
+    "Operation",
+    "OperationContext",
+    "OperationError",
+    "Outbound",
+    "Priority",
+    "Rejection",
+    "SendCommand",
+    "Services",
+    "Settings",
+    "TimerSpec",
+    "enqueue_rows",
+    "hookimpl",
+    "is_member",
+    "may_see",
+    "now_ms",
+    "partition_for",
+    "plugin_error_code",
+    "queue_script",
+    "register_script",
+    "run_pipeline",
+    "script",
+    "user_tag",
+]
