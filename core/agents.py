@@ -80,4 +80,4 @@ class TimerSpec:
 
     name: str
     interval: Callable[[Settings], float]
-    body: Callable[[AgentContext], Awaitable[None]]
+    body: Callable[[AgentContext], Awaitable[object]]  # what it returns is not used

@@ -375,11 +375,12 @@ class Hub:
         await self.lag.stop()
         for task in list(self._rechecks):
             task.cancel()
-        for task in (self._listener, self._heartbeat_task, self._sweeping):
-            if task is not None:
-                task.cancel()
+        tasks: tuple[asyncio.Task[None] | None, ...] = (self._listener, self._heartbeat_task, self._sweeping)
+        for running in tasks:
+            if running is not None:
+                running.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                    await running
         # the sessions have said goodbye; whatever is left names a gateway that is gone (if
         # Redis is out now, the others sweep it once our deadline passes)
         try:

@@ -17,6 +17,8 @@ from . import operations, protocol
 from .hub import CLOSE_UNAUTHENTICATED, Connection
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from imflow.core.tokens import TokenClaims
 
     from .app import Backend
@@ -76,7 +78,8 @@ async def _authenticate(websocket: WebSocket, backend: Backend) -> TokenClaims |
         message = await asyncio.wait_for(websocket.receive(), AUTH_TIMEOUT_S)
     except TimeoutError:
         error = ImflowError(ErrorCode.UNAUTHENTICATED, f"send an auth frame within {AUTH_TIMEOUT_S} s")
-        return await _refuse(websocket, error, None)
+        await _refuse(websocket, error, None)
+        return None
     except (WebSocketDisconnect, RuntimeError):
         return None
     text = _frame_text(message)
@@ -89,7 +92,8 @@ async def _authenticate(websocket: WebSocket, backend: Backend) -> TokenClaims |
             raise ImflowError(ErrorCode.UNAUTHENTICATED, "the first frame must be {\"op\": \"auth\", \"token\": ...}")
         return await revocation.verify(backend.redis, backend.settings.secret_key.get_secret_value(), frame.token)
     except ImflowError as error:
-        return await _refuse(websocket, error, protocol.ref_of(text))
+        await _refuse(websocket, error, protocol.ref_of(text))
+        return None
 
 
 async def _refuse(websocket: WebSocket, error: ImflowError, ref: Any) -> None:
@@ -103,7 +107,7 @@ async def _refuse(websocket: WebSocket, error: ImflowError, ref: Any) -> None:
     return None
 
 
-def _frame_text(message: dict[str, Any]) -> str | bytes | None:
+def _frame_text(message: Mapping[str, Any]) -> str | bytes | None:
     """A frame's text, or a binary frame's bytes as they came (protocol.parse refuses any that
     are not UTF-8: nothing is ever replaced with U+FFFD), or None when the client left."""
     if message["type"] == "websocket.disconnect":
@@ -148,8 +152,8 @@ async def _serve(websocket: WebSocket, backend: Backend, connection: Connection,
             continue
         except Exception:
             log.exception("operation failed for %s", connection.user)
-            error = ImflowError(ErrorCode.INTERNAL, "the server failed on this frame; retry it (operations are idempotent)")
-            connection.push(protocol.error_frame(error, ref))
+            failure = ImflowError(ErrorCode.INTERNAL, "the server failed on this frame; retry it (operations are idempotent)")
+            connection.push(protocol.error_frame(failure, ref))
             continue
         if reply is not None:
             if ref is not None:

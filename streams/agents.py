@@ -38,7 +38,7 @@ async def run_body(spec: AgentSpec, ctx: AgentContext, records: Records) -> None
             retry=retry_if_exception_type(_TRANSIENT),
             wait=wait_exponential(multiplier=0.1, max=5),
             before_sleep=lambda state: log.warning(
-                "agent %s: storage unavailable (%s), retrying", spec.name, state.outcome.exception()
+                "agent %s: storage unavailable (%s), retrying", spec.name, state.outcome and state.outcome.exception()
             ),
         ):
             with attempt:

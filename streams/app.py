@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import faust
 
@@ -99,7 +99,7 @@ def create_app(settings: Settings, redis: Redis | None = None, hooks: Hooks | No
         _add_timer(app, timer, resources)
 
     @app.on_before_shutdown.connect
-    async def _close(app: faust.App, **kwargs: object) -> None:
+    async def _close(app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         await resources.close()
 
     return app
@@ -118,7 +118,9 @@ def _add_agent(app: faust.App, spec: AgentSpec, resources: WorkerResources) -> N
 
     async def agent(stream: faust.StreamT) -> None:
         # take_events acks a batch only after the body has handled it: still at least once
-        async for events in stream.take_events(settings.agent_batch_max, within=settings.agent_batch_wait_ms / 1000):
+        # (it is on faust.Stream; the StreamT protocol lacks it)
+        batches = stream.take_events(settings.agent_batch_max, within=settings.agent_batch_wait_ms / 1000)  # type: ignore[attr-defined]
+        async for events in batches:
             records = [(event.value, event.message.partition) for event in events]
             await run_body(spec, await resources.context(), records)
 

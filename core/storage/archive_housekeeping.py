@@ -156,7 +156,7 @@ def retention(root: Path, keep_days: float, now_ms: int | None = None, grace_sec
                     if column is None:
                         continue
                     sql = f"SELECT min({column}), max({column}) FROM read_parquet($f)"
-                    low, high = db.execute(sql, {"f": str(segment)}).fetchone()
+                    low, high = db.execute(sql, {"f": str(segment)}).fetchone() or (None, None)
                     if low is None or low >= cutoff:
                         continue
                     rows = _rows([segment])

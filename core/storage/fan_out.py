@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 import orjson
 
 from . import keys, locks
+from .redis_client import text
 from .scripts import Reply, queue_script, run_pipeline, script
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ async def catch_up(redis: Redis, user: str, gids: list[str] | None = None) -> di
     """Bring one user's counts up to date in their read fan-out groups now (what the flush would
     do for them in a few seconds). Returns those groups' newest read fan-out seqs."""
     if gids is None:
-        gids = sorted(gid.decode() for gid in await redis.smembers(keys.user_groups(user)))
+        gids = sorted(text(gid) for gid in await redis.smembers(keys.user_groups(user)))
     marks = {gid: seq for gid, seq in (await read_upto(redis, gids)).items() if seq}
     if marks:
         def advance_all(pipe: Pipeline) -> None:
@@ -150,9 +151,9 @@ async def _flush(redis: Redis) -> int:
     pending = await redis.hgetall(keys.fan_out_pending())
     updates = 0
     for field, value in sorted(pending.items()):
-        conversation, seq = field.decode(), int(value)
+        conversation, seq = text(field), int(value)
         gid = conversation.removeprefix("g:")
-        members = [member.decode() for member in await redis.hkeys(keys.group_members(gid))]
+        members = [text(member) for member in await redis.hkeys(keys.group_members(gid))]
         for start in range(0, len(members), FLUSH_CHUNK):
             chunk = members[start : start + FLUSH_CHUNK]
 

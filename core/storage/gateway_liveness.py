@@ -21,6 +21,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from . import keys
+from .redis_client import text
 from .scripts import Reply, queue_script, run_pipeline, script
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ async def sweep(redis: Redis, node: str) -> int:
     index, cursor, swept = keys.gateway_users(node), 0, 0
     while True:
         cursor, found = await redis.hscan(index, cursor, count=SWEEP_CHUNK)
-        users = sorted(user.decode() for user in found)
+        users = sorted(text(user) for user in found)
         for start in range(0, len(users), SWEEP_CHUNK):
             await _sweep_users(redis, node, users[start : start + SWEEP_CHUNK])
         swept += len(users)

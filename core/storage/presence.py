@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import gateway_liveness, keys
+from .redis_client import text
 from .scripts import Reply, queue_script, reply, run_pipeline
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 
 async def _groups(redis: Redis, user: str) -> list[str]:
-    return sorted(gid.decode() for gid in await redis.smembers(keys.user_groups(user)))
+    return sorted(text(gid) for gid in await redis.smembers(keys.user_groups(user)))
 
 
 async def connected(redis: Redis, user: str, node: str) -> None:

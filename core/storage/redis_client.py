@@ -18,6 +18,12 @@ STORAGE_UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+def text(value: bytes | str) -> str:
+    """A reply as text: our clients answer bytes (``decode_responses=False``, so message JSON
+    passes through untouched); redis-py's types also allow str."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def connect(url: str | None, max_connections: int = 64) -> Redis:
     """A client for ``url``; without one, an in-process fakeredis server private to this client.
 
