@@ -18,6 +18,8 @@ from redis import exceptions as redis_errors
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from imflow.client import ClientError
 from imflow.core.agents import AgentSpec, TimerSpec
 from imflow.core.hookspecs import hookimpl
@@ -44,10 +46,18 @@ def shout(body: dict[str, Any]) -> dict[str, Any]:
     return {"text": text.upper()}
 
 
+class ShoutSettings(BaseSettings):
+    """A plugin's declared settings (``imflow_settings``)."""
+
+    model_config = SettingsConfigDict(env_prefix="IMFLOW_SHOUT_")
+    volume: int = 11
+
+
 class Everything:
     """Implements every hook and remembers what it saw."""
 
     def __init__(self) -> None:
+        self.lifecycle: list[tuple[str, str, str]] = []  # (hook, node, role)
         self.configured: list[str] = []
         self.persisted: list[int] = []
         self.connected: list[str] = []
@@ -60,6 +70,18 @@ class Everything:
     @hookimpl
     def imflow_configure(self, settings: Settings) -> None:
         self.configured.append(settings.app_id)
+
+    @hookimpl
+    def imflow_settings(self) -> BaseSettings:
+        return ShoutSettings()
+
+    @hookimpl
+    async def imflow_startup(self, services: Services, role: str) -> None:
+        self.lifecycle.append(("startup", services.node, role))
+
+    @hookimpl
+    def imflow_shutdown(self, services: Services, role: str) -> None:
+        self.lifecycle.append(("shutdown", services.node, role))
 
     @hookimpl
     def imflow_message_types(self) -> list[MessageType]:
@@ -163,6 +185,9 @@ async def test_every_hook_through_a_running_imflow(imflow_server) -> None:
     plugin = Everything()
     async with imflow_server(plugins=[("everything", plugin)]) as server:
         assert plugin.configured == [server.settings.app_id]  # imflow_configure
+        node = server.settings.node_name
+        assert plugin.lifecycle == [("startup", node, "serve")]  # imflow_startup, with this process's services
+        assert dict(make_hooks(server.settings, extra=[("everything", plugin)]).call.settings())["everything"].volume == 11
         async with await server.client("alice") as alice, await server.client("bob") as bob:
             assert plugin.connected == ["alice", "bob"]  # imflow_on_connect
             # imflow_message_types: a new type, validated and normalised by the plugin
@@ -221,6 +246,8 @@ async def test_every_hook_through_a_running_imflow(imflow_server) -> None:
         async with httpx.AsyncClient() as http:
             reply = await http.get(f"{server.http}/plugins/shout/hello")
         assert reply.json() == {"hello": "shout"}
+    # imflow_shutdown, once the process stops
+    assert plugin.lifecycle == [("startup", node, "serve"), ("shutdown", node, "serve")]
 
 
 async def _async(value):
