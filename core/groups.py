@@ -1,194 +1,171 @@
-"""Groups (R3): who is in a group, with which role, and who may change that.
+"""Groups (R3), the service: who is in a group, with which role, who may change that, and who
+may see a conversation.
 
-The members hash of a group is the truth; each user's set of groups is an index written after
-it. Every gateway and worker reads membership from Redis when it needs it, so a change is
-visible everywhere at once. Roles: the owner (one), admins, members.
+Each change takes a typed command and writes its archive record (``im_group_events``) itself,
+so every caller records it. Membership is read from Redis when it is needed (through
+core/storage/groups.py), so a change is visible on every gateway and worker at once. Roles: the
+owner (one), admins, members.
 
 - the owner and admins add members; the owner adds admins (``set_role``);
 - the owner removes anyone but themself, an admin removes plain members;
 - anyone but the owner may leave (the owner hands the group over first).
+
+Errors (ImflowError): ``not_found`` for a group or conversation the user is not in (they learn
+nothing about it, not even that it exists) or a target user not in the group; ``forbidden``
+for a change the actor's role does not allow, or past the size cap; ``bad_frame`` for a role
+change that cannot be.
 """
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .storage import archive_queue, fan_out, keys
 from .errors import ErrorCode, ImflowError
-from .ids import now_ms
-from .models import direct_members
-from .storage.scripts import queue_script, run_pipeline
+from .models import direct_members, group_conversation
+from .models import group_id as group_id  # the one parser of g:<gid>; imported from here by the send path and plugins
+from .storage import groups as store
+from .storage.groups import EVENTS_TABLE as EVENTS_TABLE  # the archive table of membership changes
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.asyncio.client import Pipeline
+
+    from .services import Services
 
 OWNER, ADMIN, MEMBER = "owner", "admin", "member"
+ROLES = (OWNER, ADMIN, MEMBER)
 MAX_MEMBERS = 100_000
-EVENTS_TABLE = "im_group_events"  # the durable record of every membership change, in the archive
 
 
-async def record(redis: Redis, app_id: str, partitions: int, gid: str, actor: str, kind: str, changes: dict[str, str]) -> None:
-    """Write membership changes to the archive (Redis holds the hot set; this is the record)."""
-    at = now_ms()
-    rows = [{"gid": gid, "user": user, "kind": kind, "role": role, "actor": actor, "at_ms": at} for user, role in changes.items()]
-    partition = archive_queue.partition_for(gid, partitions)
-    await archive_queue.enqueue_rows(redis, app_id, partition, EVENTS_TABLE, rows)
+# -- commands and results
 
 
-def group_id(conversation: str) -> str | None:
-    kind, _, gid = conversation.partition(":")
-    return gid if kind == "g" and gid else None
+@dataclass(frozen=True)
+class CreateGroup:
+    """``owner`` creates a group named ``name`` (1–100 chars) with ``members``; ``gid`` is
+    chosen by the service unless given (tests, tools)."""
+
+    owner: str
+    name: str
+    members: tuple[str, ...] = ()
+    gid: str | None = None
+
+
+@dataclass(frozen=True)
+class AddMembers:
+    actor: str
+    gid: str
+    users: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RemoveMember:
+    actor: str
+    gid: str
+    user: str
+
+
+@dataclass(frozen=True)
+class LeaveGroup:
+    user: str
+    gid: str
+
+
+@dataclass(frozen=True)
+class SetRole:
+    actor: str
+    gid: str
+    user: str
+    role: str
+
+
+@dataclass(frozen=True)
+class ListMembers:
+    user: str
+    gid: str
+
+
+@dataclass(frozen=True)
+class ListGroups:
+    user: str
+
+
+@dataclass(frozen=True)
+class GroupCreated:
+    gid: str
+    conversation: str
+    name: str
+    members: dict[str, str]  # user -> role
+
+
+@dataclass(frozen=True)
+class MembersAdded:
+    gid: str
+    added: list[str]  # those who were not in the group before, sorted
+
+
+@dataclass(frozen=True)
+class MemberRemoved:
+    gid: str
+    user: str
+
+
+@dataclass(frozen=True)
+class GroupLeft:
+    gid: str
+
+
+@dataclass(frozen=True)
+class RoleSet:
+    gid: str
+    user: str
+    role: str
+
+
+@dataclass(frozen=True)
+class GroupMembers:
+    gid: str
+    members: dict[str, str]  # user -> role
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    gid: str
+    conversation: str
+    name: str
+    role: str
+
+
+@dataclass(frozen=True)
+class MyGroups:
+    groups: list[GroupSummary] = field(default_factory=list)
+
+
+# -- membership: one check, one answer
 
 
 async def is_member(redis: Redis, conversation: str, user: str) -> bool:
+    """Is ``user`` in ``conversation`` (``p:…``: one of its two users; ``g:…``: a member now)?"""
     pair = direct_members(conversation)
     if pair is not None:
         return user in pair
     gid = group_id(conversation)
-    return gid is not None and bool(await redis.hexists(keys.group_members(gid), user))
+    return gid is not None and await store.has_member(redis, gid, user)
 
 
-async def role_of(redis: Redis, gid: str, user: str) -> str | None:
-    role = await redis.hget(keys.group_members(gid), user)
-    return role.decode() if role else None
+async def require_member(services: Services, conversation: str, user: str, *, to_send: bool = False) -> None:
+    """The one membership check of every use case (reads, history, deletes, sends, plugins).
 
-
-async def _require_role(redis: Redis, gid: str, user: str) -> str:
-    """The user's role; a non-member learns nothing about the group, not even that it exists."""
-    role = await role_of(redis, gid, user)
-    if role is None:
-        raise ImflowError(ErrorCode.NOT_FOUND, f"no group {gid!r} for you")
-    return role
-
-
-async def joined_seq(redis: Redis, gid: str, user: str) -> int:
-    return int(await redis.hget(keys.group_joined(gid), user) or 0)
-
-
-async def members(redis: Redis, gid: str, asker: str) -> dict[str, str]:
-    roles = {user.decode(): role.decode() for user, role in (await redis.hgetall(keys.group_members(gid))).items()}
-    if asker not in roles:
-        raise ImflowError(ErrorCode.NOT_FOUND, f"no group {gid!r} for you")
-    return roles
-
-
-async def _join(redis: Redis, gid: str, users: dict[str, str]) -> None:
-    """Add members: they see what comes after this seq, counted from there, and if connected
-    they are pushed to from the next message on."""
-    conversation = f"g:{gid}"
-    seq = int(await redis.get(keys.conversation_seq(conversation)) or 0)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.group_members(gid), mapping=users)
-        pipe.hset(keys.group_joined(gid), mapping={user: seq for user in users})
-        await pipe.execute()
-    names = sorted(users)
-    nodes = await _gateways(redis, names)
-
-    def index(pipe: Pipeline) -> None:
-        for user in names:
-            pipe.sadd(keys.user_groups(user), gid)  # first: advance acts for members only
-            fan_out.queue_advance(pipe, user, gid, seq, seq)
-        online = {f"{node}|{user}": count for user in names for node, count in nodes[user].items()}
-        if online:
-            pipe.hset(keys.group_online(gid), mapping=online)
-
-    await run_pipeline(redis, index)
-
-
-async def _gateways(redis: Redis, users: list[str]) -> dict[str, dict[str, int]]:
-    """Each user's gateways and how many connections each holds."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for user in users:
-            pipe.hgetall(keys.user_gateways(user))
-        found = await pipe.execute()
-    return {user: {node.decode(): int(count) for node, count in held.items()} for user, held in zip(users, found, strict=True)}
-
-
-async def create(redis: Redis, gid: str, owner: str, name: str, initial: list[str]) -> dict[str, str]:
-    if not await redis.hsetnx(keys.group_info(gid), "owner", owner):
-        raise ImflowError(ErrorCode.BAD_FRAME, f"group {gid!r} exists already")
-    await redis.hset(keys.group_info(gid), mapping={"name": name, "created_at_ms": now_ms()})
-    roles = {user: MEMBER for user in initial if user != owner}
-    roles[owner] = OWNER
-    await _join(redis, gid, roles)
-    return roles
-
-
-async def add(redis: Redis, gid: str, actor: str, users: list[str]) -> list[str]:
-    """Add members (owner or admin); returns those who were not in the group yet."""
-    role = await _require_role(redis, gid, actor)
-    if role not in (OWNER, ADMIN):
-        raise ImflowError(ErrorCode.FORBIDDEN, "only the owner and admins add members")
-    wanted = sorted(set(users))
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hlen(keys.group_members(gid))
-        pipe.hmget(keys.group_members(gid), wanted)
-        count, roles = await pipe.execute()
-    new = [user for user, role in zip(wanted, roles, strict=True) if role is None]
-    if count + len(new) > MAX_MEMBERS:
-        raise ImflowError(ErrorCode.FORBIDDEN, f"a group has at most {MAX_MEMBERS} members")
-    if new:
-        await _join(redis, gid, {user: MEMBER for user in new})
-    return new
-
-
-async def remove(redis: Redis, gid: str, actor: str, user: str) -> None:
-    actor_role, user_role = await _require_role(redis, gid, actor), await role_of(redis, gid, user)
-    if user_role is None:
-        raise ImflowError(ErrorCode.NOT_FOUND, f"{user} is not in the group")
-    allowed = (actor_role == OWNER and user_role != OWNER) or (actor_role == ADMIN and user_role == MEMBER)
-    if not allowed:
-        raise ImflowError(ErrorCode.FORBIDDEN, f"a group's {actor_role} cannot remove its {user_role}")
-    await _leave(redis, gid, user)
-
-
-async def leave(redis: Redis, gid: str, user: str) -> None:
-    if await _require_role(redis, gid, user) == OWNER:
-        raise ImflowError(ErrorCode.FORBIDDEN, "the owner cannot leave; make someone else owner first")
-    await _leave(redis, gid, user)
-
-
-async def _leave(redis: Redis, gid: str, user: str) -> None:
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hdel(keys.group_members(gid), user)
-        pipe.hdel(keys.group_joined(gid), user)
-        await pipe.execute()
-    nodes = (await _gateways(redis, [user]))[user]
-
-    def forget(pipe: Pipeline) -> None:
-        pipe.srem(keys.user_groups(user), gid)
-        if nodes:
-            pipe.hdel(keys.group_online(gid), *(f"{node}|{user}" for node in nodes))
-        queue_script(pipe, "forget", keys=keys.user_state_keys(user), args=[f"g:{gid}"])
-
-    await run_pipeline(redis, forget)
-
-
-async def set_role(redis: Redis, gid: str, actor: str, user: str, role: str) -> None:
-    """The owner makes a member an admin or an admin a member, or hands ownership over."""
-    if await _require_role(redis, gid, actor) != OWNER:
-        raise ImflowError(ErrorCode.FORBIDDEN, "only the owner changes roles")
-    if await role_of(redis, gid, user) is None:
-        raise ImflowError(ErrorCode.NOT_FOUND, f"{user} is not in the group")
-    if role not in (OWNER, ADMIN, MEMBER) or user == actor:
-        raise ImflowError(ErrorCode.BAD_FRAME, "role must be owner, admin or member, for someone else")
-    changes = {user: role}
-    if role == OWNER:  # one owner: the old one becomes an admin
-        changes[actor] = ADMIN
-        await redis.hset(keys.group_info(gid), "owner", user)
-    await redis.hset(keys.group_members(gid), mapping=changes)
-
-
-async def groups_of(redis: Redis, user: str) -> list[dict[str, str]]:
-    gids = sorted(gid.decode() for gid in await redis.smembers(keys.user_groups(user)))
-    out = []
-    for gid in gids:
-        info = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.group_info(gid))).items()}
-        role = await role_of(redis, gid, user)
-        if role is not None:  # the index may lag a removal by a moment
-            out.append({"gid": gid, "conversation": f"g:{gid}", "name": info.get("name", ""), "role": role})
-    return out
+    Raises ImflowError ``not_found`` if ``user`` is not in ``conversation``: a non-member learns
+    nothing about it, not even that it exists. A send is the one exception (``to_send``):
+    docs/protocol.md and the reference model (tests/protocol_model.py) answer it ``forbidden``.
+    """
+    if await is_member(services.redis, conversation, user):
+        return
+    if to_send:
+        raise ImflowError(ErrorCode.FORBIDDEN, f"you are not a member of {conversation!r}")
+    raise ImflowError(ErrorCode.NOT_FOUND, f"no conversation {conversation!r} for you")
 
 
 async def may_see(redis: Redis, conversation: str, user: str, seq: int) -> bool:
@@ -205,8 +182,114 @@ async def may_see(redis: Redis, conversation: str, user: str, seq: int) -> bool:
     gid = group_id(conversation)
     if gid is None:
         return False
-    async with redis.pipeline(transaction=True) as pipe:  # one moment: a rejoin moves both at once
-        pipe.hexists(keys.group_members(gid), user)
-        pipe.hget(keys.group_joined(gid), user)
-        member, joined = await pipe.execute()
-    return bool(member) and seq > int(joined or 0)
+    member, joined = await store.membership(redis, gid, user)
+    return member and seq > joined
+
+
+async def seen_from(redis: Redis, conversation: str, user: str) -> int:
+    """The seq after which a member sees ``conversation``: their join seq in a group, else 0."""
+    gid = group_id(conversation)
+    return await store.joined_seq(redis, gid, user) if gid else 0
+
+
+async def _require_role(services: Services, gid: str, user: str) -> str:
+    """The user's role; a non-member learns nothing about the group, not even that it exists."""
+    role = await store.role_of(services.redis, gid, user)
+    if role is None:
+        raise ImflowError(ErrorCode.NOT_FOUND, f"no group {gid!r} for you")
+    return role
+
+
+async def _record(services: Services, gid: str, actor: str, kind: str, changes: dict[str, str]) -> None:
+    s = services.settings
+    await store.record(services.redis, s.app_id, s.topic_partitions, gid, actor, kind, changes, services.clock())
+
+
+# -- changes
+
+
+async def create(services: Services, command: CreateGroup) -> GroupCreated:
+    """A new group, its owner ``command.owner``; raises ``bad_frame`` if a given gid is taken."""
+    gid = command.gid or uuid.uuid4().hex[:16]
+    if not await store.create_info(services.redis, gid, command.owner, command.name, services.clock()):
+        raise ImflowError(ErrorCode.BAD_FRAME, f"group {gid!r} exists already")
+    roles = {user: MEMBER for user in command.members if user != command.owner}
+    roles[command.owner] = OWNER
+    await store.join(services.redis, gid, roles, actor=None, max_members=MAX_MEMBERS)
+    await _record(services, gid, command.owner, "joined", roles)
+    return GroupCreated(gid, group_conversation(gid), command.name, roles)
+
+
+async def add(services: Services, command: AddMembers) -> MembersAdded:
+    """Add members (the owner or an admin); the result lists those who were not in the group yet.
+    The role check, the cap and the write are one step in Redis."""
+    joined = await store.join(
+        services.redis, command.gid, dict.fromkeys(command.users, MEMBER), actor=command.actor, max_members=MAX_MEMBERS
+    )
+    if joined.actor_missing:
+        raise ImflowError(ErrorCode.NOT_FOUND, f"no group {command.gid!r} for you")
+    if joined.actor_may_not:
+        raise ImflowError(ErrorCode.FORBIDDEN, "only the owner and admins add members")
+    if joined.full:
+        raise ImflowError(ErrorCode.FORBIDDEN, f"a group has at most {MAX_MEMBERS} members")
+    await _record(services, command.gid, command.actor, "joined", dict.fromkeys(joined.added, MEMBER))
+    return MembersAdded(command.gid, joined.added)
+
+
+async def remove(services: Services, command: RemoveMember) -> MemberRemoved:
+    """The owner removes anyone but themself, an admin removes plain members."""
+    gid = command.gid
+    actor_role = await _require_role(services, gid, command.actor)
+    user_role = await store.role_of(services.redis, gid, command.user)
+    if user_role is None:
+        raise ImflowError(ErrorCode.NOT_FOUND, f"{command.user} is not in the group")
+    allowed = (actor_role == OWNER and user_role != OWNER) or (actor_role == ADMIN and user_role == MEMBER)
+    if not allowed:
+        raise ImflowError(ErrorCode.FORBIDDEN, f"a group's {actor_role} cannot remove its {user_role}")
+    await store.leave(services.redis, gid, command.user)
+    await _record(services, gid, command.actor, "removed", {command.user: ""})
+    return MemberRemoved(gid, command.user)
+
+
+async def leave(services: Services, command: LeaveGroup) -> GroupLeft:
+    """Anyone but the owner leaves (the owner hands the group over first)."""
+    if await _require_role(services, command.gid, command.user) == OWNER:
+        raise ImflowError(ErrorCode.FORBIDDEN, "the owner cannot leave; make someone else owner first")
+    await store.leave(services.redis, command.gid, command.user)
+    await _record(services, command.gid, command.user, "left", {command.user: ""})
+    return GroupLeft(command.gid)
+
+
+async def set_role(services: Services, command: SetRole) -> RoleSet:
+    """The owner makes a member an admin or an admin a member, or hands ownership over (the old
+    owner becomes an admin)."""
+    gid, actor, user, role = command.gid, command.actor, command.user, command.role
+    if await _require_role(services, gid, actor) != OWNER:
+        raise ImflowError(ErrorCode.FORBIDDEN, "only the owner changes roles")
+    if await store.role_of(services.redis, gid, user) is None:
+        raise ImflowError(ErrorCode.NOT_FOUND, f"{user} is not in the group")
+    if role not in ROLES or user == actor:
+        raise ImflowError(ErrorCode.BAD_FRAME, "role must be owner, admin or member, for someone else")
+    changes = {user: role}
+    if role == OWNER:  # one owner: the old one becomes an admin
+        changes[actor] = ADMIN
+    await store.set_roles(services.redis, gid, changes, owner=user if role == OWNER else None)
+    await _record(services, gid, actor, "role", {user: role})
+    return RoleSet(gid, user, role)
+
+
+# -- queries
+
+
+async def members(services: Services, query: ListMembers) -> GroupMembers:
+    """Every member's role, for a member of the group."""
+    roles = await store.roles(services.redis, query.gid)
+    if query.user not in roles:
+        raise ImflowError(ErrorCode.NOT_FOUND, f"no group {query.gid!r} for you")
+    return GroupMembers(query.gid, roles)
+
+
+async def my_groups(services: Services, query: ListGroups) -> MyGroups:
+    """The user's groups, by gid."""
+    entries = await store.groups_of(services.redis, query.user)
+    return MyGroups([GroupSummary(e.gid, group_conversation(e.gid), e.name, e.role) for e in entries])

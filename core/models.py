@@ -40,6 +40,17 @@ def direct_conversation(a: str, b: str) -> str:
     return f"p:{low}:{high}"
 
 
+def group_conversation(gid: str) -> str:
+    """The id of group ``gid``'s conversation: ``g:<gid>``."""
+    return f"g:{gid}"
+
+
+def group_id(conversation: str) -> str | None:
+    """The gid of a group conversation id (``g:<gid>``), or None if it is not one."""
+    kind, _, gid = conversation.partition(":")
+    return gid if kind == "g" and gid else None
+
+
 def direct_members(conversation: str) -> tuple[str, str] | None:
     """The two users of a one-to-one conversation id, or None if it is not one."""
     kind, _, rest = conversation.partition(":")

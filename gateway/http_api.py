@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -21,9 +20,12 @@ from imflow.core.errors import ErrorCode, ImflowError
 
 from . import operations, protocol
 
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
-STATUS = {
+STATUS: dict[str, int] = {  # by error code (ErrorCode members are their strings)
     ErrorCode.BAD_JSON: 400,
     ErrorCode.BAD_FRAME: 400,
     ErrorCode.UNAUTHENTICATED: 401,
@@ -46,7 +48,7 @@ class Caller:
 
 
 def error_response(error: ImflowError) -> JSONResponse:
-    return JSONResponse({"error": error.to_dict()}, status_code=STATUS.get(error.code, 400))  # type: ignore[call-overload]
+    return JSONResponse({"error": error.to_dict()}, status_code=STATUS.get(str(error.code), 400))
 
 
 async def _user(request: Request) -> str:
@@ -78,14 +80,16 @@ async def json_body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
     return body
 
 
-def _endpoint(op: str, status: int = 200) -> Any:
+def _endpoint(frame_class: type[protocol.ClientFrame], status: int = 200) -> Any:
+    op = protocol.op_of(frame_class)
+
     async def handle(request: Request) -> Response:
         try:
             user = await _user(request)
             # path parameters win over the body, and 'op' comes from the route
             frame = {**(await json_body(request)), **request.path_params, "op": op}
-            if op == "remove_member" and frame.get("user") == user:
-                frame = {"op": "leave_group", "gid": frame["gid"]}
+            if frame_class is protocol.RemoveMember and frame.get("user") == user:
+                frame = {"op": protocol.op_of(protocol.LeaveGroup), "gid": frame["gid"]}
             parsed = protocol.parse(orjson.dumps(frame))
             state = request.app.state
             reply = await operations.handle(parsed, Caller(user), state.backend, state.extensions)  # type: ignore[arg-type]
@@ -93,17 +97,18 @@ def _endpoint(op: str, status: int = 200) -> Any:
             return error_response(error)
         except Exception:
             log.exception("HTTP %s failed", op)
-            return JSONResponse({"error": {"code": "internal", "message": "the server failed; retry the request"}}, status_code=500)
+            failed = {"error": {"code": str(ErrorCode.INTERNAL), "message": "the server failed; retry the request"}}
+            return JSONResponse(failed, status_code=500)
         return JSONResponse(reply, status_code=status)
 
     return handle
 
 
 ROUTES = [
-    Route("/api/groups", _endpoint("create_group", 201), methods=["POST"]),
-    Route("/api/groups", _endpoint("my_groups"), methods=["GET"]),
-    Route("/api/groups/{gid}/members", _endpoint("group_members"), methods=["GET"]),
-    Route("/api/groups/{gid}/members", _endpoint("add_members"), methods=["POST"]),
-    Route("/api/groups/{gid}/members/{user}", _endpoint("remove_member"), methods=["DELETE"]),
-    Route("/api/groups/{gid}/members/{user}/role", _endpoint("set_role"), methods=["PUT"]),
+    Route("/api/groups", _endpoint(protocol.CreateGroup, 201), methods=["POST"]),
+    Route("/api/groups", _endpoint(protocol.MyGroups), methods=["GET"]),
+    Route("/api/groups/{gid}/members", _endpoint(protocol.GroupMembers), methods=["GET"]),
+    Route("/api/groups/{gid}/members", _endpoint(protocol.AddMembers), methods=["POST"]),
+    Route("/api/groups/{gid}/members/{user}", _endpoint(protocol.RemoveMember), methods=["DELETE"]),
+    Route("/api/groups/{gid}/members/{user}/role", _endpoint(protocol.SetRole), methods=["PUT"]),
 ]

@@ -23,7 +23,7 @@ from imflow.core.settings import Settings
 from imflow.core.storage import gateway_events, gateway_liveness, presence
 from imflow.core.storage.gateway_liveness import Beat
 
-from . import protocol, pushes
+from . import frames
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -130,7 +130,7 @@ class Connection:
             SESSIONS_ENDED.labels(str(error.code)).inc()
             self.closed.set()
             self._writer.cancel()
-            self._closing = asyncio.create_task(self._close_socket(code, str(error.code), protocol.error_frame(error)))
+            self._closing = asyncio.create_task(self._close_socket(code, str(error.code), frames.error(error)))
 
     def open(self) -> None:
         """Start sending what is queued (the welcome first): the user is reachable now."""
@@ -491,7 +491,7 @@ class Hub:
         for event in events:  # one bad event costs only itself
             try:
                 users = event["users"] if "users" in event else [event["user"]]
-                frame = pushes.frame_of(event["push"]) if "push" in event else event["frame"]
+                frame = frames.push(event["push"]) if "push" in event else event["frame"]
                 self.to_users(users, frame, event.get("skip", ""), event.get("only", ""))
             except Exception:
                 log.exception("dropped a malformed gateway event")

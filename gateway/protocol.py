@@ -6,7 +6,7 @@ docs/protocol.md documents every frame.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, model_validator
@@ -132,15 +132,26 @@ class PluginCall(ClientFrame):
         return dict(self.model_extra or {})
 
 
+# The registry of built-in operations: each frame class once, in this union; its ``op``
+# literal is the operation's name. The parser, BUILT_IN and OPS, the handler table
+# (gateway/operations.py), the HTTP routes (gateway/http_api.py) and the test that
+# docs/protocol.md documents exactly these (tests/test_services_registry.py) derive from it.
 Frame = Annotated[
     Auth | Send | Ack | Read | Sync | History | Delete | Ping
     | CreateGroup | AddMembers | RemoveMember | LeaveGroup | SetRole | GroupMembers | MyGroups,
     Field(discriminator="op"),
 ]
-OPS = (
-    "auth", "send", "ack", "read", "sync", "history", "delete", "ping",
-    "create_group", "add_members", "remove_member", "leave_group", "set_role", "group_members", "my_groups",
-)
+BUILT_IN: tuple[type[ClientFrame], ...] = get_args(get_args(Frame)[0])
+
+
+def op_of(frame_class: type[ClientFrame]) -> str:
+    """The operation name of a built-in frame class (its ``op`` literal)."""
+    (name,) = get_args(frame_class.model_fields["op"].annotation)
+    return str(name)
+
+
+OPS: tuple[str, ...] = tuple(op_of(frame_class) for frame_class in BUILT_IN)
+FRAME_CLASSES: dict[str, type[ClientFrame]] = dict(zip(OPS, BUILT_IN, strict=True))
 _frame = TypeAdapter(Frame)
 
 
@@ -183,10 +194,3 @@ def ref_of(text: str | bytes) -> Any:
     return None
 
 
-def error_frame(error: ImflowError, ref: Any = None) -> dict[str, Any]:
-    frame: dict[str, Any] = {"op": "error", "code": str(error.code), "message": error.message}
-    if getattr(error, "retry_after_ms", None) is not None:
-        frame["retry_after_ms"] = error.retry_after_ms
-    if ref is not None:
-        frame["ref"] = ref
-    return frame

@@ -13,7 +13,7 @@ from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
 from imflow.core.storage import presence
 
-from . import operations, protocol
+from . import frames, operations, protocol
 from .hub import CLOSE_UNAUTHENTICATED, Connection
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ async def _authenticate(websocket: WebSocket, backend: Backend) -> TokenClaims |
 
 async def _refuse(websocket: WebSocket, error: ImflowError, ref: Any) -> None:
     try:
-        await websocket.send_json(protocol.error_frame(error, ref))
+        await websocket.send_json(frames.error(error, ref))
         closes = {str(ErrorCode.FRAME_TOO_LARGE): CLOSE_TOO_LARGE, str(ErrorCode.UNAVAILABLE): CLOSE_TRY_AGAIN}
         code = closes.get(str(error.code), CLOSE_UNAUTHENTICATED)
         await websocket.close(code, str(error.code))
@@ -146,14 +146,14 @@ async def _serve(websocket: WebSocket, backend: Backend, connection: Connection,
             else:
                 reply = await operations.handle(frame, connection, backend, extensions)
         except ImflowError as error:
-            connection.push(protocol.error_frame(error, ref if ref is not None else protocol.ref_of(text)))
+            connection.push(frames.error(error, ref if ref is not None else protocol.ref_of(text)))
             if error.code == ErrorCode.FRAME_TOO_LARGE:
                 connection.close(CLOSE_TOO_LARGE, str(error.code))
             continue
         except Exception:
             log.exception("operation failed for %s", connection.user)
             failure = ImflowError(ErrorCode.INTERNAL, "the server failed on this frame; retry it (operations are idempotent)")
-            connection.push(protocol.error_frame(failure, ref))
+            connection.push(frames.error(failure, ref))
             continue
         if reply is not None:
             if ref is not None:

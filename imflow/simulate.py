@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from imflow.core.storage.archive import CONTENT, MAILBOX, COMPACTED, READ_EVENTS, ROW_GROUP, ArchiveLayout, content_shard, segment_path, mailbox_shard
 from imflow.core.groups import EVENTS_TABLE
 from imflow.core.ids import EPOCH_MS, NODE_BITS, SEQUENCE_BITS
+from imflow.core.models import group_id
 from imflow.plugins.red_packets import EVENTS_TABLE as GRAB_EVENTS_TABLE
 from imflow.plugins.red_packets import PACKETS_TABLE
 
@@ -429,7 +430,7 @@ async def through_gateway(url: str, token_for: Callable[[str], str], scenario: S
             for row in content:
                 sender = names.index(row["sender"]) if row["sender"] in names else 0
                 target: dict
-                if row["conversation"].startswith("g:"):
+                if group_id(row["conversation"]):
                     g = int(row["conversation"][5:])
                     if g not in gids:
                         members = [names[m] for m in pop.members[pop.group_offsets[g] : pop.group_offsets[g] + pop.group_sizes[g]]]

@@ -13,11 +13,11 @@ from typing import Any
 
 import orjson
 
-from imflow.core.storage import keys
 from imflow.core.agents import AgentContext, AgentSpec
-from imflow.core.settings import Settings
 from imflow.core.sending import ingest
-from imflow.gateway import pushes
+from imflow.core.settings import Settings
+from imflow.core.storage import keys
+from imflow.gateway import frames
 from imflow.streams.agents import run_body
 
 
@@ -73,7 +73,7 @@ async def test_malformed_and_failing_records_are_set_aside_once_and_the_sender_t
     why = "message c-1 could not be processed and was set aside; do not resend it unchanged"
     assert told == [{"users": ["alice"], "push": {"kind": "rejected", "cmid": "c-1", "message": why}}]
     # and the gateway turns that notification into this frame
-    assert pushes.frame_of(told[0]["push"]) == {"op": "error", "code": "rejected", "cmid": "c-1", "message": why}
+    assert frames.push(told[0]["push"]) == {"op": "error", "code": "rejected", "cmid": "c-1", "message": why}
 
 
 async def test_a_body_that_keeps_failing_is_set_aside_not_retried_forever(any_redis, tmp_path) -> None:

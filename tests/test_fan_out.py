@@ -10,14 +10,15 @@ import orjson
 import pytest
 
 from imflow.core import groups
-from imflow.core.storage import fan_out, inbox, keys, presence
-from imflow.core.ids import IdGenerator
-from imflow.core.models import SendCommand
 from imflow.core.agents import AgentContext
 from imflow.core.hookspecs import hookimpl
+from imflow.core.ids import IdGenerator
+from imflow.core.models import SendCommand
 from imflow.core.plugin_calls import Hooks, empty_manager
 from imflow.core.sending import handle_sends
+from imflow.core.services import Services
 from imflow.core.settings import Settings
+from imflow.core.storage import fan_out, inbox, keys, presence
 
 SETTINGS = Settings(read_fan_out_threshold=5)
 IDS = IdGenerator(1)
@@ -94,7 +95,7 @@ async def published(redis, node: str):
 
 async def big_group(redis, size: int) -> tuple[str, list[str]]:
     members = [f"m{i:03d}" for i in range(size)]
-    await groups.create(redis, "big", members[0], "big", members[1:])
+    await groups.create(Services(SETTINGS, redis), groups.CreateGroup(members[0], "big", tuple(members[1:]), gid="big"))
     return "g:big", members
 
 
@@ -156,7 +157,7 @@ async def test_online_members_get_one_event_per_gateway_and_replays_push_nothing
         await run(any_redis, [command])  # Kafka redelivers
         assert [e for e in await events_a() if e["push"]["kind"] == "msg"] == pushes_a
         # someone who left is not pushed to, even if a stale presence entry remained
-        await groups.leave(any_redis, "big", "m002")
+        await groups.leave(Services(SETTINGS, any_redis), groups.LeaveGroup("m002", "big"))
         await any_redis.hset(keys.group_online("big"), "gw-a|m002", 1)
         await run(any_redis, [send("m001", conversation)])
         latest = [e for e in await events_a() if e["push"]["kind"] == "msg"][-1]
@@ -167,13 +168,13 @@ async def test_online_members_get_one_event_per_gateway_and_replays_push_nothing
 
 
 async def test_switching_modes_loses_and_repeats_nothing(any_redis) -> None:
-    await groups.create(any_redis, "grow", "a0", "grow", ["a1", "a2"])
+    await groups.create(Services(SETTINGS, any_redis), groups.CreateGroup("a0", "grow", ("a1", "a2"), gid="grow"))
     conversation = "g:grow"
     await run(any_redis, [send("a0", conversation) for _ in range(3)])  # write: 3 members
-    await groups.add(any_redis, "grow", "a0", ["a3", "a4", "a5"])  # 6 >= 5: read
+    await groups.add(Services(SETTINGS, any_redis), groups.AddMembers("a0", "grow", ("a3", "a4", "a5")))  # 6 >= 5: read
     await run(any_redis, [send("a1", conversation) for _ in range(3)])
-    await groups.remove(any_redis, "grow", "a0", "a5")
-    await groups.remove(any_redis, "grow", "a0", "a4")  # 4: write again
+    await groups.remove(Services(SETTINGS, any_redis), groups.RemoveMember("a0", "grow", "a5"))
+    await groups.remove(Services(SETTINGS, any_redis), groups.RemoveMember("a0", "grow", "a4"))  # 4: write again
     await run(any_redis, [send("a0", conversation) for _ in range(2)])
     await fan_out.flush_pending(any_redis)
     for member, seen_from in (("a2", 1), ("a3", 4)):
@@ -187,7 +188,7 @@ async def test_switching_modes_loses_and_repeats_nothing(any_redis) -> None:
 
 
 async def test_a_policy_picks_the_mode_per_group_and_sender(any_redis) -> None:
-    await groups.create(any_redis, "fans", "star", "fans", ["f1", "f2"])
+    await groups.create(Services(SETTINGS, any_redis), groups.CreateGroup("star", "fans", ("f1", "f2"), gid="fans"))
     seen = []
 
     async def celebrity(conversation: str, members: int, sender: str):
@@ -204,14 +205,15 @@ async def test_a_policy_picks_the_mode_per_group_and_sender(any_redis) -> None:
 
 @pytest.mark.parametrize("size", [2, 5, 9])
 async def test_the_default_policy_is_the_size_threshold(any_redis, size: int) -> None:
-    await groups.create(any_redis, f"s{size}", "u0", "s", [f"u{i}" for i in range(1, size)])
+    others = tuple(f"u{i}" for i in range(1, size))
+    await groups.create(Services(SETTINGS, any_redis), groups.CreateGroup("u0", "s", others, gid=f"s{size}"))
     await run(any_redis, [send("u0", f"g:s{size}")])
     written = await any_redis.zcard(keys.inbox("u1"))
     assert written == (1 if size < SETTINGS.read_fan_out_threshold else 0)
 
 
 async def test_a_replay_is_fanned_out_the_way_the_message_first_was(any_redis) -> None:
-    await groups.create(any_redis, "flip", "p0", "flip", ["p1", "p2"])
+    await groups.create(Services(SETTINGS, any_redis), groups.CreateGroup("p0", "flip", ("p1", "p2"), gid="flip"))
     command = send("p0", "g:flip")
 
     async def read(conversation, members, sender):

@@ -37,3 +37,14 @@ def test_distinct_nodes_never_collide() -> None:
 def test_node_out_of_range_is_refused() -> None:
     with pytest.raises(ValueError):
         IdGenerator(node=MAX_NODE + 1)
+
+
+def test_each_conversation_id_form_has_one_builder_and_one_parser() -> None:
+    from imflow.core import groups
+    from imflow.core.models import direct_conversation, direct_members, group_conversation, group_id
+
+    assert direct_conversation("bob", "alice") == direct_conversation("alice", "bob") == "p:alice:bob"
+    assert direct_members("p:alice:bob") == ("alice", "bob") and direct_members("g:team") is None
+    assert group_conversation("team") == "g:team" and group_id(group_conversation("team")) == "team"
+    assert group_id("p:alice:bob") is None and group_id("g:") is None
+    assert groups.group_id is group_id, "the send path and plugins import it from core.groups"

@@ -76,7 +76,7 @@ async def test_late_and_returning_members_neither_see_nor_grab_earlier_packets(s
         state = await _status(owner, conversation, early)
         assert set(state["grabs"]) == {users.bob} and state["count_left"] == 9, "the late members' grabs took nothing"
 
-        assert await _grab(mallory, conversation, early) == "red_packet.not_member"
+        assert await _grab(mallory, conversation, early) == "red_packet.not_found", "a non-member: as for status"
         assert await _status(mallory, conversation, early) == "red_packet.not_found"
     finally:
         for client in [*everyone.values(), mallory]:

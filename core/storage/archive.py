@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..ids import NODE_BITS, SEQUENCE_BITS, id_time_ms
+from ..models import group_id
 
 CONTENT = "im_msg_content"
 MAILBOX = "im_user_msg_box"
@@ -206,7 +207,7 @@ class ArchiveReader:
         deletion at once: the archive only once it has sealed it).
         """
         db = self._cursor()
-        owners = [owner] + ([conversation] if conversation.startswith("g:") else [])
+        owners = [owner] + ([conversation] if group_id(conversation) else [])
         shards = sorted({mailbox_shard(name, self.layout.mailbox_shards) for name in owners})
         boxes = [path for shard in shards for path in self.layout.files(MAILBOX, shard)]
         if not boxes:

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..groups import EVENTS_TABLE
 from .archive import COMPACTED, CONTENT, DELETIONS, MAILBOX, ROW_GROUP, ArchiveLayout, content_shard, mailbox_shard, segment_path
+from .groups import EVENTS_TABLE
 
 TRASH = ".trash"
 SMALL_BYTES = 64 << 20  # segments below this are compacted together

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 import orjson
 
+from ..models import group_conversation, group_id
 from . import keys, locks
 from .redis_client import text
 from .scripts import Reply, queue_script, run_pipeline, script
@@ -65,7 +66,7 @@ def group_view(result: list, list_below: int, senders: list[str]) -> GroupView:
 def queue_advance(pipe: Pipeline, user: str, gid: str, seq: int, read_at_least: int) -> None:
     """Bring a member of group ``gid`` up to ``seq`` (advance.lua; nothing if no longer a member)."""
     queue_script(pipe, "advance", keys=[*keys.user_state_keys(user), keys.user_groups(user)],
-                 args=[f"g:{gid}", seq, read_at_least, gid])
+                 args=[group_conversation(gid), seq, read_at_least, gid])
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ async def _flush(redis: Redis) -> int:
     updates = 0
     for field, value in sorted(pending.items()):
         conversation, seq = text(field), int(value)
-        gid = conversation.removeprefix("g:")
+        gid = group_id(conversation) or ""
         members = [text(member) for member in await redis.hkeys(keys.group_members(gid))]
         for start in range(0, len(members), FLUSH_CHUNK):
             chunk = members[start : start + FLUSH_CHUNK]
@@ -180,15 +181,15 @@ async def unread_messages(
     gids = sorted(marks)
     async with redis.pipeline(transaction=False) as pipe:
         for gid in gids:
-            pipe.hget(keys.read_seq(user), f"g:{gid}")
+            pipe.hget(keys.read_seq(user), group_conversation(gid))
             pipe.hget(keys.group_joined(gid), user)
-            pipe.get(keys.conversation_seq(f"g:{gid}"))
+            pipe.get(keys.conversation_seq(group_conversation(gid)))
         positions = await pipe.execute()
     async with redis.pipeline(transaction=False) as pipe:
         for i, gid in enumerate(gids):
             read, joined, newest = (int(value or 0) for value in positions[3 * i : 3 * i + 3])
             floor = max(read, joined, newest - log_limit if log_limit is not None else 0)
-            pipe.zrevrangebyscore(keys.conversation_log(f"g:{gid}"), marks[gid], f"({floor}", start=0, num=limit)
+            pipe.zrevrangebyscore(keys.conversation_log(group_conversation(gid)), marks[gid], f"({floor}", start=0, num=limit)
         found = [entry for entries in await pipe.execute() for entry in entries]
     if not found:
         return []

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING
 import orjson
 
 from . import keys
-from ..models import Message
 from .scripts import queue_script, run_pipeline, script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
+
+    from imflow.core.models import Message
 
 
 @dataclass(frozen=True)

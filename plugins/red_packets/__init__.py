@@ -35,7 +35,6 @@ from imflow.plugin_api import (
     TimerSpec,
     enqueue_rows,
     hookimpl,
-    is_member,
     may_see,
     now_ms,
     partition_for,
@@ -125,9 +124,8 @@ async def grab(context: OperationContext, frame: dict[str, Any]) -> dict[str, An
     conversation, mid = _request(frame)
     redis = context.redis
     if await _visible_packet(redis, conversation, mid, context.user) is None:
-        if not await is_member(redis, conversation, context.user):
-            raise OperationError("red_packet.not_member", "only members of the conversation can grab")
-        # sent before this member joined: as absent for them as it is from their history
+        # a non-member, or a member who joined after it was sent: the one rule of visibility
+        # (groups.may_see, as history and status), so nobody learns that it exists
         raise OperationError("red_packet.not_found", "no such red packet in this conversation")
     at = now_ms()
     status, share, cents_left, count_left = await script(redis, SCRIPTS["grab"])(

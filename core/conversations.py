@@ -1,0 +1,190 @@
+"""Conversations, the service of reads: read reports, sync, history, delete-for-me and ACKs.
+
+Each use case takes ``Services`` and a typed command and returns a typed result; refusals are
+ImflowError with stable codes. Membership is ``groups.require_member`` (``not_found`` to a
+non-member). Redis keys stay in core/storage; the wire frames are the gateway's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from . import groups, unread
+from .storage import archive, archive_queue, conversation_log, fan_out, inbox
+
+if TYPE_CHECKING:
+    from .services import Services
+    from .storage.inbox import Unread
+
+NO_SEQ = 1 << 53  # above every seq: a history page without ``before_seq`` starts from the newest
+
+
+# -- commands
+
+
+@dataclass(frozen=True)
+class Read:
+    """``user`` has read ``conversation`` up to ``seq``."""
+
+    user: str
+    conversation: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class Sync:
+    """A page of ``user``'s inbox older than ``before_mid`` (None: the first page), at most ``limit``."""
+
+    user: str
+    before_mid: int | None
+    limit: int
+
+
+@dataclass(frozen=True)
+class History:
+    """A page of ``conversation`` below ``before_seq`` (None: the newest), at most ``limit``."""
+
+    user: str
+    conversation: str
+    before_seq: int | None
+    limit: int
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Hide message ``mid`` of ``conversation`` from ``user`` only."""
+
+    user: str
+    conversation: str
+    mid: int
+
+
+@dataclass(frozen=True)
+class Acknowledge:
+    """``user``'s client has messages ``mids``: they leave the inbox."""
+
+    user: str
+    mids: tuple[int, ...]
+
+
+# -- results
+
+
+@dataclass(frozen=True)
+class SyncPage:
+    """Messages newest first, as stored (JSON fragments, passed through unparsed); the cursor of
+    the next older page (None at the end); on the first page only, every conversation's state
+    ({conversation, last_seq, read_seq, unread}) and the unread total."""
+
+    messages: list[Any]
+    next_before_mid: int | None
+    conversations: list[dict[str, Any]] | None = None
+    total_unread: int | None = None
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """The page's visible messages newest first, and the ``before_seq`` of the next older page
+    (None when the first seq the user may see is reached)."""
+
+    conversation: str
+    messages: list[dict[str, Any]]
+    next_before_seq: int | None
+
+
+@dataclass(frozen=True)
+class Deleted:
+    conversation: str
+    mid: int
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    removed: int  # how many inbox entries went
+
+
+# -- use cases
+
+
+async def read(services: Services, command: Read) -> Unread:
+    """Move the read position forward (never back) and return the conversation's unread count,
+    the user's total and the read seq now. The archive keeps the report for analysts.
+
+    The caller tells the user's other connections (the same ``unread`` state).
+    """
+    redis, user = services.redis, command.user
+    await groups.require_member(services, command.conversation, user)
+    gid = groups.group_id(command.conversation)
+    if gid:  # a read fan-out group's count may wait for its flush: bring it up to date first
+        await unread.catch_up(services, user, [gid])
+    counts = await inbox.mark_read(redis, user, command.conversation, command.seq)
+    # the archive keeps read reports for analysts (read delays, unread backlogs)
+    row = {"owner_uid": user, "conversation": command.conversation, "read_seq": counts.read_seq, "at_ms": services.clock()}
+    partition = archive_queue.partition_for(user, services.settings.topic_partitions)
+    await archive_queue.enqueue_rows(redis, services.settings.app_id, partition, archive.READ_EVENTS, [row])
+    return counts
+
+
+async def sync(services: Services, command: Sync) -> SyncPage:
+    """A page of the inbox; the first page also brings the counts of read fan-out groups up to
+    date and carries every conversation's state and their unread messages, which are in no inbox."""
+    redis, user = services.redis, command.user
+    first_page = command.before_mid is None
+    # a sync flushes this user's read fan-out groups first, so its counts are exact now
+    marks = await unread.catch_up(services, user) if first_page else {}
+    messages, next_before, mids = await inbox.inbox_page(redis, user, command.before_mid, command.limit)
+    if not first_page:
+        return SyncPage(list(messages), next_before)
+    conversations, total = await inbox.conversation_states(redis, user)
+    in_no_inbox = await fan_out.unread_messages(redis, user, marks, command.limit, services.settings.conversation_log_limit)
+    page: list[Any] = list(messages)
+    if in_no_inbox:
+        by_mid: dict[int, Any] = dict(zip(mids, messages, strict=True))
+        for entry in in_no_inbox:  # a message in both (the group switched mode) is sent once
+            by_mid.setdefault(orjson.loads(entry)["mid"], orjson.Fragment(entry))
+        page = [by_mid[mid] for mid in sorted(by_mid, reverse=True)]  # newest first
+    return SyncPage(page, next_before, conversations, total)
+
+
+async def history(services: Services, command: History) -> HistoryPage:
+    """A page back through the conversation by seq: Redis's log first, the archive below it;
+    a group member sees what came after they joined, nothing before."""
+    redis, user, conversation, limit = services.redis, command.user, command.conversation, command.limit
+    await groups.require_member(services, conversation, user)
+    floor = await groups.seen_from(redis, conversation, user)
+    messages = await conversation_log.page(redis, conversation, command.before_seq, floor, limit)
+    # 'before_seq: 0' (or 1) asks for nothing; None for everything
+    oldest = messages[-1]["seq"] if messages else (command.before_seq if command.before_seq is not None else NO_SEQ)
+    if len(messages) < limit and oldest > floor + 1 and services.archive is not None:
+        # older than what Redis keeps: the archive's mailbox index, then the contents. Deleted
+        # messages count towards the page there too: which ones are hidden is Redis's word, so
+        # a page is the same before and after the archive has sealed a deletion
+        older = await asyncio.to_thread(
+            services.archive.history_page, user, conversation, oldest, limit - len(messages), floor, include_deleted=True,
+        )
+        messages.extend(older)
+    hidden = await inbox.deleted_among(redis, user, [m["mid"] for m in messages])
+    visible = [m for m in messages if m["mid"] not in hidden]
+    last_seq = messages[-1]["seq"] if messages else None
+    return HistoryPage(conversation, visible, last_seq if last_seq is not None and last_seq > floor + 1 else None)
+
+
+async def delete(services: Services, command: Delete) -> Deleted:
+    """Hide one message from the user only (the other side and the content stay); the archive
+    records the deletion. A mid that is not a message of the user's hides nothing."""
+    await groups.require_member(services, command.conversation, command.user)
+    await inbox.delete_for_me(services.redis, command.user, command.mid)
+    partition = archive_queue.partition_for(command.user, services.settings.topic_partitions)
+    await archive_queue.enqueue_deletion(
+        services.redis, services.settings.app_id, partition, command.user, command.mid, services.clock()
+    )
+    return Deleted(command.conversation, command.mid)
+
+
+async def acknowledge(services: Services, command: Acknowledge) -> Acknowledged:
+    """Take the messages out of the user's inbox (the offline queue)."""
+    return Acknowledged(await inbox.acknowledge(services.redis, command.user, list(command.mids)))

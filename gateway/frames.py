@@ -1,0 +1,99 @@
+"""The frames the gateway sends to clients, built from the services' typed results and
+notifications: the one place that knows their wire shapes (docs/protocol.md, "Server → client")."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from functools import singledispatch
+from typing import TYPE_CHECKING, Any
+
+from imflow.core import conversations, groups
+from imflow.core.errors import ErrorCode
+from imflow.core.storage.inbox import Unread
+
+if TYPE_CHECKING:
+    from imflow.core.errors import ImflowError
+
+Frame = dict[str, Any]
+
+
+def error(problem: ImflowError, ref: Any = None) -> Frame:
+    """``error`` {code, message, retry_after_ms if a limit refused, ref if the request had one}."""
+    frame: Frame = {"op": "error", "code": str(problem.code), "message": problem.message}
+    if getattr(problem, "retry_after_ms", None) is not None:
+        frame["retry_after_ms"] = problem.retry_after_ms
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
+
+
+def pong() -> Frame:
+    return {"op": "pong"}
+
+
+@singledispatch
+def reply(result: object) -> Frame:
+    """The reply frame for a service's result (raises TypeError for a result without one)."""
+    raise TypeError(f"no frame for {type(result).__name__}")
+
+
+@reply.register
+def _(result: Unread) -> Frame:
+    # the reply to 'read' and the push to the user's other connections: the same frame
+    return {"op": "unread", **result.to_dict()}
+
+
+@reply.register
+def _(result: conversations.SyncPage) -> Frame:
+    frame: Frame = {"op": "sync", "messages": result.messages, "next_before_mid": result.next_before_mid}
+    if result.conversations is not None:  # the first page
+        frame["conversations"], frame["total_unread"] = result.conversations, result.total_unread
+    return frame
+
+
+@reply.register
+def _(result: groups.MyGroups) -> Frame:
+    return {"op": "my_groups", "groups": [_fields(group) for group in result.groups]}
+
+
+def _fields(result: Any) -> Frame:
+    """A result dataclass's fields as they are (not copied: a history page's messages stay put)."""
+    return {field.name: getattr(result, field.name) for field in fields(result)}
+
+
+# results whose frame is the reply's op and their fields, flat
+FLAT = {
+    conversations.Acknowledged: "acked",
+    conversations.HistoryPage: "history",
+    conversations.Deleted: "deleted",
+    groups.GroupCreated: "group",
+    groups.MembersAdded: "members_added",
+    groups.MemberRemoved: "member_removed",
+    groups.GroupLeft: "left",
+    groups.RoleSet: "role_set",
+    groups.GroupMembers: "group_members",
+}
+for _result_type, _op in FLAT.items():
+    reply.register(_result_type, lambda result, op=_op: {"op": op, **_fields(result)})
+
+
+# -- service notifications (core/notifications.py), as they travel between worker and gateway
+
+
+def push(notification: dict[str, Any]) -> Frame:
+    """The client frame for a notification as it travels (``Notification.wire()``): ``msg``,
+    ``sent``, or the ``error`` frame with code ``rejected``.
+
+    Raises KeyError for a kind this gateway does not know (a newer worker): the caller logs it.
+    """
+    n, kind = notification, notification["kind"]
+    if kind == "msg":
+        frame: Frame = {"op": "msg", "message": n["message"]}
+        if "unread" in n:
+            frame["unread"] = n["unread"]
+        return frame
+    if kind == "sent":
+        return {"op": "sent", "cmid": n["cmid"], "conversation": n["conversation"], "mid": n["mid"], "seq": n["seq"]}
+    if kind == "rejected":
+        return {"op": "error", "code": str(ErrorCode.REJECTED), "message": n["message"], "cmid": n["cmid"]}
+    raise KeyError(f"unknown notification kind {kind!r}")
