@@ -121,8 +121,7 @@ class Hooks:
     """The hooks of one plugin manager. ``Hooks()`` has no plugins.
 
     Call a hook with ``await hooks.call.before_send(command=..., gateway=...)`` (one typed
-    method per hook, ``HookCalls``). ``first``, ``results``, ``collect_sync`` and calling
-    ``hooks.call("imflow_<hook>", ...)`` by name are deprecated: use the typed methods.
+    method per hook, ``HookCalls``).
     """
 
     def __init__(self, manager: pluggy.PluginManager | None = None) -> None:
@@ -176,21 +175,6 @@ class Hooks:
             out.extend(cast("Iterable[Any]", value))
         return out
 
-    # deprecated string-named calls: thin wrappers over the above until every caller uses ``call``
-
-    async def results(self, name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Deprecated: (plugin, result) of every implementation that returned something."""
-        return await self._answers(name, kwargs, stop_at_first=False)
-
-    async def first(self, name: str, **kwargs: Any) -> Any:
-        """Deprecated: the first result that is not None; later implementations are not run."""
-        answers = await self._answers(name, kwargs, stop_at_first=True)
-        return answers[0][1] if answers else None
-
-    def collect_sync(self, name: str, **kwargs: Any) -> list[Any]:
-        """Deprecated: the lists returned by a registration hook, concatenated."""
-        return self.collected(name, **kwargs)
-
     def plugins(self) -> list[tuple[str, Any]]:
         """(name, plugin object) of every registered plugin."""
         return [(name, plugin) for name, plugin in self.manager.list_name_plugin() if plugin is not None]
@@ -202,11 +186,6 @@ class HookCalls:
 
     def __init__(self, hooks: Hooks) -> None:
         self._hooks = hooks
-
-    async def __call__(self, name: str, **kwargs: Any) -> None:
-        """Deprecated: ``await hooks.call("imflow_<hook>", ...)`` runs every implementation,
-        results ignored. Use the typed method of the hook."""
-        await self._hooks._answers(name, kwargs, stop_at_first=False)
 
     # start-up and shutdown
 

@@ -14,11 +14,10 @@ import httpx
 import orjson
 import pluggy
 import pytest
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import exceptions as redis_errors
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imflow.client import ClientError
 from imflow.core.agents import AgentSpec, TimerSpec
@@ -315,9 +314,6 @@ async def test_a_firstresult_hook_runs_nothing_after_the_first_answer() -> None:
     verdict = await hooks.call.before_send(command=_send(), gateway=None)
     assert verdict == Rejection("x.no", "no")
     assert (early.ran, refusing.ran, late.ran) == (["before_send"], ["before_send"], []), "the late one never ran"
-    # the deprecated string-named call keeps the same semantics
-    assert await hooks.first("imflow_before_send", command=_send(), gateway=None) == Rejection("x.no", "no")
-    assert late.ran == []
 
 
 async def test_calls_go_through_pluggy_so_monitoring_and_wrappers_see_them() -> None:

@@ -3,7 +3,7 @@ it; the archive keeps everything older than what it holds)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -18,5 +18,5 @@ async def page(redis: Redis, conversation: str, before_seq: int | None, after_se
     bound for None), newest first."""
     upper = f"({before_seq}" if before_seq is not None else "+inf"
     log = keys.conversation_log(conversation)
-    entries = await redis.zrevrangebyscore(log, upper, f"({after_seq}", start=0, num=limit)
+    entries = cast("list[bytes]", await redis.zrevrangebyscore(log, upper, f"({after_seq}", start=0, num=limit))
     return [orjson.loads(entry) for entry in entries]

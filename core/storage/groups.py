@@ -9,16 +9,17 @@ in the same step as the write, however many gateways change a group at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from imflow.core.models import group_conversation
-
+from ..models import group_conversation
 from . import archive_queue, fan_out, keys
+from .redis_client import text
 from .scripts import Reply, queue_script, reply, run_pipeline, script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
+    from redis.typing import EncodableT
 
 EVENTS_TABLE = "im_group_events"  # the durable record of every membership change, in the archive
 
@@ -55,12 +56,12 @@ async def create_info(redis: Redis, gid: str, owner: str, name: str, at_ms: int)
 async def role_of(redis: Redis, gid: str, user: str) -> str | None:
     """The user's role in the group, None if they are not in it."""
     role = await redis.hget(keys.group_members(gid), user)
-    return role.decode() if role else None
+    return text(role) if role else None
 
 
 async def roles(redis: Redis, gid: str) -> dict[str, str]:
     """Every member's role (empty for a group that does not exist)."""
-    return {user.decode(): role.decode() for user, role in (await redis.hgetall(keys.group_members(gid))).items()}
+    return {text(user): text(role) for user, role in (await redis.hgetall(keys.group_members(gid))).items()}
 
 
 async def has_member(redis: Redis, gid: str, user: str) -> bool:
@@ -107,7 +108,7 @@ async def _index(redis: Redis, gid: str, names: list[str], seq: int) -> None:
         for user in names:
             pipe.sadd(keys.user_groups(user), gid)  # first: advance acts for members only
             fan_out.queue_advance(pipe, user, gid, seq, seq)
-        online = {f"{node}|{user}": count for user in names for node, count in nodes[user].items()}
+        online: dict[EncodableT, EncodableT] = {f"{node}|{user}": count for user in names for node, count in nodes[user].items()}
         if online:
             pipe.hset(keys.group_online(gid), mapping=online)
 
@@ -145,14 +146,14 @@ async def set_roles(redis: Redis, gid: str, changes: dict[str, str], owner: str 
     async with redis.pipeline(transaction=True) as pipe:
         if owner is not None:
             pipe.hset(keys.group_info(gid), "owner", owner)
-        pipe.hset(keys.group_members(gid), mapping=changes)
+        pipe.hset(keys.group_members(gid), mapping=cast("dict[EncodableT, EncodableT]", changes))
         await pipe.execute()
 
 
 async def groups_of(redis: Redis, user: str) -> list[GroupEntry]:
     """The user's groups by gid, with their names and the user's roles (one round trip after
     the index; a group the index still lists after a removal is left out)."""
-    gids = sorted(gid.decode() for gid in await redis.smembers(keys.user_groups(user)))
+    gids = sorted(text(gid) for gid in await redis.smembers(keys.user_groups(user)))
 
     def ask(pipe: Pipeline) -> dict[str, tuple[Reply, Reply]]:
         asked = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import orjson
 
@@ -85,7 +85,8 @@ async def inbox_page(
     passed through, not parsed and serialised again.
     """
     upper = f"({before_mid}" if before_mid is not None else "+inf"
-    entries = await redis.zrevrangebyscore(keys.inbox(user), upper, "-inf", start=0, num=limit + 1, withscores=True)
+    found = await redis.zrevrangebyscore(keys.inbox(user), upper, "-inf", start=0, num=limit + 1, withscores=True)
+    entries = cast("list[tuple[bytes, float]]", found)  # our clients answer bytes
     page = entries[:limit]
     cursor = int(page[-1][1]) if len(entries) > limit else None
     return [orjson.Fragment(entry) for entry, _ in page], cursor, [int(mid) for _, mid in page]
