@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import groups, unread
-from .storage import archive, archive_queue, conversation_log, fan_out, inbox
+from .notifications import UnreadChanged
+from .storage import archive, archive_queue, conversation_log, fan_out, gateway_events, inbox
 
 if TYPE_CHECKING:
     from .services import Services
@@ -28,11 +29,13 @@ NO_SEQ = 1 << 53  # above every seq: a history page without ``before_seq`` start
 
 @dataclass(frozen=True)
 class Read:
-    """``user`` has read ``conversation`` up to ``seq``."""
+    """``user`` has read ``conversation`` up to ``seq`` on connection ``origin`` (whose reply
+    answers it; the user's other connections are told)."""
 
     user: str
     conversation: str
     seq: int
+    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,8 @@ class Acknowledged:
 
 async def read(services: Services, command: Read) -> Unread:
     """Move the read position forward (never back) and return the conversation's unread count,
-    the user's total and the read seq now. The archive keeps the report for analysts.
-
-    The caller tells the user's other connections (the same ``unread`` state).
+    the user's total and the read seq now. The archive keeps the report for analysts, and the
+    user's other connections are told (``UnreadChanged``, the same state).
     """
     redis, user = services.redis, command.user
     await groups.require_member(services, command.conversation, user)
@@ -126,6 +128,7 @@ async def read(services: Services, command: Read) -> Unread:
     row = {"owner_uid": user, "conversation": command.conversation, "read_seq": counts.read_seq, "at_ms": services.clock()}
     partition = archive_queue.partition_for(user, services.settings.topic_partitions)
     await archive_queue.enqueue_rows(redis, services.settings.app_id, partition, archive.READ_EVENTS, [row])
+    await gateway_events.notify_user(redis, user, UnreadChanged(counts.to_dict()), skip=command.origin)
     return counts
 
 

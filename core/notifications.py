@@ -59,4 +59,16 @@ class Rejected:
         return {"kind": self.kind, "cmid": self.cmid, "message": self.message}
 
 
-Notification = Sent | Delivered | Rejected
+@dataclass(frozen=True, slots=True)
+class UnreadChanged:
+    """A user's unread state moved (they read on another device): ``state`` is
+    {"conversation", "count", "total", "read_seq"}, as the ``read`` reply carries it."""
+
+    kind: ClassVar[str] = "unread"
+    state: dict[str, Any]
+
+    def wire(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.state}
+
+
+Notification = Sent | Delivered | Rejected | UnreadChanged

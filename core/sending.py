@@ -1,5 +1,6 @@
-"""The sending service: steps 3 to 6 of the message path for a batch of sends (accept, fan out,
-archive, notify). The ingest agent is one call to ``ingest``.
+"""The sending service: what a send must pass before it is queued (``prepare``, at the gateway),
+and steps 3 to 6 of the message path for a batch of sends (accept, fan out, archive, notify).
+The ingest agent is one call to ``ingest``.
 
 A batch costs four Redis round trips whatever its size (look at the conversations, accept,
 fan out, publish): every script and command of a step goes in one pipeline, and Redis runs
@@ -17,15 +18,16 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from . import dead_letter, wire
-from .errors import ImflowError
+from . import dead_letter, groups, message_types, wire
+from .errors import ErrorCode, ImflowError
 from .groups import group_id
 from .models import Message, SendCommand, direct_members
 from .notifications import Delivered, Sent
+from .plugin_types import Rejection, plugin_error_code
 from .storage import archive_queue, fan_out, gateway_events, gateway_liveness, presence
 from .storage.fan_out import GroupView, Mode
 from .storage.inbox import delivery_result, queue_delivery
@@ -33,13 +35,60 @@ from .storage.ingest import accepted_from, first_mode, queue_accept
 from .storage.scripts import Reply, reply, run_pipeline
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
 
     from .agents import AgentContext, Records
     from .models import Accepted
+    from .plugin_types import GatewayContext, MessageType
+    from .services import Services
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A send as the client asked for it: ``sender`` on connection ``origin`` puts a message of
+    ``type`` with ``body`` (decoded JSON) into ``conversation``, idempotent by ``cmid``."""
+
+    sender: str
+    conversation: str
+    cmid: str
+    type: str
+    body: Any
+    origin: str = ""
+
+
+async def prepare(
+    services: Services, draft: Draft, types: Mapping[str, MessageType], gateway: GatewayContext | None = None
+) -> SendCommand:
+    """The command to queue for a draft, once it may go: the sender is a member, the type is
+    known (``types``: name -> MessageType, imflow's and the plugins') and the body valid for it,
+    and no plugin's ``imflow_before_send`` refused it (a plugin may also rewrite it).
+
+    Raises ImflowError: ``forbidden`` (not a member), ``bad_frame`` (unknown type, invalid
+    body), a plugin's code (``plugin.reason``, with ``retry_after_ms`` for its limits).
+    """
+    await groups.require_member(services, draft.conversation, draft.sender, to_send=True)
+    message_type = types.get(draft.type)
+    if message_type is None:
+        raise ImflowError(ErrorCode.BAD_FRAME, f"unknown message type {draft.type!r}; known: {', '.join(sorted(types))}")
+    command = SendCommand(
+        sender=draft.sender,
+        client_msg_id=draft.cmid,
+        conversation=draft.conversation,
+        type=draft.type,
+        body=message_types.validate_body(message_type, draft.body),
+        sent_at_ms=services.clock(),
+        gateway=services.node,
+        origin=draft.origin,
+    )
+    verdict = await services.hooks.call.before_send(command=command, gateway=gateway)
+    if isinstance(verdict, Rejection):  # a plugin's code always has its dot (never passes for ours)
+        raise ImflowError(plugin_error_code(verdict.code), verdict.message, verdict.retry_after_ms)
+    return verdict if isinstance(verdict, SendCommand) else command
 
 
 async def ingest(ctx: AgentContext, records: Records) -> None:

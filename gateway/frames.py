@@ -96,4 +96,6 @@ def push(notification: dict[str, Any]) -> Frame:
         return {"op": "sent", "cmid": n["cmid"], "conversation": n["conversation"], "mid": n["mid"], "seq": n["seq"]}
     if kind == "rejected":
         return {"op": "error", "code": str(ErrorCode.REJECTED), "message": n["message"], "cmid": n["cmid"]}
+    if kind == "unread":  # the same frame as the 'read' reply
+        return {"op": "unread", **{key: value for key, value in n.items() if key != "kind"}}
     raise KeyError(f"unknown notification kind {kind!r}")

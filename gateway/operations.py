@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from imflow.core import conversations, groups, message_types
+from imflow.core import conversations, groups, sending
 from imflow.core.errors import ErrorCode, ImflowError
-from imflow.core.ids import now_ms
-from imflow.core.models import SendCommand, direct_conversation
+from imflow.core.models import direct_conversation
 from imflow.core.plugin_calls import await_me_maybe
-from imflow.core.plugin_types import OperationContext, Rejection, plugin_error_code
+from imflow.core.plugin_types import OperationContext, plugin_error_code
 from imflow.core.storage import gateway_events
 from imflow.core.storage.redis_client import STORAGE_UNAVAILABLE
 
@@ -56,27 +55,8 @@ async def send(frame: protocol.Send, connection: Connection, backend: Backend, e
     user = connection.user
     conversation = direct_conversation(user, frame.to) if frame.to else frame.conversation
     assert conversation is not None  # the frame validator guarantees one of them
-    await groups.require_member(backend.services, conversation, user, to_send=True)
-    message_type = extensions.message_types.get(frame.type)
-    if message_type is None:
-        known = ", ".join(sorted(extensions.message_types))
-        raise ImflowError(ErrorCode.BAD_FRAME, f"unknown message type {frame.type!r}; known: {known}")
-    body = message_types.validate_body(message_type, frame.body)
-    command = SendCommand(
-        sender=user,
-        client_msg_id=frame.cmid,
-        conversation=conversation,
-        type=frame.type,
-        body=body,
-        sent_at_ms=now_ms(),
-        gateway=backend.node_name,
-        origin=connection.id,
-    )
-    verdict = await backend.hooks.call.before_send(command=command, gateway=extensions.gateway)
-    if isinstance(verdict, Rejection):
-        raise ImflowError(plugin_error_code(verdict.code), verdict.message, verdict.retry_after_ms)
-    if isinstance(verdict, SendCommand):
-        command = verdict
+    draft = sending.Draft(user, conversation, frame.cmid, frame.type, frame.body, origin=connection.id)
+    command = await sending.prepare(backend.services, draft, extensions.message_types, extensions.gateway)
     try:
         durable = await backend.submit(command)
     except Exception as exc:
@@ -100,12 +80,8 @@ def _report_lost(done: asyncio.Future, connection: Connection, frame: protocol.S
 
 @handles(protocol.Read)
 async def read(frame: protocol.Read, connection: Connection, backend: Backend, extensions: Extensions) -> Reply:
-    command = conversations.Read(connection.user, frame.conversation, frame.seq)
-    reply = frames.reply(await conversations.read(backend.services, command))
-    # The reply answers this connection; the same frame goes to the user's other connections.
-    # Published here, not by the service: gateway events carry client frames, built only here.
-    await gateway_events.to_user(backend.redis, connection.user, reply, skip=getattr(connection, "id", ""))
-    return reply
+    command = conversations.Read(connection.user, frame.conversation, frame.seq, origin=getattr(connection, "id", ""))
+    return frames.reply(await conversations.read(backend.services, command))
 
 
 @handles(protocol.Ping)

@@ -94,6 +94,13 @@ async def notify(redis: Redis, node: str, user: str, push: Notification) -> None
     await redis.publish(keys.gateway_channel(node), orjson.dumps([notice([user], push)]))
 
 
+async def notify_user(redis: Redis, user: str, push: Notification, skip: str = "") -> None:
+    """One notification for every connection of ``user``, on whichever gateways hold them,
+    except the connection ``skip`` (the one a reply already answered)."""
+    for node in await presence.gateways_of(redis, user):
+        await redis.publish(keys.gateway_channel(node), orjson.dumps([notice([user], push, skip)]))
+
+
 async def to_user(redis: Redis, user: str, frame: dict[str, Any], skip: str = "") -> None:
     """To every connection of the user, on whichever gateways hold them, except the connection
     ``skip`` (the one a reply already answered)."""
