@@ -1,1 +1,2 @@
-"""Domain and storage: models, ids and seqs, Redis scripts, settings. Imports nothing above it."""
+"""The service layer of the design note (core/*.py, one module per use case) over the storage
+layer (core/storage/). Imports nothing above it."""

@@ -1,1 +1,1 @@
-"""The access layer: a Starlette app where clients connect."""
+"""The access layer: connections, authentication, frames to commands and results to frames."""

@@ -1,3 +1,5 @@
+"""``python -m imflow``: the imflow command line (imflow/cli.py)."""
+
 from imflow.cli import main
 
 main()
