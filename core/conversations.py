@@ -19,10 +19,11 @@ from .storage import archive, archive_queue, conversation_log, fan_out, gateway_
 
 if TYPE_CHECKING:
     from .services import Services
-    from .storage.inbox import Unread
 
 NO_SEQ = 1 << 53  # above every seq: a history page without ``before_seq`` starts from the newest
 
+
+Unread = inbox.Unread  # the result of ``read``: the user's counts now (the gateway frames it)
 
 # -- commands
 

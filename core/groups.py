@@ -211,11 +211,14 @@ async def _record(services: Services, gid: str, actor: str, kind: str, changes: 
 async def create(services: Services, command: CreateGroup) -> GroupCreated:
     """A new group, its owner ``command.owner``; raises ``bad_frame`` if a given gid is taken."""
     gid = command.gid or uuid.uuid4().hex[:16]
+    if len(set(command.members) | {command.owner}) > MAX_MEMBERS:  # before the gid is taken
+        raise ImflowError(ErrorCode.FORBIDDEN, f"a group has at most {MAX_MEMBERS} members")
     if not await store.create_info(services.redis, gid, command.owner, command.name, services.clock()):
         raise ImflowError(ErrorCode.BAD_FRAME, f"group {gid!r} exists already")
     roles = {user: MEMBER for user in command.members if user != command.owner}
     roles[command.owner] = OWNER
-    await store.join(services.redis, gid, roles, actor=None, max_members=MAX_MEMBERS)
+    joined = await store.join(services.redis, gid, roles, actor=None, max_members=MAX_MEMBERS)
+    assert not joined.full, "a new group's members were counted above"
     await _record(services, gid, command.owner, "joined", roles)
     return GroupCreated(gid, group_conversation(gid), command.name, roles)
 

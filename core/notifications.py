@@ -32,16 +32,21 @@ class Sent:
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """A message reached a member; ``unread`` is their count for its conversation and their
-    total ({"conversation", "count", "total"}) where write fan-out knows it now, else None
-    (read fan-out: the count follows with the next flush or sync)."""
+    """A message reached a member: ``message`` as its JSON object (``Message.model_dump()``,
+    made once per message however many members and gateways it goes to); ``unread`` is their
+    count for its conversation and their total ({"conversation", "count", "total"}) where write
+    fan-out knows it now, else None (read fan-out: the count follows with the next flush or sync)."""
 
     kind: ClassVar[str] = "msg"
-    message: Message
+    message: dict[str, Any]
     unread: dict[str, Any] | None = None
 
+    @classmethod
+    def of(cls, message: Message, unread: dict[str, Any] | None = None) -> Delivered:
+        return cls(message.model_dump(), unread)
+
     def wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "message": self.message.model_dump()}
+        out: dict[str, Any] = {"kind": self.kind, "message": self.message}
         if self.unread is not None:
             out["unread"] = self.unread
         return out

@@ -28,11 +28,11 @@ from .groups import group_id
 from .models import Message, SendCommand, direct_members
 from .notifications import Delivered, Sent
 from .plugin_types import Rejection, plugin_error_code
-from .storage import archive_queue, fan_out, gateway_events, gateway_liveness, presence
+from .storage import archive_queue, fan_out, gateway_events, presence
 from .storage.fan_out import GroupView, Mode
 from .storage.inbox import delivery_result, queue_delivery
 from .storage.ingest import accepted_from, first_mode, queue_accept
-from .storage.scripts import Reply, reply, run_pipeline
+from .storage.scripts import Reply, run_pipeline
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -122,17 +122,17 @@ async def views_of(redis: Redis, batch: list[tuple[SendCommand, int]], list_belo
     senders: dict[str, set[str]] = defaultdict(set)
     for command, _ in batch:
         senders[command.conversation].add(command.sender)
-    groups = sorted(c for c in senders if group_id(c))
-    for conversation in senders.keys() - set(groups):
+    in_groups = sorted(c for c in senders if group_id(c))
+    for conversation in senders.keys() - set(in_groups):
         pair = direct_members(conversation)
         if pair is not None:
             members = sorted(set(pair))
             out[conversation] = GroupView(len(members), members, frozenset(members))
-    if groups:
-        asked = {conversation: sorted(senders[conversation]) for conversation in groups}
+    if in_groups:
+        asked = {conversation: sorted(senders[conversation]) for conversation in in_groups}
 
         def view_all(pipe: Pipeline) -> dict[str, Reply]:
-            return {c: fan_out.queue_group_view(pipe, group_id(c) or "", list_below, asked[c]) for c in groups}
+            return {c: fan_out.queue_group_view(pipe, group_id(c) or "", list_below, asked[c]) for c in in_groups}
 
         replies, _ = await run_pipeline(redis, view_all)
         for conversation, handle in replies.items():
@@ -202,7 +202,6 @@ class _Fanned:
     deliveries: list[tuple[Message, str, Reply, str]]  # write: (message, member, its delivery, connection to skip)
     stored_once: list[tuple[Message, str, fan_out.StoredReplies]]  # read: (message, connection to skip, replies)
     gateways: dict[str, Reply]  # write fan-out's members -> the gateways holding them
-    dead: Reply | None = None  # the gateways presumed dead (not pushed to)
 
 
 async def _fan_out(ctx: AgentContext, work: list[_Send]) -> _Fanned:
@@ -224,11 +223,8 @@ async def _fan_out(ctx: AgentContext, work: list[_Send]) -> _Fanned:
             archive_queue.queue_message(pipe, s.app_id, send.partition, message, send.members or [])
             for member in send.members or ():
                 skip = send.command.origin if member == send.command.sender else ""
-                queue_delivery(pipe, message, member, s.inbox_limit)
-                fanned.deliveries.append((message, member, reply(pipe), skip))
+                fanned.deliveries.append((message, member, queue_delivery(pipe, message, member, s.inbox_limit), skip))
         fanned.gateways = {user: presence.queue_gateways_of(pipe, user) for user in users}
-        if users:
-            fanned.dead = gateway_liveness.queue_dead(pipe)
         return fanned
 
     fanned, _ = await run_pipeline(ctx.redis, fan_out_all)
@@ -246,12 +242,16 @@ async def _notify(ctx: AgentContext, work: list[_Send], fanned: _Fanned) -> None
             ack = Sent(accepted.client_msg_id, accepted.conversation, accepted.mid, accepted.seq)
             # the connection that sent it, alone: the sender's other devices get the message
             batch.add(send.command.gateway, [send.command.sender], ack, only=send.command.origin)
-    dead = gateway_liveness.dead_from(fanned.dead.value) if fanned.dead is not None else frozenset()
-    gateways = {user: presence.gateways_from(handle.value, dead) for user, handle in fanned.gateways.items()}
+    # every gateway that holds them, one presumed dead included: if it was only paused, it still
+    # delivers when it wakes (nobody has swept it yet), as read fan-out's online index does
+    gateways = {user: presence.gateways_from(handle.value) for user, handle in fanned.gateways.items()}
+    dumped: dict[int, dict[str, Any]] = {}  # mid -> the message as JSON, made once
     for message, member, handle, skip in fanned.deliveries:
         fresh, unread = delivery_result(message, handle.value)
         if fresh:
-            push = Delivered(message, unread.to_dict())
+            if message.mid not in dumped:
+                dumped[message.mid] = message.model_dump()
+            push = Delivered(dumped[message.mid], unread.to_dict())
             for node in gateways[member]:
                 # the sending connection has the message already: it gets the 'sent' ACK
                 batch.add(node, [member], push, skip)
@@ -259,7 +259,7 @@ async def _notify(ctx: AgentContext, work: list[_Send], fanned: _Fanned) -> None
         # one event per gateway for all the members it holds; each member's count follows from
         # seqs (message.seq - their read seq) and reaches them with the next flush or sync
         fresh, online = stored.result()
-        push = Delivered(message)
+        push = Delivered.of(message)
         for node, members in online.items() if fresh else ():
             batch.add(node, members, push, skip)
     await gateway_events.publish(ctx.redis, batch)

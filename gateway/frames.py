@@ -8,8 +8,8 @@ from functools import singledispatch
 from typing import TYPE_CHECKING, Any
 
 from imflow.core import conversations, groups
+from imflow.core.conversations import Unread
 from imflow.core.errors import ErrorCode
-from imflow.core.storage.inbox import Unread
 
 if TYPE_CHECKING:
     from imflow.core.errors import ImflowError

@@ -14,7 +14,7 @@ from imflow.core import conversations, groups, sending
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.models import direct_conversation
 from imflow.core.plugin_calls import await_me_maybe
-from imflow.core.plugin_types import OperationContext, plugin_error_code
+from imflow.core.plugin_types import OperationContext, OperationError, plugin_error_code
 from imflow.core.storage import gateway_events
 from imflow.core.storage.redis_client import STORAGE_UNAVAILABLE
 
@@ -132,11 +132,8 @@ async def plugin_call(frame: protocol.PluginCall, connection: Connection, backen
     )
     try:
         reply = await await_me_maybe(operation.handle(context, frame.fields))
-    except ImflowError as error:  # OperationError, the plugins' name for it, included
-        # imflow's own answers (a core service's ErrorCode, e.g. groups.require_member's
-        # not_found) pass as they are; a plugin's code must be ``plugin.reason``
-        code = error.code if isinstance(error.code, ErrorCode) else plugin_error_code(error.code)
-        raise ImflowError(code, error.message, error.retry_after_ms) from error
+    except OperationError as error:  # a plugin's refusal: its code is always ``plugin.reason``
+        raise ImflowError(plugin_error_code(error.code), error.message, error.retry_after_ms) from error
     if reply is not None:
         reply.setdefault("op", frame.op)
     return reply

@@ -3,7 +3,7 @@ and lose nothing after their sync, and its presence entries (the users' gateways
 online members) are swept within seconds by the live gateways' heartbeat, not left until the
 users reconnect; no push is routed to it meanwhile.
 
-The liveness rules themselves (core/gateway_liveness.py) are tested on fakeredis and the real
+The liveness rules themselves (core/storage/gateway_liveness.py) are tested on fakeredis and the real
 redis-server with hubs in this process; the kill on the real stack.
 """
 

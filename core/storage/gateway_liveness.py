@@ -5,11 +5,11 @@ Every gateway beats (``beat``) every ``gateway_heartbeat_seconds``: its deadline
 gateway killed with SIGKILL (or cut off) stops beating; once its deadline passes, any live
 gateway claims its sweep (``sweep_dead``) and removes what names it: its fields in its users'
 ``user_gateways`` hashes and in their groups' ``group_online`` hashes, found through the
-gateway's own index ``gateway_users`` (kept by core/presence.py with the same counts). Until
+gateway's own index ``gateway_users`` (kept by core/storage/presence.py with the same counts). Until
 then routing skips it (``presence.gateways_of`` and the send path), so no push goes to a gateway presumed dead.
 
 A gateway that was only paused (a stalled loop, a network cut longer than the TTL) and beats
-again learns from ``beat`` that it was swept, and writes its entries again (core/presence.py
+again learns from ``beat`` that it was swept, and writes its entries again (core/storage/presence.py
 ``announce``). Deadlines come from Redis's ``TIME``, never a gateway's clock.
 """
 

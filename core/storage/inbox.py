@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
     from imflow.core.models import Message
 
+    from .scripts import Reply
+
 
 @dataclass(frozen=True)
 class Unread:
@@ -36,9 +38,9 @@ def inbox_entry(message: Message) -> bytes:
     return orjson.dumps(message.model_dump())
 
 
-def queue_delivery(pipe: Pipeline, message: Message, member: str, inbox_limit: int) -> None:
-    """Add one member's delivery to a pipeline; its result goes to ``delivery_result``."""
-    queue_script(
+def queue_delivery(pipe: Pipeline, message: Message, member: str, inbox_limit: int) -> Reply:
+    """Add one member's delivery to a pipeline; read its reply with ``delivery_result``."""
+    return queue_script(
         pipe,
         "deliver",
         keys=keys.user_state_keys(member),

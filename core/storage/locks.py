@@ -12,7 +12,7 @@ import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -39,3 +39,5 @@ async def try_hold(redis: Redis, key: str, ttl_ms: int) -> AsyncIterator[bool]:
                 await lock.release()
             except LockError:  # expired and perhaps taken by another: not ours to free
                 log.warning("lock %s expired before it was released (work outlasted %d ms)", key, ttl_ms)
+            except RedisError as exc:  # Redis away now: the TTL frees it; the work's own outcome stands
+                log.warning("lock %s not released (%s); it expires within %d ms", key, exc, ttl_ms)

@@ -3,7 +3,7 @@
 Three indexes, all counted per connection: the user's gateways (pushes to one user), each of
 their groups' connected members by gateway (a read fan-out push finds a group's online
 members with one call instead of one per member), and each gateway's users (where the sweep
-of a dead gateway finds the other two's entries: core/gateway_liveness.py).
+of a dead gateway finds the other two's entries: core/storage/gateway_liveness.py).
 """
 
 from __future__ import annotations
