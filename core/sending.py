@@ -247,12 +247,15 @@ async def _notify(ctx: AgentContext, work: list[_Send], fanned: _Fanned) -> None
     gateways = {user: presence.gateways_from(handle.value) for user, handle in fanned.gateways.items()}
     dumped: dict[int, dict[str, Any]] = {}  # mid -> the message as JSON, made once
     for message, member, handle, skip in fanned.deliveries:
+        nodes = gateways[member]
+        if not nodes:  # offline: the inbox holds it for their next sync
+            continue
         fresh, unread = delivery_result(message, handle.value)
         if fresh:
             if message.mid not in dumped:
                 dumped[message.mid] = message.model_dump()
             push = Delivered(dumped[message.mid], unread.to_dict())
-            for node in gateways[member]:
+            for node in nodes:
                 # the sending connection has the message already: it gets the 'sent' ACK
                 batch.add(node, [member], push, skip)
     for message, skip, stored in fanned.stored_once:

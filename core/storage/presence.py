@@ -64,7 +64,9 @@ def queue_gateways_of(pipe: Pipeline, user: str) -> Reply:
 
 def gateways_from(fields: list[bytes], dead: frozenset[str] = frozenset()) -> list[str]:
     """The gateways of a ``queue_gateways_of`` reply, but those in ``dead``."""
-    return [node for node in (field.decode() for field in fields) if node not in dead]
+    if not dead:
+        return [text(field) for field in fields]
+    return [node for node in map(text, fields) if node not in dead]
 
 
 async def announce(redis: Redis, node: str, held: dict[str, int]) -> None:

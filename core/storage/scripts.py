@@ -74,30 +74,32 @@ class Reply:
     """A handle on the reply of one command queued in a pipeline run by ``run_pipeline``:
     ``value`` is that command's reply once the pipeline has run (callers never count indices)."""
 
-    __slots__ = ("_index", "_replies")
+    __slots__ = ("_index", "_pipe")
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, pipe: Pipeline, index: int) -> None:
+        self._pipe = pipe  # run_pipeline leaves the replies on it (one assignment for every handle)
         self._index = index
-        self._replies: list[Any] | None = None
 
     @property
     def value(self) -> Any:
-        if self._replies is None:
+        replies = self._pipe.__dict__.get(_REPLIES)
+        if replies is None:
             raise RuntimeError("the pipeline of this reply has not run yet")
-        return self._replies[self._index]
+        return replies[self._index]
+
+
+_REPLIES = "_imflow_replies"
 
 
 def reply(pipe: Pipeline) -> Reply:
     """A handle on the reply of the command queued last on ``pipe``."""
-    handle = Reply(len(pipe) - 1)
-    pipe.__dict__.setdefault("_imflow_replies", []).append(handle)
-    return handle
+    return Reply(pipe, len(pipe.command_stack) - 1)
 
 
 def queue_script(pipe: Pipeline, name: str, keys: list[str], args: list[Any]) -> Reply:
     """Queue one script call in a pipeline run by ``run_pipeline``; returns a handle on its reply."""
     pipe.evalsha(lua_sha(name), len(keys), *keys, *args)
-    return reply(pipe)
+    return Reply(pipe, len(pipe.command_stack) - 1)  # reply(pipe), inlined: once per member and message
 
 
 async def run_pipeline(redis: Redis, fill: Callable[[Pipeline], Awaitable[T] | T]) -> tuple[T, list[Any]]:
@@ -118,8 +120,7 @@ async def run_pipeline(redis: Redis, fill: Callable[[Pipeline], Awaitable[T] | T
                     raise
                 await load_scripts(redis)
                 continue
-            for handle in pipe.__dict__.get("_imflow_replies", ()):
-                handle._replies = replies
+            pipe.__dict__[_REPLIES] = replies  # what every Reply of this pipeline reads
             return filled, replies
     raise AssertionError("unreachable")
 
