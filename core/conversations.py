@@ -15,7 +15,7 @@ import orjson
 
 from . import groups, unread
 from .notifications import UnreadChanged
-from .storage import archive, archive_queue, conversation_log, fan_out, gateway_events, inbox
+from .storage import archive_queue, conversation_log, fan_out, gateway_events, inbox
 
 if TYPE_CHECKING:
     from .services import Services
@@ -126,9 +126,8 @@ async def read(services: Services, command: Read) -> Unread:
         await unread.catch_up(services, user, [gid])
     counts = await inbox.mark_read(redis, user, command.conversation, command.seq)
     # the archive keeps read reports for analysts (read delays, unread backlogs)
-    row = {"owner_uid": user, "conversation": command.conversation, "read_seq": counts.read_seq, "at_ms": services.clock()}
-    partition = archive_queue.partition_for(user, services.settings.topic_partitions)
-    await archive_queue.enqueue_rows(redis, services.settings.app_id, partition, archive.READ_EVENTS, [row])
+    s, conversation = services.settings, command.conversation
+    await archive_queue.enqueue_read(redis, s.app_id, s.topic_partitions, user, conversation, counts.read_seq, services.clock())
     await gateway_events.notify_user(redis, user, UnreadChanged(counts.to_dict()), skip=command.origin)
     return counts
 
@@ -182,10 +181,8 @@ async def delete(services: Services, command: Delete) -> Deleted:
     records the deletion. A mid that is not a message of the user's hides nothing."""
     await groups.require_member(services, command.conversation, command.user)
     await inbox.delete_for_me(services.redis, command.user, command.mid)
-    partition = archive_queue.partition_for(command.user, services.settings.topic_partitions)
-    await archive_queue.enqueue_deletion(
-        services.redis, services.settings.app_id, partition, command.user, command.mid, services.clock()
-    )
+    s, at_ms = services.settings, services.clock()
+    await archive_queue.enqueue_deletion(services.redis, s.app_id, s.topic_partitions, command.user, command.mid, at_ms)
     return Deleted(command.conversation, command.mid)
 
 

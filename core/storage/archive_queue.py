@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from . import keys, locks
-from .archive import CONTENT, DELETIONS, MAILBOX, ArchiveLayout, write_segments
+from .archive import CONTENT, DELETIONS, MAILBOX, READ_EVENTS, ArchiveLayout, write_segments
 from .scripts import queue_script, run_pipeline
 
 if TYPE_CHECKING:
@@ -47,9 +47,21 @@ async def enqueue_rows(redis: Redis, app_id: str, partition: int, table: str, ro
     await redis.rpush(keys.archive_pending(app_id, partition), orjson.dumps({"kind": "rows", "table": table, "rows": rows}))
 
 
-async def enqueue_deletion(redis: Redis, app_id: str, partition: int, owner: str, mid: int, at_ms: int) -> None:
+async def enqueue_deletion(redis: Redis, app_id: str, partitions: int, owner: str, mid: int, at_ms: int) -> None:
+    """Record that ``owner`` deleted message ``mid`` for themself at ``at_ms`` (queued by owner,
+    one of ``partitions`` queues)."""
     record = {"kind": "delete", "owner": owner, "mid": mid, "at_ms": at_ms}
-    await redis.rpush(keys.archive_pending(app_id, partition), orjson.dumps(record))
+    await redis.rpush(keys.archive_pending(app_id, partition_for(owner, partitions)), orjson.dumps(record))
+
+
+async def enqueue_read(
+    redis: Redis, app_id: str, partitions: int, owner: str, conversation: str, read_seq: int | None, at_ms: int
+) -> None:
+    """Record that ``owner`` has read ``conversation`` up to ``read_seq`` at ``at_ms``: the
+    ``READ_EVENTS`` table analysts study read delays and unread backlogs with."""
+    row = {"owner_uid": owner, "conversation": conversation, "read_seq": read_seq, "at_ms": at_ms}
+    record = {"kind": "rows", "table": READ_EVENTS, "rows": [row]}
+    await redis.rpush(keys.archive_pending(app_id, partition_for(owner, partitions)), orjson.dumps(record))
 
 
 async def flush(
