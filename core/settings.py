@@ -162,17 +162,19 @@ class Settings(BaseSettings):
 
     def described(self) -> list[dict[str, Any]]:
         """Every setting with its effective value (secrets masked), environment variable and description."""
-        rows = []
-        for name, field in type(self).model_fields.items():
-            value = getattr(self, name)
-            if isinstance(value, SecretStr):
-                value = "********"
-            rows.append(
-                {
-                    "name": name,
-                    "value": value,
-                    "env": f"{ENV_PREFIX}{name.upper()}",
-                    "description": field.description or "",
-                }
-            )
-        return rows
+        return described(self)
+
+
+def described(settings: BaseSettings) -> list[dict[str, Any]]:
+    """The fields of one pydantic-settings object (imflow's or a plugin's): ``name``, ``value``
+    (secrets masked), ``env`` (its environment variable) and ``description``."""
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    return [
+        {
+            "name": name,
+            "value": "********" if isinstance(value := getattr(settings, name), SecretStr) else value,
+            "env": f"{prefix}{name}".upper(),
+            "description": field.description or "",
+        }
+        for name, field in type(settings).model_fields.items()
+    ]

@@ -13,13 +13,11 @@ import logging
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from pydantic import SecretStr
-
 import imflow
 from imflow.core.plugin_calls import Hooks, empty_manager
+from imflow.core.settings import described
 
 if TYPE_CHECKING:
-    from pydantic_settings import BaseSettings
 
     from imflow.core.settings import Settings
 
@@ -95,20 +93,7 @@ def describe_settings(hooks: Hooks) -> list[dict[str, Any]]:
     own: plugin, name, effective value (secrets masked), environment variable, description."""
     rows: list[dict[str, Any]] = []
     for plugin, settings in hooks.call.settings():
-        rows.extend({"plugin": plugin, **row} for row in settings_rows(settings))
+        rows.extend({"plugin": plugin, **row} for row in described(settings))
     return rows
 
 
-def settings_rows(settings: BaseSettings) -> list[dict[str, Any]]:
-    """The fields of one pydantic-settings object: name, value (secrets masked), env variable, description."""
-    prefix = settings.model_config.get("env_prefix", "")
-    rows: list[dict[str, Any]] = []
-    for name, field in type(settings).model_fields.items():
-        value = getattr(settings, name)
-        rows.append({
-            "name": name,
-            "value": "********" if isinstance(value, SecretStr) else value,
-            "env": f"{prefix}{name}".upper(),
-            "description": field.description or "",
-        })
-    return rows
