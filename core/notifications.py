@@ -4,7 +4,8 @@ A service says *what happened* (your message was stored; a message arrived; a me
 aside); the gateway that holds the device turns each notification into its client frame
 (gateway/frames.py). Between a worker and a gateway a notification travels as a small JSON
 object ``{"kind": …, …fields}`` (``wire()``), inside the batches of core/storage/gateway_events.py.
-The service layer never builds a client frame.
+The service layer never builds a client frame (a plugin's own frames travel as built:
+``frame_to_user``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .storage import gateway_events
+
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from .models import Message
 
 
@@ -77,3 +82,9 @@ class UnreadChanged:
 
 
 Notification = Sent | Delivered | Rejected | UnreadChanged
+
+
+async def frame_to_user(redis: Redis, user: str, frame: dict[str, Any]) -> None:
+    """A frame a plugin built (plugins own their frames' shape) to every connection of ``user``,
+    on whichever gateways hold them. Raises Redis errors as they come."""
+    await gateway_events.to_user(redis, user, frame)

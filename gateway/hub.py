@@ -14,14 +14,12 @@ import orjson
 from prometheus_client import Counter, Gauge
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from imflow.core import revocation
+from imflow.core import presence, revocation
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
 from imflow.core.plugin_types import GatewayLoad, Priority
 from imflow.core.revocation import Revocation
 from imflow.core.settings import Settings
-from imflow.core.storage import gateway_events, gateway_liveness, presence
-from imflow.core.storage.gateway_liveness import Beat
 
 from . import frames
 
@@ -363,7 +361,7 @@ class Hub:
         clean = False
         try:
             async with asyncio.timeout(5):
-                await gateway_liveness.sweep(self.redis, self.node)
+                await presence.sweep_own(self.redis, self.node)
                 clean = True
         except Exception as exc:
             log.warning("could not clear this gateway's former entries yet (%s)", exc)
@@ -385,14 +383,14 @@ class Hub:
         # Redis is out now, the others sweep it once our deadline passes)
         try:
             async with asyncio.timeout(2):
-                await gateway_liveness.sweep(self.redis, self.node)
-                await gateway_liveness.forget(self.redis, self.node)
+                await presence.sweep_own(self.redis, self.node)
+                await presence.leave(self.redis, self.node)
         except Exception as exc:
             log.warning("could not leave the gateway registry (%s); live gateways will sweep our entries", exc)
 
     async def _sweep_dead(self) -> None:
         try:
-            await gateway_liveness.sweep_dead(self.redis, me=self.node)
+            await presence.sweep_dead(self.redis, self.node)
         except Exception as exc:  # the next beat tries again
             log.warning("sweeping dead gateways failed (%s); retrying at a later beat", exc)
 
@@ -411,18 +409,18 @@ class Hub:
         while True:
             try:
                 if start:
-                    await gateway_liveness.sweep(self.redis, self.node)
+                    await presence.sweep_own(self.redis, self.node)
                     start, rewrite = False, True  # connections taken meanwhile are written back
-                state = await gateway_liveness.beat(self.redis, self.node, self.liveness_ttl_seconds)
-                if state == Beat.BEING_SWEPT:
+                state = await presence.beat(self.redis, self.node, self.liveness_ttl_seconds)
+                if state == presence.Beat.BEING_SWEPT:
                     rewrite = True  # once the sweeper is done, or it would take them again
-                elif state == Beat.REGISTERED or rewrite:
+                elif state == presence.Beat.REGISTERED or rewrite:
                     rewrite = True  # stays set until the write-back has succeeded
                     async with self.presence_lock:  # no connect or disconnect changes counts meanwhile
                         held = self._held()
-                        if state == Beat.REGISTERED and beating_since is not None:
+                        if state == presence.Beat.REGISTERED and beating_since is not None:
                             log.warning("this gateway was presumed dead and swept; writing back %d user(s)", len(held))
-                        await presence.announce(self.redis, self.node, held)
+                        await presence.write_back(self.redis, self.node, held)
                     rewrite = False
                 now = time.monotonic()
                 if failing:
@@ -447,7 +445,8 @@ class Hub:
     async def _listen(self) -> None:
         """Route frames published for this gateway, and orders for all gateways; resubscribe
         after a Redis outage."""
-        own, everyone = gateway_events.own_channel(self.node), gateway_events.orders_channel().encode()
+        own, orders = presence.listens_on(self.node)
+        everyone = orders.encode()
         lost = False
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)

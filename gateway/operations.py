@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from imflow.core import conversations, groups, sending
+from imflow.core import conversations, groups, notifications, sending
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.models import direct_conversation
 from imflow.core.plugin_calls import await_me_maybe
 from imflow.core.plugin_types import OperationContext, OperationError, plugin_error_code
-from imflow.core.storage import gateway_events
 from imflow.core.storage.redis_client import STORAGE_UNAVAILABLE
 
 from . import frames, protocol
@@ -124,7 +123,7 @@ async def plugin_call(frame: protocol.PluginCall, connection: Connection, backen
     operation = extensions.operations[frame.op]
 
     async def push(user: str, pushed: dict[str, Any]) -> None:
-        await gateway_events.to_user(backend.redis, user, pushed)
+        await notifications.frame_to_user(backend.redis, user, pushed)
 
     context = OperationContext(
         connection.user, backend.node_name, backend.redis, backend.settings, push, backend.produce,

@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from imflow.core import revocation
+from imflow.core import presence, revocation
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
-from imflow.core.storage import presence
 
 from . import frames, operations, protocol
 from .hub import CLOSE_UNAUTHENTICATED, Connection
