@@ -33,7 +33,7 @@ from imflow.client import Client
 from imflow.core import groups, tokens
 from imflow.core.storage import fan_out, keys, presence
 from imflow.core.ids import IdGenerator
-from imflow.core.models import SendCommand
+from imflow.core.models import SendCommand, group_conversation
 from imflow.core.agents import AgentContext
 from imflow.core.sending import handle_sends
 from imflow.core.services import Services
@@ -184,13 +184,12 @@ async def sweep(redis_url: str, sizes: list[int], messages: int, rates: list[int
                         await presence.connected(redis, name, "sweep-gw")
                     # the threshold alone picks the mode: read fan-out from 2 members, write below size + 1
                     settings = Settings(read_fan_out_threshold=2 if mode == "read" else size + 1)
-                    ctx = AgentContext(settings=settings, redis=redis, producer=None)
-                    ctx._ids[0] = ids
+                    ctx = AgentContext(settings=settings, redis=redis, producer=None, generators={0: ids})  # one for all runs
 
                     before = meter.snapshot()
                     wall = []
                     for i in range(messages):
-                        command = SendCommand(sender=names[i % size], client_msg_id=f"c{i}", conversation=f"g:{gid}",
+                        command = SendCommand(sender=names[i % size], client_msg_id=f"c{i}", conversation=group_conversation(gid),
                                               body={"text": "x" * 40}, sent_at_ms=1)
                         t0 = time.perf_counter()
                         await handle_sends(ctx, [(command, 0)])

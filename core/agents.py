@@ -43,14 +43,15 @@ class AgentContext(Services):
     layout to seal into."""
 
     producer: Producer
-    _ids: dict[int, IdGenerator] = field(default_factory=dict)
+    # node number -> its id generator, made on first use; give one to share it between contexts
+    generators: dict[int, IdGenerator] = field(default_factory=dict)
 
     def ids(self, partition: int) -> IdGenerator:
         """The id generator of one ingest partition: only its owner makes ids with that node number."""
         node = partition % (MAX_NODE + 1)
-        if node not in self._ids:
-            self._ids[node] = IdGenerator(node)
-        return self._ids[node]
+        if node not in self.generators:
+            self.generators[node] = IdGenerator(node)
+        return self.generators[node]
 
     @cached_property
     def archive_layout(self) -> ArchiveLayout:

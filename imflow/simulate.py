@@ -430,8 +430,8 @@ async def through_gateway(url: str, token_for: Callable[[str], str], scenario: S
             for row in content:
                 sender = names.index(row["sender"]) if row["sender"] in names else 0
                 target: dict
-                if group_id(row["conversation"]):
-                    g = int(row["conversation"][5:])
+                if gid := group_id(row["conversation"]):
+                    g = int(gid.removeprefix("sim"))  # the simulator's gids are sim00042
                     if g not in gids:
                         members = [names[m] for m in pop.members[pop.group_offsets[g] : pop.group_offsets[g] + pop.group_sizes[g]]]
                         owner = await client(names.index(members[0]))

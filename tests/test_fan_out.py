@@ -21,7 +21,7 @@ from imflow.core.settings import Settings
 from imflow.core.storage import fan_out, inbox, keys, presence
 
 SETTINGS = Settings(read_fan_out_threshold=5)
-IDS = IdGenerator(1)
+IDS = IdGenerator(0)  # partition 0 is node 0
 CMIDS = itertools.count()
 
 
@@ -48,8 +48,8 @@ async def run(redis, batch, choose_mode=None):
     manager = empty_manager()
     if choose_mode is not None:
         manager.register(Policy(choose_mode), name="policy")
-    ctx = AgentContext(settings=SETTINGS, redis=redis, producer=None, hooks=Hooks(manager))
-    ctx._ids[0] = IDS  # one generator for the test, shared by every run
+    # one generator for the test, shared by every run (mids keep rising)
+    ctx = AgentContext(settings=SETTINGS, redis=redis, producer=None, hooks=Hooks(manager), generators={0: IDS})
     return await handle_sends(ctx, batch)
 
 
