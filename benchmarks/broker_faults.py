@@ -47,7 +47,7 @@ if __package__ in (None, ""):
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.stack import Stack, arguments
+from benchmarks.stack import Stack, arguments, unread_problems
 from imflow.client import Client, ClientError
 from imflow.core.agents import topic_name
 from imflow.core.models import direct_conversation
@@ -477,20 +477,7 @@ class Load:
         return got
 
     async def _check_unread(self, seqs: dict[tuple[str, str], list[tuple[int, int]]]) -> int:
-        expected: dict[str, dict[str, int]] = defaultdict(dict)
-        for (sender, receiver), found in seqs.items():
-            expected[receiver][direct_conversation(sender, receiver)] = len(found)
-        problems = 0
-        for receiver, counts in expected.items():
-            client = await self.stack.connect(receiver)
-            try:
-                state = await client.sync(limit=1)
-            finally:
-                await client.close()
-            got = {c["conversation"]: c["unread"] for c in state["conversations"]}
-            if got != counts or state["total_unread"] != sum(counts.values()):
-                problems += 1
-        return problems
+        return await unread_problems(self.stack, {pair: len(found) for pair, found in seqs.items()})
 
     async def close(self) -> None:
         for sender in self.senders:
@@ -579,14 +566,19 @@ async def run_cluster(redis_url: str, rate: float, hold_s: float = 1.0, verbose:
         run.exited = exited(stack)
         return run
     finally:
-        await load.stop(timeout=0)
-        await load.close()
-        notes = stop_stack(stack)
-        if run is not None:
-            run.notes = notes
-        # every node back up for the next run, whatever happened
-        await asyncio.to_thread(services, "cluster", "up")
-        await delete_topics_of(bootstrap, stack.env["IMFLOW_APP_ID"])
+        await tear_down(load, stack, run, "cluster", bootstrap)
+
+
+async def tear_down(load: Load, stack: Stack, run: BrokerFaultRun | None, brokers: str, bootstrap: str) -> None:
+    """After a scenario, whatever happened: stop the load and the processes (their notes go on
+    the run), every broker of ``brokers`` ("cluster" or "solo") up again, the run's topics gone."""
+    await load.stop(timeout=0)
+    await load.close()
+    notes = stop_stack(stack)
+    if run is not None:
+        run.notes = notes
+    await asyncio.to_thread(services, brokers, "up")
+    await delete_topics_of(bootstrap, stack.env["IMFLOW_APP_ID"])
 
 
 async def readiness(url: str) -> str:
@@ -640,13 +632,7 @@ async def run_solo(redis_url: str, rate: float, outage_s: float = SOLO_OUTAGE_S,
         run.exited = exited(stack)
         return run
     finally:
-        await load.stop(timeout=0)
-        await load.close()
-        notes = stop_stack(stack)
-        if run is not None:
-            run.notes = notes
-        await asyncio.to_thread(services, "solo", "up")
-        await delete_topics_of(bootstrap, stack.env["IMFLOW_APP_ID"])
+        await tear_down(load, stack, run, "solo", bootstrap)
 
 
 def summary(run: BrokerFaultRun) -> str:

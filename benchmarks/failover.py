@@ -17,16 +17,14 @@ import asyncio
 import json
 import signal
 import statistics
-import time
 import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from pathlib import Path
-
-from imflow.core.models import direct_conversation
-from imflow.testing import ImflowProcess
 
 from stack import Stack, arguments  # benchmarks/ is on the path: run as a script, or by tests/test_failover.py
+from stack import unread_problems as stack_unread_problems
+
+from imflow.testing import ImflowProcess
 
 
 @dataclass
@@ -144,19 +142,7 @@ async def _check_seqs_and_unread(stack: Stack, conversation_of: dict[str, tuple[
     for cmid, pair in conversation_of.items():
         seqs[pair].append(answers[cmid][1])
     seq_problems = sum(1 for found in seqs.values() if sorted(found) != list(range(1, len(found) + 1)))
-    expected: dict[str, dict[str, int]] = defaultdict(dict)
-    for (sender, receiver), found in seqs.items():
-        expected[receiver][direct_conversation(sender, receiver)] = len(found)
-    unread_problems = 0
-    for receiver, counts in expected.items():
-        client = await stack.connect(receiver)
-        try:
-            state = await client.sync(limit=1)
-        finally:
-            await client.close()
-        got = {c["conversation"]: c["unread"] for c in state["conversations"]}
-        if got != counts or state["total_unread"] != sum(counts.values()):
-            unread_problems += 1
+    unread_problems = await stack_unread_problems(stack, {pair: len(found) for pair, found in seqs.items()})
     return seq_problems, unread_problems
 
 

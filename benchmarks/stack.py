@@ -7,12 +7,14 @@ import argparse
 import tempfile
 import time
 import uuid
+from collections import defaultdict
 from pathlib import Path
 
 import redis as redis_sync
 
 from imflow.client import Client
 from imflow.core import tokens
+from imflow.core.models import direct_conversation
 from imflow.testing import ImflowProcess, free_port
 
 SECRET = "bench-secret-" + uuid.uuid4().hex
@@ -84,3 +86,23 @@ class Stack:
     def stop(self) -> None:
         for process in reversed(self.processes):  # gateways first, then workers
             process.stop_gracefully()
+
+
+async def unread_problems(stack: Stack, sent: dict[tuple[str, str], int]) -> int:
+    """How many receivers' unread counts differ from the truth when nobody has read anything:
+    ``sent`` is (sender, receiver) -> messages stored; each receiver's first ``sync`` must count
+    exactly those per one-to-one conversation, and their sum as the total."""
+    expected: dict[str, dict[str, int]] = defaultdict(dict)
+    for (sender, receiver), count in sent.items():
+        expected[receiver][direct_conversation(sender, receiver)] = count
+    problems = 0
+    for receiver, counts in expected.items():
+        client = await stack.connect(receiver)
+        try:
+            state = await client.sync(limit=1)
+        finally:
+            await client.close()
+        got = {c["conversation"]: c["unread"] for c in state["conversations"]}
+        if got != counts or state["total_unread"] != sum(counts.values()):
+            problems += 1
+    return problems

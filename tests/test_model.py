@@ -490,6 +490,11 @@ class ProtocolMachine(RuleBasedStateMachine):
         if expected is not None:
             assert reply == expected, reply
 
+    def _member_or_stranger(self, gid: str, pick: int) -> str:
+        """A member of the group, or (one time in members + 1) a user who was never in it."""
+        members = sorted(self.model.groups[gid].roles) + [self.phantoms[-1]]
+        return members[pick % len(members)]
+
     @precondition(lambda self: self.model.groups)
     @rule(pick=picks, group=picks, user=picks)
     def remove_member(self, pick: int, group: int, user: int) -> None:
@@ -497,8 +502,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         if gid is None:
             return
         name, ident, device = self._device(pick)
-        members = sorted(self.model.groups[gid].roles) + [self.phantoms[-1]]
-        target = members[user % len(members)]
+        target = self._member_or_stranger(gid, user)
         reply = device.request({"op": "remove_member", "gid": gid, "user": target})
         expected = expect(lambda: self.model.remove_member(name, gid, target), reply)
         if expected is not None:
@@ -523,8 +527,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         if gid is None:
             return
         name, ident, device = self._device(pick)
-        members = sorted(self.model.groups[gid].roles) + [self.phantoms[-1]]
-        target = members[user % len(members)]
+        target = self._member_or_stranger(gid, user)
         reply = device.request({"op": "set_role", "gid": gid, "user": target, "role": role})
         expected = expect(lambda: self.model.set_role(name, gid, target, role), reply)
         if expected is not None:
