@@ -40,10 +40,11 @@ def orders_channel() -> str:
     return keys.gateways_channel()
 
 
-def event(user: str, frame: dict[str, Any], skip: str = "", only: str = "") -> dict[str, Any]:
-    """A frame for every connection of ``user`` on a gateway, except the connection ``skip``;
-    with ``only``, for that one connection of the user alone (a sender's ``sent``)."""
-    out: dict[str, Any] = {"user": user, "frame": frame}
+def _envelope(users: list[str], part: str, body: dict[str, Any], skip: str, only: str) -> dict[str, Any]:
+    """An event for every connection of ``users`` on a gateway, except the connection ``skip``;
+    with ``only``, for that one connection alone (a sender's ``sent``). ``part`` says what
+    ``body`` is: ``push`` (a notification as it travels) or ``frame`` (a plugin's own frame)."""
+    out: dict[str, Any] = {"users": users, part: body}
     if skip:
         out["skip"] = skip
     if only:
@@ -52,14 +53,8 @@ def event(user: str, frame: dict[str, Any], skip: str = "", only: str = "") -> d
 
 
 def notice(users: list[str], push: Notification, skip: str = "", only: str = "") -> dict[str, Any]:
-    """A service notification for every connection of ``users`` on a gateway (but ``skip``; or,
-    with ``only``, that one connection alone: a sender's ``sent``)."""
-    out: dict[str, Any] = {"users": users, "push": push.wire()}
-    if skip:
-        out["skip"] = skip
-    if only:
-        out["only"] = only
-    return out
+    """A service notification for every connection of ``users`` on a gateway (see ``_envelope``)."""
+    return _envelope(users, "push", push.wire(), skip, only)
 
 
 class GatewayBatch:
@@ -85,24 +80,23 @@ async def publish(redis: Redis, batch: GatewayBatch) -> None:
             await pipe.execute()
 
 
-async def to_gateway(redis: Redis, node: str, user: str, frame: dict[str, Any], skip: str = "") -> None:
-    await redis.publish(keys.gateway_channel(node), orjson.dumps([event(user, frame, skip)]))
-
-
 async def notify(redis: Redis, node: str, user: str, push: Notification) -> None:
     """One notification for every connection of ``user`` on gateway ``node``."""
     await redis.publish(keys.gateway_channel(node), orjson.dumps([notice([user], push)]))
 
 
+async def _to_user(redis: Redis, user: str, event: dict[str, Any]) -> None:
+    for node in await presence.gateways_of(redis, user):
+        await redis.publish(keys.gateway_channel(node), orjson.dumps([event]))
+
+
 async def notify_user(redis: Redis, user: str, push: Notification, skip: str = "") -> None:
     """One notification for every connection of ``user``, on whichever gateways hold them,
     except the connection ``skip`` (the one a reply already answered)."""
-    for node in await presence.gateways_of(redis, user):
-        await redis.publish(keys.gateway_channel(node), orjson.dumps([notice([user], push, skip)]))
+    await _to_user(redis, user, notice([user], push, skip))
 
 
 async def to_user(redis: Redis, user: str, frame: dict[str, Any], skip: str = "") -> None:
-    """To every connection of the user, on whichever gateways hold them, except the connection
-    ``skip`` (the one a reply already answered)."""
-    for node in await presence.gateways_of(redis, user):
-        await to_gateway(redis, node, user, frame, skip)
+    """A plugin's frame to every connection of the user, on whichever gateways hold them,
+    except the connection ``skip``."""
+    await _to_user(redis, user, _envelope([user], "frame", frame, skip, ""))

@@ -8,6 +8,7 @@ import orjson
 
 from ..models import Accepted, Message, SendCommand
 from . import keys
+from .redis_client import text
 from .scripts import Reply, queue_script, run_pipeline
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def accepted_from(command: SendCommand, result: list[Any]) -> tuple[Accepted, Me
 def first_mode(result: list[Any]) -> str | None:
     """The fan-out mode chosen when the message was first accepted (None: not recorded)."""
     mode = result[4]
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = text(mode) if mode is not None else None
     return mode or None
 
 
