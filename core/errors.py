@@ -16,6 +16,11 @@ class ErrorCode(StrEnum):
     TOKEN_REVOKED = "token_revoked"  # imflow revoke: tokens issued until then no longer count
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
+    CONFLICT = "conflict"  # exists already: an account, a contact, a pending request, a block
+    BLOCKED = "blocked"  # one of the two users blocks the other
+    CONTACTS_ONLY = "contacts_only"  # the recipient takes one-to-one messages from contacts only
+    USER_DEACTIVATED = "user_deactivated"  # the account is deactivated (admin API)
+    UNKNOWN_USER = "unknown_user"  # a valid token whose user has no account (accounts=registered)
     UNAVAILABLE = "unavailable"
     REJECTED = "rejected"  # a worker could not process the message and set it aside: do not resend
     INTERNAL = "internal"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -107,6 +107,22 @@ class Settings(BaseSettings):
     archive_batch: int = Field(50_000, gt=0, description="Most records one partition gives to one archive write")
     archive_content_shards: int = Field(4, gt=0, description="Shards of im_msg_content (by mid); fixed once data exists")
     archive_mailbox_shards: int = Field(4, gt=0, description="Shards of im_user_msg_box (by owner_uid); fixed once data exists")
+
+    # --- accounts and the social graph (core/accounts.py, core/contacts.py)
+    accounts: Literal["registered", "open"] = Field(
+        "registered",
+        description="registered: a token counts only for an active account created through the admin API, "
+        "the CLI or development sign-in; open: a valid token's user is registered on first sign-in "
+        "(development, tests)",
+    )
+    admin_secret: SecretStr | None = Field(
+        None, description="Bearer secret of the admin HTTP API (/admin/users); unset: the admin API is off"
+    )
+    profile_custom_max_bytes: int = Field(4096, gt=0, description="Largest custom profile fields, as compact JSON")
+    contacts_max: int = Field(5000, gt=0, description="Most contacts one user may have")
+    blocked_max: int = Field(5000, gt=0, description="Most users one user may block")
+    contact_requests_max: int = Field(1000, gt=0, description="Most pending contact requests per user and direction")
+    presence_watch_max: int = Field(1000, gt=0, description="Most users one connection may watch the presence of")
 
     dev_login: bool | None = Field(
         None,

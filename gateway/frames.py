@@ -12,6 +12,8 @@ from imflow.core.conversations import Unread
 from imflow.core.errors import ErrorCode
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from imflow.core.errors import ImflowError
 
 Frame = dict[str, Any]
@@ -80,13 +82,18 @@ for _result_type, _op in FLAT.items():
 # -- service notifications (core/notifications.py), as they travel between worker and gateway
 
 
+PUSHES: dict[str, Callable[[dict[str, Any]], Frame]] = {}  # kind -> frame builder, for kinds beyond the four below
+
+
 def push(notification: dict[str, Any]) -> Frame:
     """The client frame for a notification as it travels (``Notification.wire()``): ``msg``,
-    ``sent``, or the ``error`` frame with code ``rejected``.
+    ``sent``, the ``error`` frame with code ``rejected``, ``unread``, or one of ``PUSHES``.
 
     Raises KeyError for a kind this gateway does not know (a newer worker): the caller logs it.
     """
     n, kind = notification, notification["kind"]
+    if kind in PUSHES:
+        return PUSHES[kind](n)
     if kind == "msg":
         frame: Frame = {"op": "msg", "message": n["message"]}
         if "unread" in n:

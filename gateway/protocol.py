@@ -121,6 +121,103 @@ class MyGroups(ClientFrame):
     op: Literal["my_groups"]
 
 
+# -- accounts and the social graph (docs/protocol.md, "Contacts, blocking and presence")
+
+Note = Annotated[str, Field(max_length=500)]
+SomeUsers = Annotated[list[UserId], Field(min_length=1, max_length=100)]
+WatchedUsers = Annotated[list[UserId], Field(min_length=1, max_length=1000)]
+
+
+class Profiles(ClientFrame):
+    op: Literal["profiles"]
+    users: SomeUsers
+
+
+class SetPrivacy(ClientFrame):
+    op: Literal["set_privacy"]
+    dm: Literal["anyone", "contacts"] | None = None  # who may message the user one-to-one
+    presence: Literal["visible", "hidden"] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> SetPrivacy:
+        if self.dm is None and self.presence is None:
+            raise ValueError("give 'dm', 'presence' or both")
+        return self
+
+
+class ContactRequest(ClientFrame):
+    op: Literal["contact_request"]
+    user: UserId
+    note: Note = ""
+
+
+class ContactAccept(ClientFrame):
+    op: Literal["contact_accept"]
+    user: UserId
+
+
+class ContactDecline(ClientFrame):
+    op: Literal["contact_decline"]
+    user: UserId
+
+
+class ContactCancel(ClientFrame):
+    op: Literal["contact_cancel"]
+    user: UserId
+
+
+class ContactRemove(ClientFrame):
+    op: Literal["contact_remove"]
+    user: UserId
+
+
+class Contacts(ClientFrame):
+    op: Literal["contacts"]
+
+
+class ContactRequests(ClientFrame):
+    op: Literal["contact_requests"]
+
+
+class Block(ClientFrame):
+    op: Literal["block"]
+    user: UserId
+
+
+class Unblock(ClientFrame):
+    op: Literal["unblock"]
+    user: UserId
+
+
+class Blocked(ClientFrame):
+    op: Literal["blocked"]
+
+
+class SetConversation(ClientFrame):
+    op: Literal["set_conversation"]
+    conversation: ConversationId
+    pinned: bool | None = None
+    muted: bool | None = None
+    hidden: bool | None = None  # until the next message
+    marked_unread: bool | None = None  # until the next read
+
+    @model_validator(mode="after")
+    def _something(self) -> SetConversation:
+        if all(value is None for value in (self.pinned, self.muted, self.hidden, self.marked_unread)):
+            raise ValueError("give at least one of pinned, muted, hidden, marked_unread")
+        return self
+
+
+class WatchPresence(ClientFrame):
+    op: Literal["watch_presence"]
+    users: WatchedUsers
+
+
+class UnwatchPresence(ClientFrame):
+    op: Literal["unwatch_presence"]
+    users: WatchedUsers
+
+
 class PluginCall(ClientFrame):
     """An operation a plugin added; its own handler validates ``fields``."""
 
@@ -138,7 +235,9 @@ class PluginCall(ClientFrame):
 # docs/protocol.md documents exactly these (tests/test_services_registry.py) derive from it.
 Frame = Annotated[
     Auth | Send | Ack | Read | Sync | History | Delete | Ping
-    | CreateGroup | AddMembers | RemoveMember | LeaveGroup | SetRole | GroupMembers | MyGroups,
+    | CreateGroup | AddMembers | RemoveMember | LeaveGroup | SetRole | GroupMembers | MyGroups
+    | Profiles | SetPrivacy | ContactRequest | ContactAccept | ContactDecline | ContactCancel | ContactRemove
+    | Contacts | ContactRequests | Block | Unblock | Blocked | SetConversation | WatchPresence | UnwatchPresence,
     Field(discriminator="op"),
 ]
 BUILT_IN: tuple[type[ClientFrame], ...] = get_args(get_args(Frame)[0])

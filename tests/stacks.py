@@ -29,6 +29,9 @@ STACK_ENV = {
     "IMFLOW_THROTTLE_POST_BURST": "100000",
     "IMFLOW_ARCHIVE_FLUSH_SECONDS": "0.2",
     "IMFLOW_LOG_LEVEL": "info",
+    # the tests issue tokens for fresh users without registering them first; tests/test_accounts.py
+    # and the model test run with accounts=registered
+    "IMFLOW_ACCOUNTS": "open",
 }
 
 

@@ -170,3 +170,48 @@ def gateway_users(node: str) -> str:
     """Hash user -> connections the gateway holds: where a sweep finds the dead gateway's
     entries in the users' ``user_gateways`` and their groups' ``group_online`` hashes."""
     return f"{PREFIX}:{{gw:{node}}}:users"
+
+
+# -- accounts and the social graph (core/accounts.py, core/contacts.py); all under the user's tag
+
+
+def account(user: str) -> str:
+    """Hash: status (active|deactivated), display_name, avatar_url, custom (JSON object text),
+    created_at_ms, updated_at_ms, dm (anyone|contacts), presence (visible|hidden), last_seen_ms."""
+    return f"{PREFIX}:{user_tag(user)}:account"
+
+
+def accounts_index() -> str:
+    """Sorted set user -> created_at_ms of every account (listing; one key, not per slot)."""
+    return f"{PREFIX}:accounts"
+
+
+def contacts(user: str) -> str:
+    """Hash peer -> since_ms: the user's contacts (each edge is written on both sides)."""
+    return f"{PREFIX}:{user_tag(user)}:contacts"
+
+
+def requests_in(user: str) -> str:
+    """Hash peer -> JSON {note, at_ms}: contact requests the user received, pending."""
+    return f"{PREFIX}:{user_tag(user)}:requests_in"
+
+
+def requests_out(user: str) -> str:
+    """Hash peer -> JSON {note, at_ms}: contact requests the user sent, pending."""
+    return f"{PREFIX}:{user_tag(user)}:requests_out"
+
+
+def blocked(user: str) -> str:
+    """Hash peer -> at_ms: the users this user blocks."""
+    return f"{PREFIX}:{user_tag(user)}:blocked"
+
+
+def wrote_to(user: str) -> str:
+    """Set of peers a contacts-only user messaged first (their replies pass the privacy check)."""
+    return f"{PREFIX}:{user_tag(user)}:wrote_to"
+
+
+def conversation_settings(user: str) -> str:
+    """Hash conversation -> JSON {pinned, muted, hidden_seq, marked_unread}: the user's settings
+    of each conversation (absent: all defaults)."""
+    return f"{PREFIX}:{user_tag(user)}:conversation_settings"
