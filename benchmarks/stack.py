@@ -10,6 +10,7 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
+import httpx
 import redis as redis_sync
 
 from imflow.client import Client
@@ -18,6 +19,7 @@ from imflow.core.models import direct_conversation
 from imflow.testing import ImflowProcess, free_port
 
 SECRET = "bench-secret-" + uuid.uuid4().hex
+ADMIN_SECRET = "bench-admin-" + uuid.uuid4().hex
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -49,6 +51,11 @@ class Stack:
             "IMFLOW_APP_ID": f"bench{uuid.uuid4().hex[:8]}",
             "IMFLOW_DATA_DIR": str(folder / "data"),
             "IMFLOW_SECRET_KEY": SECRET,
+            "IMFLOW_ADMIN_SECRET": ADMIN_SECRET,
+            # the load names thousands of fresh users: they are registered on first sign-in;
+            # a benchmark that wants production's accounts passes IMFLOW_ACCOUNTS=registered
+            # and registers its users through the admin API (``register``)
+            "IMFLOW_ACCOUNTS": "open",
             "IMFLOW_LOG_LEVEL": "warning",
             # load generators send far beyond a person's pace: lift the send limits
             "IMFLOW_THROTTLE_USER_RATE": "1000000", "IMFLOW_THROTTLE_USER_BURST": "1000000",
@@ -57,6 +64,7 @@ class Stack:
             **(env or {}),
         }
         self.env = env
+        self.http: list[str] = []
         self.processes: list[ImflowProcess] = []
         self.urls: list[str] = []
         try:
@@ -70,6 +78,7 @@ class Stack:
                 self.processes.append(gateway)
                 gateway.wait_http(f"http://127.0.0.1:{port}/readyz")
                 self.urls.append(f"ws://127.0.0.1:{port}/ws")
+                self.http.append(f"http://127.0.0.1:{port}")
         except BaseException:
             for process in self.processes:
                 process.terminate()
@@ -82,6 +91,15 @@ class Stack:
 
     async def connect(self, user: str, gateway: int = 0) -> Client:
         return await Client.connect(self.urls[gateway % len(self.urls)], tokens.issue(SECRET, user, 3600))
+
+    async def register(self, users: list[str], **profile: object) -> None:
+        """Create the users' accounts through the admin API (an existing one is left as it is)."""
+        headers = {"Authorization": f"Bearer {ADMIN_SECRET}"}
+        async with httpx.AsyncClient(base_url=self.http[0], headers=headers, timeout=30) as admin:
+            for user in users:
+                response = await admin.post("/admin/users", json={"user": user, **profile})
+                if response.status_code not in (201, 409):
+                    raise RuntimeError(f"could not register {user}: {response.status_code} {response.text}")
 
     def stop(self) -> None:
         for process in reversed(self.processes):  # gateways first, then workers
