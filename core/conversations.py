@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import groups, unread
+from . import conversation_settings, groups, unread
 from .notifications import UnreadChanged
 from .storage import archive_queue, conversation_log, fan_out, gateway_events, inbox
 
@@ -82,7 +82,8 @@ class Acknowledge:
 class SyncPage:
     """Messages newest first, as stored (JSON fragments, passed through unparsed); the cursor of
     the next older page (None at the end); on the first page only, every conversation's state
-    ({conversation, last_seq, read_seq, unread}) and the unread total."""
+    ({conversation, last_seq, read_seq, unread, pinned, muted, hidden, marked_unread}) and the
+    unread total."""
 
     messages: list[Any]
     next_before_mid: int | None
@@ -117,14 +118,18 @@ class Acknowledged:
 async def read(services: Services, command: Read) -> Unread:
     """Move the read position forward (never back) and return the conversation's unread count,
     the user's total and the read seq now. The archive keeps the report for analysts, and the
-    user's other connections are told (``UnreadChanged``, the same state).
+    user's other connections are told (``UnreadChanged``, the same state). A read ends the
+    conversation's ``marked_unread`` (core/conversation_settings.py).
     """
     redis, user = services.redis, command.user
     await groups.require_member(services, command.conversation, user)
     gid = groups.group_id(command.conversation)
     if gid:  # a read fan-out group's count may wait for its flush: bring it up to date first
         await unread.catch_up(services, user, [gid])
-    counts = await inbox.mark_read(redis, user, command.conversation, command.seq)
+    counts, _ = await asyncio.gather(  # two of the user's keys, side by side: no round trip added
+        inbox.mark_read(redis, user, command.conversation, command.seq),
+        conversation_settings.read_clears_mark(services, user, command.conversation, command.origin),
+    )
     # the archive keeps read reports for analysts (read delays, unread backlogs)
     s, conversation = services.settings, command.conversation
     await archive_queue.enqueue_read(redis, s.app_id, s.topic_partitions, user, conversation, counts.read_seq, services.clock())
@@ -143,6 +148,7 @@ async def sync(services: Services, command: Sync) -> SyncPage:
     if not first_page:
         return SyncPage(list(messages), next_before)
     conversations, total = await inbox.conversation_states(redis, user)
+    await conversation_settings.of_conversations(services, user, conversations)  # pinned, muted, hidden, marked_unread
     in_no_inbox = await fan_out.unread_messages(redis, user, marks, command.limit, services.settings.conversation_log_limit)
     page: list[Any] = list(messages)
     if in_no_inbox:

@@ -1,4 +1,5 @@
-"""The connections this gateway holds, by user, and the listener that routes frames to them."""
+"""The connections this gateway holds, by user, and the listener that routes frames to them
+(a ``presence`` change only to the connections watching its user)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from imflow.core.settings import Settings
 from . import frames
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from redis.asyncio import Redis
     from starlette.websockets import WebSocket
@@ -71,6 +72,7 @@ class Connection:
         self.claims: TokenClaims | None = None  # the token this session runs on
         self._expiry: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[None] | None = None
+        self.watching: set[str] = set()  # users whose presence this connection watches (their contacts)
 
     @property
     def is_closed(self) -> bool:
@@ -91,6 +93,20 @@ class Connection:
             REAUTHENTICATIONS.inc()
         self.claims = claims
         self._schedule_expiry()
+
+    def watch(self, users: Iterable[str], limit: int) -> set[str]:
+        """Watch these users' presence too; returns those not watched before (so a refusal
+        can ``unwatch`` them again). Raises ImflowError ``forbidden`` past ``limit`` users in
+        all, watching none of them then."""
+        new = set(users) - self.watching
+        if len(self.watching) + len(new) > limit:
+            raise ImflowError(ErrorCode.FORBIDDEN, f"a connection watches the presence of at most {limit} users")
+        self.watching |= new
+        return new
+
+    def unwatch(self, users: Iterable[str]) -> None:
+        """Stop watching these users' presence (those not watched are ignored)."""
+        self.watching.difference_update(users)
 
     @property
     def expired(self) -> bool:
@@ -347,6 +363,16 @@ class Hub:
                     data = data or orjson.dumps(frame)
                     connection.push_raw(data)
 
+    def to_watchers(self, users: list[str], notification: dict[str, Any]) -> None:
+        """A ``presence`` notification (as it travels) to the connections of these users that
+        watch the users it is about, each with the states it watches."""
+        states = notification["users"]
+        for user in users:
+            for connection in self.connections.get(user, ()):
+                watched = [state for state in states if state["user"] in connection.watching]
+                if watched:
+                    connection.push(frames.push({**notification, "users": watched}))
+
     @property
     def listening(self) -> bool:
         """Whether frames for this gateway reach it now (part of readiness)."""
@@ -490,6 +516,9 @@ class Hub:
         for event in events:  # one bad event costs only itself
             try:
                 users = event["users"] if "users" in event else [event["user"]]
+                if event.get("push", {}).get("kind") == presence.PresenceChanged.kind:
+                    self.to_watchers(users, event["push"])
+                    continue
                 frame = frames.push(event["push"]) if "push" in event else event["frame"]
                 self.to_users(users, frame, event.get("skip", ""), event.get("only", ""))
             except Exception:

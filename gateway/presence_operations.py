@@ -1,3 +1,79 @@
-"""Handlers of the presence operations (docs/protocol.md): frame -> command -> one service of core/."""
+"""Handlers of the presence and conversation-settings operations (docs/protocol.md): frame ->
+command -> one service of core/; their reply and push frames.
+
+Presence watches live on the connection (gateway/hub.py ``Connection.watching``): they go
+with it, and the hub hands a ``presence`` push only to the connections watching its user.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from imflow.core import conversation_settings, presence
+
+from . import frames, protocol
+from .operations import Reply, handles
+
+if TYPE_CHECKING:
+    from .app import Backend
+    from .extensions import Extensions
+    from .hub import Connection
+
+
+@handles(protocol.SetConversation)
+async def set_conversation(
+    frame: protocol.SetConversation, connection: Connection, backend: Backend, extensions: Extensions,
+) -> Reply:
+    command = conversation_settings.SetConversation(
+        connection.user, frame.conversation, pinned=frame.pinned, muted=frame.muted, hidden=frame.hidden,
+        marked_unread=frame.marked_unread, origin=getattr(connection, "id", ""),  # none over HTTP
+    )
+    return frames.reply(await conversation_settings.set_conversation(backend.services, command))
+
+
+@handles(protocol.WatchPresence)
+async def watch_presence(
+    frame: protocol.WatchPresence, connection: Connection, backend: Backend, extensions: Extensions,
+) -> Reply:
+    users = tuple(dict.fromkeys(frame.users))  # once each, in the order asked
+    # watched before the states are read, so a change in between is pushed, not missed (the
+    # publisher tells contacts only: nothing reaches a stranger's watch meanwhile)
+    added = connection.watch(users, backend.settings.presence_watch_max)
+    try:
+        states = await presence.watch(backend.services, presence.Watch(connection.user, users))
+    except BaseException:
+        connection.unwatch(added)
+        raise
+    return frames.reply(states)
+
+
+@handles(protocol.UnwatchPresence)
+async def unwatch_presence(
+    frame: protocol.UnwatchPresence, connection: Connection, backend: Backend, extensions: Extensions,
+) -> Reply:
+    connection.unwatch(frame.users)
+    return {"op": "presence_unwatched", "users": list(dict.fromkeys(frame.users))}
+
+
+# -- reply and push frames
+
+
+@frames.reply.register
+def _(result: conversation_settings.ConversationSettings) -> frames.Frame:
+    return {"op": "conversation_settings", **result.to_dict()}
+
+
+@frames.reply.register
+def _(result: presence.PresenceStates) -> frames.Frame:
+    return {"op": "presence", **result.to_dict()}
+
+
+def _as_sent(notification: dict[str, Any]) -> frames.Frame:
+    """A notification whose client frame is its fields as they travel, ``op`` for ``kind``."""
+    return {"op": notification["kind"], **{key: value for key, value in notification.items() if key != "kind"}}
+
+
+# the same frames as the replies: 'conversation_settings' to the user's other devices, 'presence'
+# to the connections watching (the hub hands each only the users it watches)
+frames.PUSHES[conversation_settings.ConversationSettingsChanged.kind] = _as_sent
+frames.PUSHES[presence.PresenceChanged.kind] = _as_sent

@@ -65,6 +65,9 @@ def listening_socket() -> socket.socket:
 
 ADDRESS_IN_USE = "address already in use"
 
+# a conversation's settings nobody changed, as each entry of a first sync page carries them
+UNCHANGED_SETTINGS = {"pinned": False, "muted": False, "hidden": False, "marked_unread": False}
+
 
 def start_listening(
     args: list[str], env: dict[str, str], log_path: Path, cwd: Path, port: int | None = None,

@@ -6,7 +6,7 @@ import asyncio
 
 from imflow.client import Client, ClientError
 from imflow.core.models import direct_conversation
-from imflow.testing import eventually
+from imflow.testing import UNCHANGED_SETTINGS, eventually
 
 
 async def connect(stack, user: str, gateway: int = 0) -> Client:
@@ -25,7 +25,7 @@ async def test_message_reaches_receiver_with_ack_and_unread(stack, users) -> Non
         assert push["unread"] == {"conversation": conversation, "count": 1, "total": 1}
 
         reply = await bob.sync()
-        assert reply["conversations"] == [{"conversation": conversation, "last_seq": 1, "read_seq": 0, "unread": 1}]
+        assert reply["conversations"] == [{"conversation": conversation, "last_seq": 1, "read_seq": 0, "unread": 1, **UNCHANGED_SETTINGS}]
         assert reply["total_unread"] == 1
         # the sender has read what it sent: no unread on its side
         assert (await alice.sync())["total_unread"] == 0

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from imflow.client import Client, ClientError
-from imflow.testing import eventually
+from imflow.testing import UNCHANGED_SETTINGS, eventually
 
 from imflow.core.storage import keys
 from stacks import READ_FAN_OUT_THRESHOLD
@@ -87,7 +87,7 @@ async def test_a_big_group_reaches_every_online_member_once_and_counts_right(sta
             state = await late.sync()
             group_messages = sorted(m["seq"] for m in state["messages"] if m["conversation"] == conversation)
             assert group_messages == list(range(1, 13))
-            assert state["conversations"] == [{"conversation": conversation, "last_seq": 12, "read_seq": 0, "unread": 12}]
+            assert state["conversations"] == [{"conversation": conversation, "last_seq": 12, "read_seq": 0, "unread": 12, **UNCHANGED_SETTINGS}]
             assert state["total_unread"] == 12
             reply = await late.read(conversation, 9)
             assert (reply["count"], reply["total"]) == (3, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imflow.client import Client, ClientError
+from imflow.testing import UNCHANGED_SETTINGS
 
 
 async def connect(stack, user: str, gateway: int = 0) -> Client:
@@ -36,7 +37,7 @@ async def test_every_member_gets_every_group_message_in_order(stack, users) -> N
                 got.append((await client.next_message())["message"]["seq"])
             assert got == ([1, 2, 3, 4, 5, 6] if client is not clients[2] else [1, 2, 3, 4, 5])
         state = await clients[1].sync()
-        assert state["conversations"] == [{"conversation": conversation, "last_seq": 6, "read_seq": 0, "unread": 6}]
+        assert state["conversations"] == [{"conversation": conversation, "last_seq": 6, "read_seq": 0, "unread": 6, **UNCHANGED_SETTINGS}]
         assert (await clients[2].sync())["conversations"][0]["unread"] == 0, "cat read up to her own message"
         mine = await clients[3].request({"op": "my_groups"})
         assert mine["groups"] == [{"gid": group["gid"], "conversation": conversation, "name": "team", "role": "member"}]

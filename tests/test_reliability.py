@@ -8,7 +8,7 @@ import random
 
 from imflow.client import Client
 from imflow.core.models import direct_conversation
-from imflow.testing import eventually
+from imflow.testing import UNCHANGED_SETTINGS, eventually
 
 N = 2000
 
@@ -144,7 +144,7 @@ async def test_every_message_exactly_once_in_order_with_true_unread(stack, users
 
         # unread equals the truth: bob read nothing, alice read all she sent
         state = await bob.sync()
-        assert state["conversations"] == [{"conversation": conversation, "last_seq": N, "read_seq": 0, "unread": N}]
+        assert state["conversations"] == [{"conversation": conversation, "last_seq": N, "read_seq": 0, "unread": N, **UNCHANGED_SETTINGS}]
         assert state["total_unread"] == N
         assert (await bob.read(conversation, 1500))["count"] == N - 1500
         assert (await bob.sync())["total_unread"] == N - 1500

@@ -12,6 +12,7 @@ from imflow.core.models import Message
 from imflow.core.services import Services
 from imflow.core.settings import Settings
 from imflow.core.storage import archive, inbox, keys
+from imflow.testing import UNCHANGED_SETTINGS
 
 SETTINGS = Settings(topic_partitions=1)
 ALICE_BOB = "p:alice:bob"
@@ -88,7 +89,7 @@ async def test_sync_pages_the_inbox_and_ack_empties_it(services: Services) -> No
     stored = await store(services, ALICE_BOB, ["alice", "bob"], 3)
     first = await conversations.sync(services, conversations.Sync("bob", None, 2))
     assert [m["seq"] for m in orjson.loads(orjson.dumps(first.messages))] == [3, 2] and first.next_before_mid == stored[1].mid
-    assert first.conversations == [{"conversation": ALICE_BOB, "last_seq": 3, "read_seq": 0, "unread": 3}]
+    assert first.conversations == [{"conversation": ALICE_BOB, "last_seq": 3, "read_seq": 0, "unread": 3, **UNCHANGED_SETTINGS}]
     assert first.total_unread == 3
     second = await conversations.sync(services, conversations.Sync("bob", first.next_before_mid, 2))
     assert len(second.messages) == 1 and second.next_before_mid is None

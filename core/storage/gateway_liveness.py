@@ -8,6 +8,9 @@ gateway claims its sweep (``sweep_dead``) and removes what names it: its fields 
 gateway's own index ``gateway_users`` (kept by core/storage/presence.py with the same counts). Until
 then routing skips it (``presence.gateways_of`` and the send path), so no push goes to a gateway presumed dead.
 
+A user left with no connection anywhere by a sweep is offline from the sweep's time
+(``Swept.offline``: the presence service tells their contacts).
+
 A gateway that was only paused (a stalled loop, a network cut longer than the TTL) and beats
 again learns from ``beat`` that it was swept, and writes its entries again (core/storage/presence.py
 ``announce``). Deadlines come from Redis's ``TIME``, never a gateway's clock.
@@ -18,9 +21,11 @@ from __future__ import annotations
 import enum
 import logging
 import uuid
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import keys
+from ..ids import now_ms
+from . import keys, presence  # presence imports this module too: only functions use either
 from .redis_client import text
 from .scripts import Reply, queue_script, run_pipeline, script
 
@@ -40,6 +45,15 @@ class Beat(enum.IntEnum):
     ALIVE = 0  # registered and within its deadline all along
     REGISTERED = 1  # was not registered: the first beat, or its entries were swept (write them again)
     BEING_SWEPT = 2  # presumed dead and being swept now: write the entries again once that is done
+
+
+@dataclass
+class Swept:
+    """What the sweep of one gateway's entries did: ``users`` whose entries named it, and the
+    ``offline`` changes of those left with no connection on any gateway."""
+
+    users: int = 0
+    offline: list[presence.Change] = field(default_factory=list)
 
 
 async def beat(redis: Redis, node: str, ttl_seconds: float) -> Beat:
@@ -69,11 +83,12 @@ async def dead_gateways(redis: Redis) -> frozenset[str]:
     return dead_from(await script(redis, "gateways_dead")(keys=[keys.gateways_alive()], args=[]))
 
 
-async def sweep_dead(redis: Redis, me: str = "") -> dict[str, int]:
-    """Sweep every gateway presumed dead (but ``me``) whose sweep no one else holds.
+async def sweep_dead(redis: Redis, me: str = "", at_ms: int | None = None) -> dict[str, Swept]:
+    """Sweep every gateway presumed dead (but ``me``) whose sweep no one else holds; users left
+    with no connection were last seen at ``at_ms`` (default now).
 
-    Returns node -> users swept. Raises Redis errors (a sweep cut short is done again later:
-    every step is idempotent).
+    Returns node -> what its sweep did. Raises Redis errors (a sweep cut short is done again
+    later: every step is idempotent).
     """
     swept = {}
     for node in sorted(await dead_gateways(redis) - {me}):
@@ -83,47 +98,57 @@ async def sweep_dead(redis: Redis, me: str = "") -> dict[str, int]:
         )
         if not claimed:
             continue
-        users = await sweep(redis, node)
+        done = await sweep_entries(redis, node, at_ms)
         forgotten = await script(redis, "gateway_swept")(
             keys=[keys.gateways_alive(), keys.gateway_sweeping(node)], args=[node, token]
         )
         log.warning(
-            "gateway %s stopped beating: swept the presence entries of %d user(s)%s",
-            node, users, "" if forgotten else "; it came back and writes them again",
+            "gateway %s stopped beating: swept the presence entries of %d user(s), %d now offline%s",
+            node, done.users, len(done.offline), "" if forgotten else "; it came back and writes them again",
         )
-        swept[node] = users
+        swept[node] = done
     return swept
 
 
 async def sweep(redis: Redis, node: str) -> int:
+    """``sweep_entries`` of ``node`` now; returns the users swept."""
+    return (await sweep_entries(redis, node)).users
+
+
+async def sweep_entries(redis: Redis, node: str, at_ms: int | None = None) -> Swept:
     """Remove every presence entry that names ``node``: its fields in its users' gateways
-    hashes, in their groups' online hashes, and its own index. Returns the users swept.
+    hashes, in their groups' online hashes, and its own index. Users left with no connection
+    anywhere were last seen at ``at_ms`` (default now).
 
     Only for a gateway known not to hold connections now (presumed dead, or this process at
     its start: a gateway restarted under the same name holds nothing yet).
     """
-    index, cursor, swept = keys.gateway_users(node), 0, 0
+    index, cursor, swept = keys.gateway_users(node), 0, Swept()
+    at_ms = now_ms() if at_ms is None else at_ms
     while True:
         cursor, found = await redis.hscan(index, cursor, count=SWEEP_CHUNK)
         users = sorted(text(user) for user in found)
         for start in range(0, len(users), SWEEP_CHUNK):
-            await _sweep_users(redis, node, users[start : start + SWEEP_CHUNK])
-        swept += len(users)
+            swept.offline += await _sweep_users(redis, node, users[start : start + SWEEP_CHUNK], at_ms)
+        swept.users += len(users)
         if cursor == 0:
             return swept
 
 
-async def _sweep_users(redis: Redis, node: str, users: list[str]) -> None:
+async def _sweep_users(redis: Redis, node: str, users: list[str], at_ms: int) -> list[presence.Change]:
     async with redis.pipeline(transaction=False) as pipe:
         for user in users:
             pipe.smembers(keys.user_groups(user))
         groups = await pipe.execute()
 
-    def remove(pipe: Pipeline) -> None:
+    def remove(pipe: Pipeline) -> list[Reply]:
+        dropped = []
         for user, gids in zip(users, groups, strict=True):
-            pipe.hdel(keys.user_gateways(user), node)
+            dropped.append(presence.queue_drop(pipe, user, node, at_ms))
             for gid in gids:
                 pipe.hdel(keys.group_online(gid.decode()), f"{node}|{user}")
         pipe.hdel(keys.gateway_users(node), *users)  # last: a sweep cut short finds them again
+        return dropped
 
-    await run_pipeline(redis, remove)
+    dropped, _ = await run_pipeline(redis, remove)
+    return [change for user, answer in zip(users, dropped, strict=True) if (change := presence.change_from(user, answer))]

@@ -1,16 +1,24 @@
-"""Which gateways hold a user's connections, so pushes go only where the user is.
+"""Which gateways hold a user's connections, so pushes go only where the user is; and whether
+the user is online at all (presence).
 
 Three indexes, all counted per connection: the user's gateways (pushes to one user), each of
 their groups' connected members by gateway (a read fan-out push finds a group's online
 members with one call instead of one per member), and each gateway's users (where the sweep
 of a dead gateway finds the other two's entries: core/storage/gateway_liveness.py).
+
+The user's gateways hash is counted by one script on the user's slot (presence_count.lua),
+which says when the user's connections over all gateways go from none to some or back
+(``Change``): the moments their contacts are told, and the last-seen time is written.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from ..ids import now_ms
 from . import gateway_liveness, keys
+from .accounts import HIDDEN  # the presence setting that shows the user offline to everyone
 from .redis_client import text
 from .scripts import Reply, queue_script, reply, run_pipeline
 
@@ -18,33 +26,97 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
 
+@dataclass(frozen=True)
+class State:
+    """A user's presence as their watchers see it: ``last_seen_ms`` is when their last
+    connection closed (Unix ms; None if never). A hidden user is offline with no last-seen time."""
+
+    user: str
+    online: bool
+    last_seen_ms: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"user": self.user, "online": self.online, "last_seen_ms": self.last_seen_ms}
+
+
+@dataclass(frozen=True)
+class Change:
+    """``user``'s connections over all gateways went from none to some (``online``) or from some
+    to none; ``hidden``: their presence setting hides it; ``contacts``: who may be told."""
+
+    user: str
+    online: bool
+    hidden: bool
+    last_seen_ms: int | None
+    contacts: tuple[str, ...]
+
+    @property
+    def state(self) -> State:
+        return State(self.user, self.online, self.last_seen_ms)
+
+
+def _queue_count(pipe: Pipeline, user: str, node: str, how: str, at_ms: int = 0, held: int = 0) -> Reply:
+    return queue_script(
+        pipe, "presence_count", keys=[keys.user_gateways(user), keys.account(user), keys.contacts(user)],
+        args=[node, how, at_ms, held],
+    )
+
+
+def _change(user: str, answer: list[Any]) -> Change | None:
+    """The ``Change`` a presence_count.lua reply reports, None if the user stayed as they were."""
+    if int(answer[0]) == 0:
+        return None
+    setting, last_seen = text(answer[1]), text(answer[2])
+    return Change(
+        user, online=int(answer[0]) == 1, hidden=setting == HIDDEN, last_seen_ms=int(last_seen) if last_seen else None,
+        contacts=tuple(text(peer) for peer in answer[3:]),
+    )
+
 
 async def _groups(redis: Redis, user: str) -> list[str]:
     return sorted(text(gid) for gid in await redis.smembers(keys.user_groups(user)))
 
 
-async def connected(redis: Redis, user: str, node: str) -> None:
+async def connected(redis: Redis, user: str, node: str) -> Change | None:
+    """One more connection of ``user`` on ``node``; the ``Change`` if the user came online."""
     gids = await _groups(redis, user)
 
-    def count_in(pipe: Pipeline) -> None:
-        pipe.hincrby(keys.user_gateways(user), node, 1)
+    def count_in(pipe: Pipeline) -> Reply:
+        counted = _queue_count(pipe, user, node, "add")
         pipe.hincrby(keys.gateway_users(node), user, 1)
         for gid in gids:
             pipe.hincrby(keys.group_online(gid), f"{node}|{user}", 1)
+        return counted
 
-    await run_pipeline(redis, count_in)
+    counted, _ = await run_pipeline(redis, count_in)
+    return _change(user, counted.value)
 
 
-async def disconnected(redis: Redis, user: str, node: str) -> None:
+async def disconnected(redis: Redis, user: str, node: str, at_ms: int | None = None) -> Change | None:
+    """One connection fewer of ``user`` on ``node``; the ``Change`` if that was the user's last
+    one anywhere (their last-seen time is then ``at_ms``, default now)."""
     gids = await _groups(redis, user)
 
-    def count_out(pipe: Pipeline) -> None:
-        queue_script(pipe, "lower_field", keys=[keys.user_gateways(user)], args=[node])
+    def count_out(pipe: Pipeline) -> Reply:
+        counted = _queue_count(pipe, user, node, "lower", now_ms() if at_ms is None else at_ms)
         queue_script(pipe, "lower_field", keys=[keys.gateway_users(node)], args=[user])
         for gid in gids:
             queue_script(pipe, "lower_field", keys=[keys.group_online(gid)], args=[f"{node}|{user}"])
+        return counted
 
-    await run_pipeline(redis, count_out)
+    counted, _ = await run_pipeline(redis, count_out)
+    return _change(user, counted.value)
+
+
+def queue_drop(pipe: Pipeline, user: str, node: str, at_ms: int) -> Reply:
+    """Queue the removal of ``node``'s entry from ``user``'s gateways (a sweep); read its reply
+    with ``change_from``: a ``Change`` if the user has no connection left anywhere."""
+    return _queue_count(pipe, user, node, "drop", at_ms)
+
+
+def change_from(user: str, answer: Reply) -> Change | None:
+    """The ``Change`` a queued ``queue_drop`` reports (None: the user is still connected elsewhere)."""
+    return _change(user, answer.value)
 
 
 async def gateways_of(redis: Redis, user: str) -> list[str]:
@@ -69,20 +141,70 @@ def gateways_from(fields: list[bytes], dead: frozenset[str] = frozenset()) -> li
     return [node for node in map(text, fields) if node not in dead]
 
 
-async def announce(redis: Redis, node: str, held: dict[str, int]) -> None:
+async def announce(redis: Redis, node: str, held: dict[str, int]) -> list[Change]:
     """Write again every entry of the connections ``node`` holds (user -> connections), as a
-    gateway does after a sweep took them while it was presumed dead. Counts are set, not added."""
-    users = sorted(held)
+    gateway does after a sweep took them while it was presumed dead. Counts are set, not added.
+    Returns the users this brings back online (the sweep had told their contacts otherwise)."""
+    users, changes = sorted(held), []
     for start in range(0, len(users), gateway_liveness.SWEEP_CHUNK):
         chunk = users[start : start + gateway_liveness.SWEEP_CHUNK]
         async with redis.pipeline(transaction=False) as pipe:
             for user in chunk:
                 pipe.smembers(keys.user_groups(user))
             groups = await pipe.execute()
-        async with redis.pipeline(transaction=False) as pipe:
+
+        def write(pipe: Pipeline, chunk: list[str] = chunk, groups: list[Any] = groups) -> list[Reply]:
+            counted = []
             for user, gids in zip(chunk, groups, strict=True):
-                pipe.hset(keys.user_gateways(user), node, held[user])
+                counted.append(_queue_count(pipe, user, node, "set", held=held[user]))
                 pipe.hset(keys.gateway_users(node), user, held[user])
                 for gid in gids:
                     pipe.hset(keys.group_online(gid.decode()), f"{node}|{user}", held[user])
-            await pipe.execute()
+            return counted
+
+        counted, _ = await run_pipeline(redis, write)
+        changes += [change for user, answer in zip(chunk, counted, strict=True) if (change := _change(user, answer.value))]
+    return changes
+
+
+async def states(redis: Redis, users: list[str]) -> list[State]:
+    """Each user's presence as watchers see it (online: a connection on a gateway not presumed
+    dead; hidden users look offline, never seen). One round trip."""
+    def look_up(pipe: Pipeline) -> tuple[list[tuple[Reply, Reply]], Reply]:
+        found = []
+        for user in users:
+            pipe.hmget(keys.account(user), ["presence", "last_seen_ms"])
+            found.append((reply(pipe), queue_gateways_of(pipe, user)))
+        return found, gateway_liveness.queue_dead(pipe)
+
+    (found, dead), _ = await run_pipeline(redis, look_up)
+    gone = gateway_liveness.dead_from(dead.value)
+    out = []
+    for user, (account, held) in zip(users, found, strict=True):
+        setting, last_seen = account.value
+        if setting is not None and text(setting) == HIDDEN:
+            out.append(State(user, online=False, last_seen_ms=None))
+        else:
+            online = bool(gateways_from(held.value, gone))
+            out.append(State(user, online, int(last_seen) if last_seen is not None else None))
+    return out
+
+
+async def strangers(redis: Redis, user: str, peers: list[str]) -> list[str]:
+    """Those of ``peers`` who are not ``user``'s contacts."""
+    if not peers:
+        return []
+    since = await redis.hmget(keys.contacts(user), peers)
+    return [peer for peer, edge in zip(peers, since, strict=True) if edge is None]
+
+
+async def gateways_by_user(redis: Redis, users: list[str]) -> dict[str, list[str]]:
+    """The live gateways holding each user's connections (users connected nowhere left out).
+    One round trip."""
+    def look_up(pipe: Pipeline) -> tuple[list[Reply], Reply]:
+        return [queue_gateways_of(pipe, user) for user in users], gateway_liveness.queue_dead(pipe)
+
+    (held, dead), _ = await run_pipeline(redis, look_up)
+    gone = gateway_liveness.dead_from(dead.value)
+    found = {user: gateways_from(nodes.value, gone) for user, nodes in zip(users, held, strict=True)}
+    return {user: nodes for user, nodes in found.items() if nodes}
