@@ -1,5 +1,5 @@
 """The gateway's ASGI app: the browser client at /, the client WebSocket at /ws, health at /healthz,
-readiness at /readyz."""
+readiness at /readyz, the HTTP API at /api and the admin API at /admin."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 from imflow.core.plugin_types import GatewayContext
 
-from . import dev_login, http_api, server_logs
+from . import admin_api, dev_login, http_api, server_logs
 from .extensions import Extensions
 from .hub import Hub
 from .session import serve_session
@@ -138,7 +138,7 @@ def create_gateway(backend: Backend) -> Starlette:
         Route("/", home), Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
         WebSocketRoute("/ws", client_socket),
         Mount("/static", WebFiles(directory=WEB), name="static"),
-        *http_api.ROUTES, *dev_login.routes(backend.settings), *extensions.routes,
+        *http_api.ROUTES, *admin_api.ROUTES, *dev_login.routes(backend.settings), *extensions.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.backend = backend

@@ -1,4 +1,5 @@
-"""Development sign-in: ``POST /dev/token`` {"user": "alice"} answers {"token": "..."}, and
+"""Development sign-in: ``POST /dev/token`` {"user": "alice"} answers {"token": "..."} (and
+creates alice's account on her first sign-in; a deactivated account is refused), and
 ``POST /dev/revoke`` {"user": "alice"} revokes her tokens issued until now (what ``imflow
 revoke`` does; the embedded server's Redis lives in its own process, out of the command's reach).
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from imflow.core import revocation, tokens
+from imflow.core import accounts, revocation, tokens
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.models import USER_ID_PATTERN
 
@@ -43,9 +44,11 @@ async def _requested_user(request: Request) -> str:
 
 
 async def issue_token(request: Request) -> JSONResponse:
-    settings = request.app.state.backend.settings
+    backend = request.app.state.backend
+    settings = backend.settings
     try:
         user = await _requested_user(request)
+        await accounts.sign_in(backend.services, user)  # registered on first sign-in, as the app's backend would
     except ImflowError as error:
         return error_response(error)
     token = tokens.issue(settings.secret_key.get_secret_value(), user, settings.token_ttl_seconds)

@@ -15,7 +15,7 @@ import orjson
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imflow.core import revocation
+from imflow.core import accounts
 from imflow.core.errors import ErrorCode, ImflowError
 
 from . import operations, protocol
@@ -32,8 +32,13 @@ STATUS: dict[str, int] = {  # by error code (ErrorCode members are their strings
     ErrorCode.TOKEN_EXPIRED: 401,
     ErrorCode.TOKEN_INVALID: 401,
     ErrorCode.TOKEN_REVOKED: 401,
+    ErrorCode.UNKNOWN_USER: 401,
     ErrorCode.FORBIDDEN: 403,
+    ErrorCode.BLOCKED: 403,
+    ErrorCode.CONTACTS_ONLY: 403,
+    ErrorCode.USER_DEACTIVATED: 403,
     ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
     ErrorCode.FRAME_TOO_LARGE: 413,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
@@ -52,13 +57,13 @@ def error_response(error: ImflowError) -> JSONResponse:
 
 
 async def _user(request: Request) -> str:
-    """The user of the request's bearer token; raises ImflowError (unauthenticated, token_invalid,
-    token_expired, token_revoked, unavailable)."""
+    """The user of the request's bearer token, whose account may make requests; raises
+    ImflowError (unauthenticated, token_invalid, token_expired, token_revoked, unknown_user,
+    user_deactivated, unavailable)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise ImflowError(ErrorCode.UNAUTHENTICATED, "send 'Authorization: Bearer <token>' (imflow token <user> prints one)")
-    backend = request.app.state.backend
-    return (await revocation.verify(backend.redis, backend.settings.secret_key.get_secret_value(), token.strip())).user
+    return (await accounts.authenticate(request.app.state.backend.services, token.strip())).user
 
 
 async def json_body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:

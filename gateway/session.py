@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from imflow.core import presence, revocation
+from imflow.core import accounts, presence
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
 
@@ -71,8 +71,9 @@ def _lifetime(claims: TokenClaims) -> dict[str, int]:
 
 
 async def _authenticate(websocket: WebSocket, backend: Backend) -> TokenClaims | None:
-    """The claims of a valid first ``auth`` frame; otherwise an error frame, a close (4401, or
-    1013 when the token cannot be checked now) and None."""
+    """The claims of a valid first ``auth`` frame whose user's account may sign in (core/accounts.py
+    ``authenticate``); otherwise an error frame, a close (4401, or 1013 when the token cannot be
+    checked now) and None."""
     try:
         message = await asyncio.wait_for(websocket.receive(), AUTH_TIMEOUT_S)
     except TimeoutError:
@@ -89,7 +90,7 @@ async def _authenticate(websocket: WebSocket, backend: Backend) -> TokenClaims |
         frame = protocol.parse(text)
         if not isinstance(frame, protocol.Auth):
             raise ImflowError(ErrorCode.UNAUTHENTICATED, "the first frame must be {\"op\": \"auth\", \"token\": ...}")
-        return await revocation.verify(backend.redis, backend.settings.secret_key.get_secret_value(), frame.token)
+        return await accounts.authenticate(backend.services, frame.token)
     except ImflowError as error:
         await _refuse(websocket, error, protocol.ref_of(text))
         return None
@@ -163,9 +164,9 @@ async def _serve(websocket: WebSocket, backend: Backend, connection: Connection,
 async def _reauthenticate(frame: protocol.Auth, connection: Connection, backend: Backend) -> dict[str, Any] | None:
     """``auth`` on an authenticated socket: a fresh token of the same user replaces the session's
     token, and so its expiry; the reply is ``reauthed``. A refused token (token_invalid,
-    token_expired, token_revoked, unavailable, or forbidden for another user's) leaves the
-    session as it was: it still ends when its own token expires."""
-    claims = await revocation.verify(backend.redis, backend.settings.secret_key.get_secret_value(), frame.token)
+    token_expired, token_revoked, unknown_user, user_deactivated, unavailable, or forbidden for
+    another user's) leaves the session as it was: it still ends when its own token expires."""
+    claims = await accounts.authenticate(backend.services, frame.token)
     if claims.user != connection.user:
         raise ImflowError(
             ErrorCode.FORBIDDEN, f"this connection is {connection.user}'s; open a new connection to sign in as another user"

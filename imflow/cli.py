@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
 
 from imflow.archive_cli import archive_cli, simulate
 from imflow.core.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from imflow.core.services import Services
 
 cli = typer.Typer(help="imflow: instant messaging on Faust, Redis and DuckDB.", no_args_is_help=True, add_completion=False)
 
@@ -86,11 +91,21 @@ def worker(kafka: KafkaOpt = None, redis: RedisOpt = None, data_dir: DataOpt = N
 
 
 @cli.command()
-def token(user: Annotated[str, typer.Argument(help="The user id the token names")], ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds (default: IMFLOW_TOKEN_TTL_SECONDS)")] = None) -> None:
-    """Print a signed client token for USER (development; production tokens come from your login service)."""
+def token(
+    user: Annotated[str, typer.Argument(help="The user id the token names")],
+    ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds (default: IMFLOW_TOKEN_TTL_SECONDS)")] = None,
+    redis: RedisOpt = None,
+) -> None:
+    """Print a signed client token for USER. With Redis (--redis or IMFLOW_REDIS_URL) only for an
+    active account, as `imflow users token` (with IMFLOW_ACCOUNTS=registered: create it first
+    with `imflow users create USER`); without, signed offline for the embedded server, which
+    accepts it once USER has an account there (its development sign-in creates one)."""
     from imflow.core import tokens
 
-    settings = load_settings()
+    settings = load_settings(redis_url=redis)
+    if settings.redis_url:
+        typer.echo(_issue(settings, user, ttl))
+        return
     try:
         typer.echo(tokens.issue(settings.secret_key.get_secret_value(), user, ttl or settings.token_ttl_seconds))
     except ValueError as exc:
@@ -143,6 +158,171 @@ def revoke(
         revoked_ms = reply.json()["revoked_ms"]
     when = datetime.fromtimestamp(revoked_ms / 1000, UTC).isoformat(timespec="milliseconds")
     typer.echo(f"revoked the tokens of {user} issued until {when} (Unix ms {revoked_ms})")
+
+
+# -- accounts: the admin API's operations from a shell (core/accounts.py on IMFLOW_REDIS_URL)
+
+users_cli = typer.Typer(
+    help="Manage accounts as the admin API does, on the real Redis (--redis or IMFLOW_REDIS_URL). "
+    "Each command prints the account as JSON; a refusal exits with 2 and its code and message.",
+    no_args_is_help=True,
+)
+cli.add_typer(users_cli, name="users")
+UserArg = Annotated[str, typer.Argument(help="The user id")]
+DisplayNameOpt = Annotated[str | None, typer.Option("--display-name", help="At most 100 characters; '' clears it")]
+AvatarUrlOpt = Annotated[str | None, typer.Option("--avatar-url", help="An http(s) URL, at most 2048 characters; '' clears it")]
+CustomOpt = Annotated[
+    str | None,
+    typer.Option("--custom", help="""Custom fields, a flat JSON object: '{"team": "ops", "level": 3}' (replaces them all)"""),
+]
+T = TypeVar("T")
+
+
+def _on_accounts(settings: Settings, call: Callable[[Services], Awaitable[T]], not_found_hint: str = "") -> T:
+    """Run one accounts service call on the Redis of ``settings``; a refusal exits with 2 (and
+    ``not_found_hint`` after the message of a ``not_found``)."""
+    import asyncio
+
+    from imflow.core.errors import ImflowError
+    from imflow.core.services import Services
+    from imflow.core.storage.redis_client import connect
+
+    if not settings.redis_url:
+        typer.secho("accounts live in Redis: pass --redis or set IMFLOW_REDIS_URL "
+                    "(the embedded server keeps its own in its process: use its /admin/users API)", fg="red", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> T:
+        client = connect(settings.redis_url)
+        try:
+            return await call(Services(settings=settings, redis=client, node=settings.node_name))
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(run())
+    except ImflowError as error:
+        hint = f" ({not_found_hint})" if not_found_hint and error.code == "not_found" else ""
+        typer.secho(f"{error.code}: {error.message}{hint}", fg="red", err=True)
+        raise typer.Exit(2) from error
+
+
+def _profile_fields(settings: Settings, display_name: str | None, avatar_url: str | None, custom: str | None) -> Any:
+    """The profile options as core/accounts.py's ProfileFields; bad ones exit with 2."""
+    import orjson
+
+    from imflow.core import accounts
+    from imflow.core.errors import ImflowError
+
+    given: dict[str, Any] = {"display_name": display_name, "avatar_url": avatar_url}
+    try:
+        if custom is not None:
+            given["custom"] = orjson.loads(custom)
+        return accounts.profile_fields({k: v for k, v in given.items() if v is not None}, settings.profile_custom_max_bytes)
+    except orjson.JSONDecodeError as exc:
+        typer.secho(f"bad_json: --custom is not JSON ({exc})", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    except ImflowError as error:
+        typer.secho(f"{error.code}: {error.message}", fg="red", err=True)
+        raise typer.Exit(2) from error
+
+
+def _print_json(value: Any) -> None:
+    import orjson
+
+    typer.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+def _print_profile(settings: Settings, call: Callable[[Services], Awaitable[Any]]) -> None:
+    """Run one accounts call and print the profile it answers as JSON."""
+    _print_json(_on_accounts(settings, call).to_dict())
+
+
+def _profile_change(service: Any, command: Any, user: str, display_name: str | None, avatar_url: str | None,
+                    custom: str | None, redis: str | None) -> None:
+    """Create or update (``service`` with its ``command`` type) an account with the profile options."""
+
+    settings = load_settings(redis_url=redis)
+    fields = _profile_fields(settings, display_name, avatar_url, custom)
+    _print_profile(settings, lambda services: service(services, command(user, fields)))
+
+
+@users_cli.command("create")
+def users_create(
+    user: UserArg, display_name: DisplayNameOpt = None, avatar_url: AvatarUrlOpt = None, custom: CustomOpt = None,
+    redis: RedisOpt = None,
+) -> None:
+    """Create USER's account (active); refused if it exists (conflict)."""
+    from imflow.core import accounts
+
+    _profile_change(accounts.create, accounts.CreateAccount, user, display_name, avatar_url, custom, redis)
+
+
+@users_cli.command("update")
+def users_update(
+    user: UserArg, display_name: DisplayNameOpt = None, avatar_url: AvatarUrlOpt = None, custom: CustomOpt = None,
+    redis: RedisOpt = None,
+) -> None:
+    """Change USER's profile: the options given (--custom replaces all custom fields)."""
+    from imflow.core import accounts
+
+    _profile_change(accounts.update, accounts.UpdateProfile, user, display_name, avatar_url, custom, redis)
+
+
+@users_cli.command("list")
+def users_list(
+    after: Annotated[str | None, typer.Option(help="Start after this user id (the previous page's next_after)")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many accounts (1-1000)")] = 100,
+    redis: RedisOpt = None,
+) -> None:
+    """List accounts in user id order: {"users": [...], "next_after": ...}."""
+    from imflow.core import accounts
+
+    settings = load_settings(redis_url=redis)
+    page = _on_accounts(settings, lambda services: accounts.list_accounts(services, accounts.ListAccounts(after, limit)))
+    _print_json({"users": [profile.to_dict() for profile in page.users], "next_after": page.next_after})
+
+
+@users_cli.command("show")
+def users_show(user: UserArg, redis: RedisOpt = None) -> None:
+    """Print USER's account."""
+    from imflow.core import accounts
+
+    _print_profile(load_settings(redis_url=redis), lambda services: accounts.get(services, accounts.GetAccount(user)))
+
+
+@users_cli.command("deactivate")
+def users_deactivate(user: UserArg, redis: RedisOpt = None) -> None:
+    """Deactivate USER: their sessions end on every gateway, their tokens and messages to them are refused."""
+    from imflow.core import accounts
+
+    _print_profile(load_settings(redis_url=redis), lambda services: accounts.deactivate(services, accounts.Deactivate(user)))
+
+
+@users_cli.command("reactivate")
+def users_reactivate(user: UserArg, redis: RedisOpt = None) -> None:
+    """Make USER's account active again (tokens issued before the deactivation stay revoked)."""
+    from imflow.core import accounts
+
+    _print_profile(load_settings(redis_url=redis), lambda services: accounts.reactivate(services, accounts.Reactivate(user)))
+
+
+@users_cli.command("token")
+def users_token(
+    user: UserArg,
+    ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds (default: IMFLOW_TOKEN_TTL_SECONDS)")] = None,
+    redis: RedisOpt = None,
+) -> None:
+    """Print a token for USER's active account (nothing else, for scripts)."""
+    typer.echo(_issue(load_settings(redis_url=redis), user, ttl))
+
+
+def _issue(settings: Settings, user: str, ttl: int | None) -> str:
+    from imflow.core import accounts
+
+    command = accounts.IssueToken(user, ttl)
+    hint = f"create the account first: imflow users create {user}"
+    return _on_accounts(settings, lambda services: accounts.issue_token(services, command), not_found_hint=hint).token
 
 
 repair_cli = typer.Typer(help="Rebuild derived state from the source of truth.", no_args_is_help=True)

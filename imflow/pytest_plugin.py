@@ -8,7 +8,10 @@ Installed through the ``pytest11`` entry point, so a plugin's test suite only ne
                 ...
 
 The server is the real gateway and the real agents on the in-process transport and
-fakeredis, run by uvicorn in the test's event loop.
+fakeredis, run by uvicorn in the test's event loop. Accounts are open by default (any user a
+token names is registered on first sign-in, and users without an account count as active), as
+a plugin's tests talk to users they never registered; pass ``accounts="registered"`` to test
+with registered accounts, and ``await server.register(user)`` to create one.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import pytest
 import uvicorn
 
 from imflow.client import Client
-from imflow.core import tokens
+from imflow.core import accounts, tokens
 from imflow.core.settings import Settings
 from imflow.gateway.app import create_gateway
 from imflow.node import Node
@@ -53,10 +56,17 @@ class EmbeddedServer:
     async def client(self, user: str) -> Client:
         return await Client.connect(self.url, self.token(user))
 
+    async def register(self, user: str, **profile: Any) -> accounts.Profile:
+        """Create ``user``'s account with these profile fields (``display_name``,
+        ``avatar_url``, ``custom``), as the admin API would; raises ImflowError as it does."""
+        fields = accounts.profile_fields(profile, self.settings.profile_custom_max_bytes)
+        return await accounts.create(self.node.services, accounts.CreateAccount(user, fields))
+
 
 @contextlib.asynccontextmanager
 async def run_embedded(data_dir: Path, plugins: list[tuple[str, Any]] | None = None, **settings: Any) -> AsyncIterator[EmbeddedServer]:
-    """An embedded imflow with these plugins (name, module or object) and settings overrides."""
+    """An embedded imflow with these plugins (name, module or object) and settings overrides
+    (accounts are open unless ``accounts="registered"`` is given)."""
     # the socket is bound here and handed to uvicorn: no other process can take the port meanwhile
     with contextlib.closing(listening_socket()) as sock:
         port = sock.getsockname()[1]
@@ -67,7 +77,7 @@ async def run_embedded(data_dir: Path, plugins: list[tuple[str, Any]] | None = N
             port=port,
             secret_key="test-secret-" + uuid.uuid4().hex,
             archive_flush_seconds=0.2,
-            **settings,
+            **{"accounts": "open", **settings},
         )
         node = Node(config, run_agents=True, hooks=make_hooks(config, extra=plugins or []))
         server = uvicorn.Server(
