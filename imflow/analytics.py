@@ -6,9 +6,11 @@
     archive.sql("SELECT sender, count(*) FROM im_msg_content GROUP BY 1").df()
 
 Views (columns in docs/archive.md): ``im_msg_content`` (one row per message),
-``im_user_msg_box`` (one row per mailbox entry, with a ``deleted`` flag) and one view per plugin
-table (``red_packets``, ``red_packet_events``). Segments written again after a crash are
-de-duplicated here. ``refresh()`` picks up segments sealed since the archive was opened.
+``im_user_msg_box`` (one row per mailbox entry, with a ``deleted`` flag), the social graph's
+history (``im_account_events``, ``im_contact_events``, ``im_block_events``; empty views while
+nothing was recorded) and one view per plugin table (``red_packets``, ``red_packet_events``).
+Segments written again after a crash are de-duplicated here. ``refresh()`` picks up segments
+sealed since the archive was opened.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import duckdb
+import pyarrow as pa
 
 try:
     import pandas as pd
@@ -25,9 +28,34 @@ except ImportError as exc:  # the [analytics] extra: the server runs without it
     raise ImportError("imflow.analytics needs pandas: pip install 'imflow[analytics]'") from exc
 
 from imflow.core.storage.archive import COMPACTED, CONTENT, CONTENT_SCHEMA, DELETIONS, DELETIONS_SCHEMA, MAILBOX, MAILBOX_SCHEMA, SEALED, ArchiveLayout
+from imflow.core.storage.social_records import ACCOUNT_EVENTS, BLOCK_EVENTS, CONTACT_EVENTS
 
 Bucket = Literal["minute", "hour", "day", "week", "month"]
 _DUCK_TYPES = {"int64": "BIGINT", "string": "VARCHAR"}
+# the columns core/storage/social_records.py writes (tests/test_analytics.py holds them to it):
+# an archive with no such row yet still has the view, empty
+SOCIAL_SCHEMAS = {
+    ACCOUNT_EVENTS: pa.schema([("user", pa.string()), ("kind", pa.string()), ("display_name", pa.string()),
+                               ("avatar_url", pa.string()), ("custom", pa.string()), ("at_ms", pa.int64())]),
+    CONTACT_EVENTS: pa.schema([("user", pa.string()), ("peer", pa.string()), ("kind", pa.string()), ("note", pa.string()),
+                               ("at_ms", pa.int64())]),
+    BLOCK_EVENTS: pa.schema([("user", pa.string()), ("peer", pa.string()), ("kind", pa.string()), ("at_ms", pa.int64())]),
+}
+# Every change of a contact edge, per unordered pair (user_a < user_b): 'accepted' links, a
+# removal or a block (either way) unlinks; requests, declines and cancels leave edges alone and
+# an unblock restores nothing. At one millisecond an acceptance counts before an unlinking: the
+# server cannot accept after a block or a removal at the same moment, only the other way round.
+_EDGE_CHANGES = """
+    SELECT least("user", peer) AS user_a, greatest("user", peer) AS user_b, at_ms, kind = 'accepted' AS linked
+    FROM im_contact_events WHERE kind IN ('accepted', 'removed')
+    UNION ALL
+    SELECT least("user", peer), greatest("user", peer), at_ms, false FROM im_block_events WHERE kind = 'blocked'
+"""
+# each change with the edge's state before it; ``{until}``: a condition on at_ms, or TRUE
+_EDGE_STATES = f"""
+    SELECT *, lag(linked, 1, false) OVER (PARTITION BY user_a, user_b ORDER BY at_ms, linked DESC) AS was_linked
+    FROM ({_EDGE_CHANGES}) WHERE {{until}}
+"""
 
 
 def _empty(schema) -> str:
@@ -96,6 +124,9 @@ class Archive:
             rows = self._rows_once(folder.name, None)
             if rows and folder.name.isidentifier():
                 self.db.execute(f"CREATE OR REPLACE VIEW {folder.name} AS SELECT * FROM {rows}")
+        for table, schema in SOCIAL_SCHEMAS.items():
+            if not self.layout.files(table):
+                self.db.execute(f"CREATE OR REPLACE VIEW {table} AS {_empty(schema)}")
 
     def tables(self) -> list[str]:
         return [row[0] for row in self.db.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()]
@@ -244,4 +275,100 @@ class Archive:
                    arg_max(messages, viewers) AS messages_at_peak,
                    sum(dropped) / nullif(sum(messages), 0) AS dropped_share
             FROM live_room_minutes GROUP BY 1 ORDER BY peak_viewers DESC
+        """).df()
+
+    # -- the social graph (rows core/storage/social_records.py writes)
+
+    def account_events(self) -> pd.DataFrame:
+        """One row per account change, oldest first: user, kind (``created``, ``updated``,
+        ``deactivated``, ``reactivated``), display_name, avatar_url and custom (JSON object text)
+        as they were after the change, at_ms, and ``at`` (a timestamp)."""
+        return self._events(ACCOUNT_EVENTS)
+
+    def contact_events(self) -> pd.DataFrame:
+        """One row per change of a contact request or edge, oldest first: user (who acted), peer,
+        kind (``requested``, ``accepted``, ``declined``, ``cancelled``, ``removed``), note (of a
+        request; else empty), at_ms, and ``at``. An acceptance is recorded by the one who
+        accepts; a block that ends a contact or request also records its removal, decline or
+        cancel, by the blocker."""
+        return self._events(CONTACT_EVENTS)
+
+    def block_events(self) -> pd.DataFrame:
+        """One row per block or unblock, oldest first: user (the blocker), peer, kind
+        (``blocked``, ``unblocked``), at_ms, and ``at``."""
+        return self._events(BLOCK_EVENTS)
+
+    def _events(self, table: str) -> pd.DataFrame:
+        return self.sql(f'SELECT *, epoch_ms(at_ms) AS at FROM {table} ORDER BY at_ms, "user"').df()
+
+    @staticmethod
+    def _until(at_ms: int | None) -> str:
+        return "TRUE" if at_ms is None else f"at_ms <= {int(at_ms)}"
+
+    def _graph_sql(self, at_ms: int | None) -> str:
+        return f"""
+            SELECT user_a, user_b, since_ms FROM (
+                SELECT user_a, user_b, arg_max(linked, (at_ms, NOT linked)) AS linked,
+                       max(at_ms) FILTER (WHERE linked AND NOT was_linked) AS since_ms
+                FROM ({_EDGE_STATES.format(until=self._until(at_ms))}) GROUP BY 1, 2)
+            WHERE linked"""
+
+    def contact_graph(self, at_ms: int | None = None) -> pd.DataFrame:
+        """The contact graph as it was at ``at_ms`` (ms since 1970, that moment included; None:
+        everything recorded): one row per edge, sorted, with columns user_a, user_b (user_a <
+        user_b: an edge is mutual), since_ms (when the edge as it stands was accepted) and
+        ``since`` (a timestamp). An edge is there once accepted, until removed or until either
+        side blocks the other (unblocking restores nothing); accepted again after that, its
+        since_ms is the new acceptance."""
+        return self.sql(f"""
+            SELECT user_a, user_b, since_ms, epoch_ms(since_ms) AS since FROM ({self._graph_sql(at_ms)}) ORDER BY 1, 2
+        """).df()
+
+    def _degrees_sql(self, at_ms: int | None) -> str:
+        return f"""
+            WITH edges AS ({self._graph_sql(at_ms)}),
+                 ends AS (SELECT user_a AS "user" FROM edges UNION ALL SELECT user_b FROM edges),
+                 everyone AS (SELECT "user" FROM im_account_events WHERE kind = 'created' AND {self._until(at_ms)}
+                              UNION SELECT "user" FROM ends)
+            SELECT everyone."user" AS "user", count(ends."user") AS degree
+            FROM everyone LEFT JOIN ends ON ends."user" = everyone."user" GROUP BY 1"""
+
+    def contact_degrees(self, at_ms: int | None = None) -> pd.DataFrame:
+        """Contacts per user at ``at_ms`` (as ``contact_graph``): columns user, degree, most
+        contacts first (then by user). Every account created by then is there, those without
+        a contact with degree 0 (deactivated ones too: their edges stay), and so is every user
+        with a contact but no account record (a server in ``open`` accounts mode)."""
+        return self.sql(f'{self._degrees_sql(at_ms)} ORDER BY degree DESC, "user"').df()
+
+    def degree_distribution(self, at_ms: int | None = None) -> pd.DataFrame:
+        """How many users have each number of contacts at ``at_ms`` (as ``contact_degrees``):
+        columns degree (0 up, only degrees some user has), users, share (of all those users,
+        summing to 1). On log-log axes (degrees above 0) a straight tail is a power law."""
+        return self.sql(f"""
+            SELECT degree, count(*) AS users, count(*) / sum(count(*)) OVER () AS share
+            FROM ({self._degrees_sql(at_ms)}) GROUP BY 1 ORDER BY 1
+        """).df()
+
+    def contact_graph_growth(self, bucket: Bucket = "day") -> pd.DataFrame:
+        """How the graph grew, per bucket that saw a change: columns ``<bucket>`` (its start),
+        accounts (created up to its end), active_accounts (those minus deactivated, plus
+        reactivated), new_edges and ended_edges (edges accepted, and removed or blocked, in it)
+        and edges (contact edges at its end: ``contact_graph`` at that moment has that many rows)."""
+        return self.sql(f"""
+            WITH edge_moves AS (
+                SELECT date_trunc('{bucket}', epoch_ms(at_ms)) AS {bucket},
+                       count(*) FILTER (WHERE linked AND NOT was_linked) AS new_edges,
+                       count(*) FILTER (WHERE was_linked AND NOT linked) AS ended_edges
+                FROM ({_EDGE_STATES.format(until="TRUE")}) GROUP BY 1),
+            account_moves AS (
+                SELECT date_trunc('{bucket}', epoch_ms(at_ms)) AS {bucket},
+                       count(*) FILTER (WHERE kind = 'created') AS created,
+                       count(*) FILTER (WHERE kind = 'reactivated') - count(*) FILTER (WHERE kind = 'deactivated') AS returned
+                FROM im_account_events GROUP BY 1),
+            moves AS (SELECT {bucket}, coalesce(created, 0) AS created, coalesce(returned, 0) AS returned,
+                             coalesce(new_edges, 0) AS new_edges, coalesce(ended_edges, 0) AS ended_edges
+                      FROM edge_moves FULL JOIN account_moves USING ({bucket}))
+            SELECT {bucket}, sum(created) OVER w::BIGINT AS accounts, sum(created + returned) OVER w::BIGINT AS active_accounts,
+                   new_edges, ended_edges, sum(new_edges - ended_edges) OVER w::BIGINT AS edges
+            FROM moves WINDOW w AS (ORDER BY {bucket}) ORDER BY {bucket}
         """).df()

@@ -9,7 +9,14 @@ The model, with a seed for repeatability:
   fan-out (one mailbox row per message), smaller ones by write fan-out (a row per member);
 - read behaviour: receivers read some conversations minutes or hours later (``im_read_events``);
 - red packets in conversations, grabbed by members with the double-average split;
-- live rooms whose audience builds up to a peak during evening broadcasts (``live_room_minutes``).
+- live rooms whose audience builds up to a peak during evening broadcasts (``live_room_minutes``);
+- the social graph (``im_account_events``, ``im_contact_events``, ``im_block_events``): accounts
+  sign up over the weeks before the messages start (sign-ups speeding up) and a few more while
+  they run; each new account sends contact requests, partly to accounts chosen at random, mostly
+  by preferential attachment (to an account in proportion to the requests it has had), so a few
+  accounts gather many contacts; requests are accepted, declined, cancelled or left pending,
+  some contacts are removed or blocked later, and some blocks lifted. The rows are those a live
+  server writes (core/storage/social_records.py), event for event.
 
 ``to_archive`` writes sealed segments vectorised (numpy and pyarrow), time slice by time slice,
 so seqs follow time and ten million messages take seconds; ``through_gateway`` drives a running
@@ -35,6 +42,7 @@ from imflow.core.storage.archive import CONTENT, MAILBOX, COMPACTED, READ_EVENTS
 from imflow.core.groups import EVENTS_TABLE
 from imflow.core.ids import EPOCH_MS, NODE_BITS, SEQUENCE_BITS
 from imflow.core.models import group_id
+from imflow.core.storage.social_records import ACCOUNT_EVENTS, BLOCK_EVENTS, CONTACT_EVENTS
 from imflow.plugins.red_packets import EVENTS_TABLE as GRAB_EVENTS_TABLE
 from imflow.plugins.red_packets import PACKETS_TABLE
 
@@ -69,6 +77,16 @@ class Scenario:
     chunk: int = 1_000_000  # messages per time slice
     content_shards: int = 4  # the archive's shard counts (IMFLOW_ARCHIVE_*_SHARDS)
     shards: int = 4
+    # the social graph
+    social_days: int = 60  # accounts sign up (and make contacts) over these days before the messages start
+    late_account_share: float = 0.05  # of users: more accounts signing up while the messages run (none sends yet)
+    deactivate_share: float = 0.02  # of those late accounts, deactivated a while later (half of them come back)
+    contact_requests: float = 3.0  # requests a new account sends, on average
+    uniform_share: float = 0.1  # of requests, to an account chosen at random; the others by preferential attachment
+    accept_share: float = 0.75  # of requests (then declined 0.1, cancelled 0.05, the rest left pending)
+    remove_share: float = 0.04  # of contacts, removed later by one side
+    block_share: float = 0.01  # of contacts, ended by a block later; and a fifth of declined requests' senders are blocked
+    contacts_max: int = 5_000  # IMFLOW_CONTACTS_MAX: a request that would pass it is refused (not written)
 
 
 @dataclass
@@ -353,6 +371,201 @@ class Generator:
         return pa.table(rows)
 
 
+DAY_MS = 86_400_000
+FIRST_NAMES = pa.array(["Anna", "Ben", "Chen", "Dana", "Emre", "Fatima", "Giulia", "Hiro", "Ines", "Jonas", "Kofi", "Lena",
+                        "Mei", "Nikolai", "Olga", "Priya", "Quinn", "Rafael", "Sara", "Tomás", "Uma", "Viktor", "Wei", "Yusuf"])
+LAST_NAMES = pa.array(["Ahmed", "Berg", "Costa", "Dubois", "Eze", "Fischer", "García", "Huang", "Ito", "Jensen", "Kim",
+                       "Lopez", "Müller", "Novak", "Okafor", "Park", "Rossi", "Schmidt", "Tanaka", "Wang", "Yilmaz", "Zhou"])
+CUSTOM = pa.array(["{}", "{}", "{}", '{"locale":"en-GB"}', '{"locale":"de-DE"}', '{"plan":"pro"}',
+                   '{"locale":"zh-CN","plan":"pro"}'])  # compact JSON, as social_records writes it
+NOTES = pa.array(["", "", "", "hi, it's me!", "we met at the conference", "from the football group", "add me?",
+                  "saw you in the group chat", "your colleague from the new office"])
+CONTACT_KINDS = pa.array(["requested", "accepted", "declined", "cancelled", "removed"])
+BLOCK_KINDS = pa.array(["blocked", "unblocked"])
+ACCOUNT_KINDS = pa.array(["created", "updated", "deactivated", "reactivated"])
+NEVER = np.iinfo(np.int64).max
+# the order of one millisecond's changes: a request before its answer, a block (with the
+# removal it records) before an unblock, nothing after a deactivation
+CHANGE_ORDER = {"created": 0, "updated": 1, "reactivated": 1, "requested": 2, "accepted": 3, "declined": 3, "cancelled": 3,
+                "removed": 4, "blocked": 4, "deactivated": 5, "unblocked": 5}
+
+
+@dataclass
+class SocialGraph:
+    """The social graph's history: the rows a live server writes through
+    core/storage/social_records.py, one table each, rows in time order."""
+
+    accounts: pa.Table  # im_account_events: user, kind, display_name, avatar_url, custom (JSON text), at_ms
+    contacts: pa.Table  # im_contact_events: user (who acted), peer, kind, note, at_ms
+    blocks: pa.Table  # im_block_events: user (the blocker), peer, kind, at_ms
+
+    def tables(self) -> dict[str, pa.Table]:
+        return {ACCOUNT_EVENTS: self.accounts, CONTACT_EVENTS: self.contacts, BLOCK_EVENTS: self.blocks}
+
+    def changes(self) -> list[dict]:
+        """What users and operators did, one row (a dict with its ``table``) per action, in the
+        order they did it: the rows as recorded, less the removals blocks recorded (a block
+        does that itself)."""
+        rows = [{"table": name, **row} for name, table in self.tables().items() for row in table.to_pylist()]
+        blocks = {(row["user"], row["peer"], row["at_ms"]) for row in rows if row["kind"] == "blocked"}
+        rows = [row for row in rows
+                if not (row["table"] == CONTACT_EVENTS and (row["user"], row["peer"], row["at_ms"]) in blocks)]
+        return sorted(rows, key=lambda row: (row["at_ms"], CHANGE_ORDER[row["kind"]]))
+
+
+def _delay(rng: np.random.Generator, median_ms: float, sigma: float, size: int) -> np.ndarray:
+    return rng.lognormal(math.log(median_ms), sigma, size).astype(np.int64)
+
+
+def _attach(rng: np.random.Generator, sent: np.ndarray, uniform_share: float) -> tuple[np.ndarray, np.ndarray]:
+    """Whom each request goes to, by arrival position: account ``p`` sends ``sent[p]``
+    requests, each to an earlier account, chosen at random (``uniform_share``) or as one end of
+    an earlier request picked at random, that is in proportion to the requests an account has
+    sent and had (preferential attachment). Returns (sender, target) positions, one per request.
+
+    A request may copy the target of an earlier one that copies another: those chains are
+    resolved all at once by pointer jumping (each round halves them), not request by request.
+    """
+    n = len(sent)
+    src = np.repeat(np.arange(n), sent)
+    earlier = (np.cumsum(sent) - sent)[src]  # requests sent before this sender arrived
+    r = len(src)
+    target = np.full(r, -1, dtype=np.int64)
+    pointer = np.full(r, -1, dtype=np.int64)
+    uniform = (rng.random(r) < uniform_share) | (earlier == 0)
+    target[uniform] = (rng.random(int(uniform.sum())) * src[uniform]).astype(np.int64)
+    pick = (rng.random(r) * earlier).astype(np.int64)  # an earlier request
+    sender_end = ~uniform & (rng.random(r) < 0.5)
+    target[sender_end] = src[pick[sender_end]]
+    receiver_end = ~uniform & ~sender_end
+    pointer[receiver_end] = pick[receiver_end]
+    while (waiting := np.flatnonzero(pointer >= 0)).size:
+        hop = pointer[waiting]
+        found, further = target[hop], pointer[hop]  # read before this round writes
+        known = found >= 0
+        target[waiting] = found
+        pointer[waiting] = np.where(known, -1, further)
+    return src, target
+
+
+def social_graph(s: Scenario, pop: Population) -> SocialGraph:
+    """Accounts, contact requests and their fates, removals and blocks, from ``social_days``
+    before the messages start to their end. Every message sender has an account before the
+    messages start; late accounts sign up while they run. Nothing a live server would refuse
+    is written: no request over ``contacts_max``, nothing involving an account once it is
+    deactivated, no block between two users who message each other. Its own random stream:
+    the messages of a seed stay as they were."""
+    rng = np.random.default_rng([s.seed, 17])
+    end = s.start_ms + s.days * DAY_MS
+    old, late = s.users, round(s.users * s.late_account_share)
+    n = old + late
+    names = pa.concat_arrays([pop.names, pa.array([f"u{i:07d}" for i in range(old, n)], pa.string())])
+    # who signs up when (by arrival position): the active users mostly early, sign-ups speeding up
+    arrival = np.concatenate([np.argsort(-pop.activity * rng.lognormal(0, 1, old), kind="stable"), np.arange(old, n)])
+    history = s.social_days * DAY_MS
+    joined = np.concatenate([
+        s.start_ms - history + (history * np.sqrt(np.sort(rng.random(old)))).astype(np.int64),
+        s.start_ms + np.sort((rng.random(late) * s.days * DAY_MS).astype(np.int64)),
+    ])
+    created = np.empty(n, dtype=np.int64)
+    created[arrival] = joined
+
+    # accounts: created; some renamed later; a few late ones deactivated (half of them back)
+    first, last = rng.integers(0, len(FIRST_NAMES), n), rng.integers(0, len(LAST_NAMES), n)
+    display = pc.binary_join_element_wise(pc.take(FIRST_NAMES, first), pc.take(LAST_NAMES, last), pa.scalar(" "))
+    urls = pc.binary_join_element_wise(pa.scalar("https://avatars.example.com/"), names, pa.scalar(".png"), pa.scalar(""))
+    avatar = pc.if_else(pa.array(rng.random(n) < 0.6), urls, "")
+    custom = _strings(rng.integers(0, len(CUSTOM), n), CUSTOM)
+    renamed_at = created + _delay(rng, 7 * DAY_MS, 1.0, n)
+    renamed = np.flatnonzero((rng.random(n) < 0.1) & (renamed_at <= end))
+    new_display = pc.binary_join_element_wise(pc.take(display, pa.array(renamed)), pa.scalar("✨"), pa.scalar(" "))
+    leaving_at = created + _delay(rng, DAY_MS, 1.0, n)
+    leaving = np.flatnonzero((np.arange(n) >= old) & (rng.random(n) < s.deactivate_share) & (leaving_at <= end))
+    leaving = np.setdiff1d(leaving, renamed)  # their profile is still the one they signed up with
+    deactivated = np.full(n, NEVER, dtype=np.int64)
+    deactivated[leaving] = leaving_at[leaving]
+    back_at = leaving_at[leaving] + _delay(rng, DAY_MS, 1.0, len(leaving))
+    returns = (rng.random(len(leaving)) < 0.5) & (back_at <= end)
+    back, back_at = leaving[returns], back_at[returns]
+    who = np.concatenate([np.arange(n), renamed, leaving, back])
+    accounts = pa.table({
+        "user": _strings(who, names),
+        "kind": _strings(np.repeat(np.arange(4), [n, len(renamed), len(leaving), len(back)]), ACCOUNT_KINDS),
+        "display_name": pa.concat_arrays([display, new_display, pc.take(display, pa.array(np.concatenate([leaving, back])))]),
+        "avatar_url": pc.take(avatar, pa.array(who)),
+        "custom": pc.take(custom, pa.array(who)),
+        "at_ms": np.concatenate([created, renamed_at[renamed], leaving_at[leaving], back_at]),
+    })
+
+    # contact requests: each new account asks a few earlier ones
+    sent = np.minimum(rng.poisson(s.contact_requests, n), np.arange(n))
+    src, target = _attach(rng, sent, s.uniform_share)
+    once = np.sort(np.unique(target * n + src, return_index=True)[1])  # the first request of a pair only
+    a, b = arrival[src[once]], arrival[target[once]]  # user indices: a asks b
+    r = len(a)
+
+    def active(t: np.ndarray) -> np.ndarray:  # both still have an active account at t
+        return (t <= end) & (t < deactivated[a]) & (t < deactivated[b])
+
+    asked = created[a] + _delay(rng, 3 * 3_600_000, 1.5, r)
+    answered = asked + _delay(rng, 2 * 3_600_000, 1.5, r)
+    fate = rng.random(r)
+    requested = active(asked)
+    answered_in_time = requested & active(answered)
+    accepted = answered_in_time & (fate < s.accept_share)
+    # contacts_max: a request that would take either side past it is refused (conservatively
+    # counted: contacts removed later do not free a place)
+    order = np.flatnonzero(accepted)[np.argsort(answered[accepted], kind="stable")]
+    rank = _rank_within(np.stack([a[order], b[order]], axis=1).ravel()).reshape(-1, 2).max(axis=1)
+    over = order[rank >= s.contacts_max]
+    requested[over] = accepted[over] = answered_in_time[over] = False
+    declined = answered_in_time & (fate >= s.accept_share) & (fate < s.accept_share + 0.1)
+    cancelled = answered_in_time & (fate >= s.accept_share + 0.1) & (fate < s.accept_share + 0.15)
+
+    # later: some contacts removed, some ended by a block; some declined senders blocked
+    chatting = np.isin(np.minimum(a, b) * n + np.maximum(a, b), pop.pairs.min(axis=1) * n + pop.pairs.max(axis=1))
+    later = answered + _delay(rng, 10 * DAY_MS, 1.2, r)
+    fate = rng.random(r)
+    ended = accepted & active(later)
+    removed = ended & (fate < s.remove_share)
+    block_contact = ended & ~chatting & (fate >= s.remove_share) & (fate < s.remove_share + s.block_share)
+    after_decline = answered + _delay(rng, 30_000, 1.0, r)
+    block_sender = declined & ~chatting & active(after_decline) & (rng.random(r) < 0.2)
+    side = rng.random(r) < 0.5  # who removes or blocks a contact
+    actor, other = np.where(side, a, b), np.where(side, b, a)
+
+    blocker = np.concatenate([actor[block_contact], b[block_sender]])
+    blockee = np.concatenate([other[block_contact], a[block_sender]])
+    blocked_at = np.concatenate([later[block_contact], after_decline[block_sender]])
+    unblocked_at = blocked_at + _delay(rng, 5 * DAY_MS, 1.0, len(blocked_at))
+    lifted = (rng.random(len(blocked_at)) < 0.2) & (unblocked_at <= end)
+    blocks = pa.table({
+        "user": _strings(np.concatenate([blocker, blocker[lifted]]), names),
+        "peer": _strings(np.concatenate([blockee, blockee[lifted]]), names),
+        "kind": _strings(np.repeat([0, 1], [len(blocker), int(lifted.sum())]), BLOCK_KINDS),
+        "at_ms": np.concatenate([blocked_at, unblocked_at[lifted]]),
+    })
+
+    # the contact rows, as the live server records each change (a block of a contact records
+    # its removal too, by the blocker, at the same moment)
+    parts = [  # (kind, user, peer, at_ms, which requests)
+        (0, a, b, asked, requested), (1, b, a, answered, accepted), (2, b, a, answered, declined),
+        (3, a, b, answered, cancelled), (4, actor, other, later, removed), (4, actor, other, later, block_contact),
+    ]
+    kinds = np.concatenate([np.full(int(mask.sum()), kind) for kind, *_, mask in parts])
+    notes = np.zeros(len(kinds), dtype=np.int64)  # the requests come first; only they carry a note
+    notes[: int(requested.sum())] = rng.integers(0, len(NOTES), int(requested.sum()))
+    contacts = pa.table({
+        "user": _strings(np.concatenate([user[mask] for _, user, _, _, mask in parts]), names),
+        "peer": _strings(np.concatenate([peer[mask] for _, _, peer, _, mask in parts]), names),
+        "kind": _strings(kinds, CONTACT_KINDS),
+        "note": _strings(notes, NOTES),
+        "at_ms": np.concatenate([at[mask] for *_, at, mask in parts]),
+    })
+    by_time = [("at_ms", "ascending")]
+    return SocialGraph(accounts.sort_by(by_time), contacts.sort_by(by_time), blocks.sort_by(by_time))
+
+
 def _seal(folder: Path, table: pa.Table) -> None:
     if table.num_rows == 0:
         return
@@ -400,30 +613,50 @@ def to_archive(root: Path, scenario: Scenario, progress: Callable[[int], None] |
     events, rooms = generator.group_events(), generator.live_rooms()
     _seal(layout.shard_dir(EVENTS_TABLE, 0), events)
     _seal(layout.shard_dir(ROOMS, 0), rooms)
+    social = social_graph(s, generator.pop).tables()
+    for name, table in social.items():
+        _seal(layout.shard_dir(name, 0), table)
+    other += sum(table.num_rows for table in social.values())
     return Written(scenario.messages, mailbox_rows, other + events.num_rows + rooms.num_rows, time.perf_counter() - started)
+
+
+CONTACT_OPS = {"requested": "contact_request", "accepted": "contact_accept", "declined": "contact_decline",
+               "cancelled": "contact_cancel", "removed": "contact_remove", "blocked": "block", "unblocked": "unblock"}
 
 
 async def through_gateway(url: str, token_for: Callable[[str], str], scenario: Scenario,
                           progress: Callable[[int], None] | None = None) -> dict[str, int]:
-    """Play the scenario's first messages through a running imflow with real clients: groups
-    are created by their owners, messages sent in time order (without waiting real time),
-    red packets sent and grabbed, and receivers report reading now and then. For small scales:
-    every user is a WebSocket connection."""
+    """Play the scenario through a running imflow with real clients: first the social graph's
+    contact requests, answers, removals and blocks in their order (accounts are the server's:
+    with registered accounts, create them first), then the first messages: groups are created
+    by their owners, messages sent in time order (without waiting real time), red packets sent
+    and grabbed, and receivers report reading now and then. For small scales: every user is a
+    WebSocket connection. Returns counts of what was done (``contact_changes``, ``messages``...)."""
     from imflow.client import Client, ClientError
 
     generator = Generator(scenario)
     pop, rng = generator.pop, generator.rng
     names = pop.names.to_pylist()
-    clients: dict[int, Client] = {}
+    clients: dict[str, Client] = {}
 
-    async def client(user: int) -> Client:
-        if user not in clients:
-            clients[user] = await Client.connect(url, token_for(names[user]))
-        return clients[user]
+    async def client(user: int | str) -> Client:
+        """The user's connection (a user index, or the name of a user the messages do not know)."""
+        name = names[user] if isinstance(user, int) else user
+        if name not in clients:
+            clients[name] = await Client.connect(url, token_for(name))
+        return clients[name]
 
-    counts = {"messages": 0, "groups": 0, "red_packets": 0, "grabs": 0, "reads": 0}
+    counts = {"contact_changes": 0, "messages": 0, "groups": 0, "red_packets": 0, "grabs": 0, "reads": 0}
     gids: dict[int, str] = {}
     try:
+        for change in social_graph(scenario, pop).changes():
+            if change["table"] == ACCOUNT_EVENTS:
+                continue  # the admin API's (see the docstring)
+            frame = {"op": CONTACT_OPS[change["kind"]], "user": change["peer"]}
+            if change["kind"] == "requested":
+                frame["note"] = change["note"]
+            await (await client(change["user"])).request(frame)
+            counts["contact_changes"] += 1
         for k in range(generator.slices()):
             part = generator.slice(k)
             content = part.content.to_pylist()

@@ -5,10 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-from imflow.analytics import Archive
-from imflow.core.storage.archive import ArchiveLayout, write_segments
+import orjson
+import pandas as pd
+import pyarrow.parquet as pq
+
+from imflow.analytics import SOCIAL_SCHEMAS, Archive
 from imflow.core.ids import EPOCH_MS, NODE_BITS, SEQUENCE_BITS
+from imflow.core.storage import archive_queue, keys, social_records
+from imflow.core.storage.archive import ArchiveLayout, write_segments
+from imflow.core.storage.redis_client import connect
 
 HOUR = 3_600_000
 
@@ -90,3 +97,139 @@ def test_open_while_a_writer_seals_segments(tmp_path: Path) -> None:
     assert len(counts) >= 2 and counts[0] < 400, "the reader read while the writer was still writing"
     assert counts == sorted(counts), "a reader never loses rows it saw: segments are only added, whole"
     archive.close()
+
+
+# -- the social graph, recorded as a live server records it: social_records onto the archive
+# queue (fakeredis), sealed by archive_queue.flush as the archive agent does
+
+MINUTE = 60_000
+T0 = EPOCH_MS + 2000 * HOUR  # on the hour: minute buckets start at T0 + k minutes
+
+
+def at(minute: int) -> int:
+    return T0 + minute * MINUTE
+
+
+async def record_history(root: Path, history: list[tuple]) -> list[dict]:
+    """Record each (table, user, peer_or_kind, ...) change through social_records, then seal the
+    queue as the archive agent does and seal the first records once more (a replay after a
+    crash); returns the records sealed."""
+    redis = connect(None)
+    services = SimpleNamespace(redis=redis, settings=SimpleNamespace(app_id="social", topic_partitions=3))
+    for change in history:
+        if change[0] == "account":
+            _, user, kind, minute = change
+            profile = {"display_name": user.title(), "custom": {"n": 1}}
+            await social_records.record_account(services, user, kind, profile, at(minute))
+        elif change[0] == "contact":
+            _, user, peer, kind, minute = change
+            await social_records.record_contact(services, user, peer, kind, "hi" if kind == "requested" else "", at(minute))
+        else:
+            _, user, peer, kind, minute = change
+            await social_records.record_block(services, user, peer, kind, at(minute))
+    queues = [keys.archive_pending("social", partition) for partition in range(3)]
+    records = [orjson.loads(entry) for queue in queues for entry in await redis.lrange(queue, 0, -1)]
+    layout = ArchiveLayout(root)
+    await archive_queue.flush(redis, "social", layout, range(3))
+    write_segments(layout, records[: len(records) // 2])  # sealed again after a crash
+    await redis.aclose()
+    return records
+
+
+HISTORY = [
+    ("account", "alice", "created", 1), ("account", "bob", "created", 2), ("account", "carol", "created", 3),
+    ("account", "dave", "created", 4), ("account", "erin", "created", 5), ("account", "alice", "updated", 6),
+    ("contact", "alice", "bob", "requested", 10), ("contact", "bob", "alice", "accepted", 11),      # a-b from 11
+    ("contact", "carol", "alice", "requested", 12), ("contact", "alice", "carol", "declined", 13),  # no edge
+    ("contact", "dave", "alice", "requested", 14), ("contact", "dave", "alice", "cancelled", 15),   # no edge
+    ("contact", "alice", "carol", "requested", 20), ("contact", "carol", "alice", "accepted", 21),  # a-c from 21
+    ("contact", "bob", "carol", "requested", 30), ("contact", "carol", "bob", "accepted", 31),      # b-c from 31
+    ("contact", "carol", "bob", "removed", 40),                                                     # b-c ends
+    ("contact", "dave", "bob", "requested", 45), ("contact", "bob", "dave", "accepted", 46),        # b-d from 46
+    ("account", "erin", "deactivated", 50),
+    # a block of a contact, as the live server records it: the block and the edge's removal
+    ("block", "dave", "bob", "blocked", 60), ("contact", "dave", "bob", "removed", 60),             # b-d ends
+    ("block", "dave", "bob", "unblocked", 65),
+    # frank has no account record (a server in open accounts mode)
+    ("contact", "frank", "alice", "requested", 70), ("contact", "alice", "frank", "accepted", 71),  # a-f from 71
+    # a block alone ends the edge too, whoever blocks; unblocking restores nothing
+    ("block", "carol", "alice", "blocked", 80), ("block", "carol", "alice", "unblocked", 90),      # a-c ends
+    ("contact", "alice", "carol", "requested", 100), ("contact", "carol", "alice", "accepted", 101),  # a-c again from 101
+    # accepted and removed in one millisecond (recorded in the other order): the removal is last
+    ("contact", "bob", "dave", "removed", 120), ("contact", "bob", "dave", "requested", 119),
+    ("contact", "dave", "bob", "accepted", 120),
+]
+
+
+def edges(archive: Archive, at_ms: int | None = None) -> list[tuple[str, str, int]]:
+    graph = archive.contact_graph(at_ms)
+    assert list(graph.columns) == ["user_a", "user_b", "since_ms", "since"]
+    return [(a, b, (since - T0) // MINUTE) for a, b, since in graph[["user_a", "user_b", "since_ms"]].itertuples(index=False)]
+
+
+async def test_the_contact_graph_at_any_moment_of_its_history(tmp_path: Path) -> None:
+    await record_history(tmp_path, HISTORY)
+    with Archive(tmp_path) as archive:
+        assert len(archive.contact_events()) == sum(change[0] == "contact" for change in HISTORY), "the replay counts once"
+        assert edges(archive, at(10)) == []
+        assert edges(archive, at(11)) == [("alice", "bob", 11)], "at_ms includes that moment"
+        assert edges(archive, at(35)) == [("alice", "bob", 11), ("alice", "carol", 21), ("bob", "carol", 31)]
+        assert edges(archive, at(50)) == [("alice", "bob", 11), ("alice", "carol", 21), ("bob", "dave", 46)]
+        assert edges(archive, at(75)) == [("alice", "bob", 11), ("alice", "carol", 21), ("alice", "frank", 71)]
+        assert edges(archive, at(95)) == [("alice", "bob", 11), ("alice", "frank", 71)], "blocked; the unblock did not undo it"
+        final = [("alice", "bob", 11), ("alice", "carol", 101), ("alice", "frank", 71)]
+        assert edges(archive, at(120)) == final == edges(archive), "accepted again: since the new acceptance"
+
+        degrees = archive.contact_degrees()
+        assert list(degrees.itertuples(index=False, name=None)) == [
+            ("alice", 3), ("bob", 1), ("carol", 1), ("frank", 1), ("dave", 0), ("erin", 0)]
+        distribution = archive.degree_distribution()
+        assert distribution[["degree", "users"]].values.tolist() == [[0, 2], [1, 3], [3, 1]]
+        assert distribution["share"].tolist() == [2 / 6, 3 / 6, 1 / 6]
+        early = archive.contact_degrees(at(3))
+        assert sorted(early.itertuples(index=False, name=None)) == [("alice", 0), ("bob", 0), ("carol", 0)], "accounts by then"
+        # a-b, a-c, b-d: erin none, carol and dave one, alice and bob two
+        assert archive.degree_distribution(at(47))[["degree", "users"]].values.tolist() == [[0, 1], [1, 2], [2, 2]]
+
+
+async def test_growth_counts_accounts_and_edges_at_each_bucket_end(tmp_path: Path) -> None:
+    await record_history(tmp_path, HISTORY)
+    with Archive(tmp_path) as archive:
+        growth = archive.contact_graph_growth("minute")
+        assert list(growth.columns) == ["minute", "accounts", "active_accounts", "new_edges", "ended_edges", "edges"]
+        for row in growth.itertuples(index=False):
+            end = int(row.minute.timestamp() * 1000) + MINUTE - 1
+            assert row.edges == len(archive.contact_graph(end)), row.minute
+        last = growth.iloc[-1]
+        assert (last["accounts"], last["active_accounts"], last["edges"]) == (5, 4, 3)
+        # made: a-b, a-c, b-c, b-d, a-f, a-c, b-d; ended: b-c, b-d, a-c, b-d
+        assert growth["new_edges"].sum() == 7 and growth["ended_edges"].sum() == 4
+        ended = growth.set_index("minute").loc[pd.Timestamp(at(60), unit="ms"), "ended_edges"]
+        assert ended == 1, "a block and the removal it records: one edge ended"
+        assert archive.contact_graph_growth("day")[["accounts", "edges"]].values.tolist() == [[5, 3]]
+
+
+async def test_the_event_tables_are_what_social_records_writes(tmp_path: Path) -> None:
+    records = await record_history(tmp_path, HISTORY)
+    written = {record["table"]: list(record["rows"][0]) for record in records}
+    with Archive(tmp_path) as archive:
+        for table, schema in SOCIAL_SCHEMAS.items():
+            assert schema.names == written[table], table
+            sealed = pq.read_schema(ArchiveLayout(tmp_path).files(table)[0])
+            assert sealed.remove_metadata() == schema, table
+        accounts = archive.account_events()
+        assert accounts["kind"].tolist()[:6] == ["created"] * 5 + ["updated"]
+        assert accounts.loc[0, "custom"] == '{"n":1}' and accounts.loc[0, "display_name"] == "Alice"
+        blocks = archive.block_events()
+        assert blocks[["user", "peer", "kind"]].values.tolist() == [
+            ["dave", "bob", "blocked"], ["dave", "bob", "unblocked"],
+            ["carol", "alice", "blocked"], ["carol", "alice", "unblocked"]]
+        assert str(blocks["at"].dtype).startswith("datetime64")
+
+
+def test_an_archive_without_social_records_has_an_empty_graph(tmp_path: Path) -> None:
+    write_segments(ArchiveLayout(tmp_path), [record("p:a:b", 1, "a", ["a", "b"], EPOCH_MS + HOUR)])
+    with Archive(tmp_path) as archive:
+        assert {"im_account_events", "im_contact_events", "im_block_events"} <= set(archive.tables())
+        assert archive.contact_graph().empty and archive.degree_distribution().empty and archive.contact_graph_growth().empty
+        assert list(archive.contact_events().columns) == ["user", "peer", "kind", "note", "at_ms", "at"]

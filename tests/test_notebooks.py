@@ -24,7 +24,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_there_are_the_notebooks_analysts_asked_for() -> None:
     names = {path.stem for path in NOTEBOOKS}
     assert {"01-traffic-overview", "02-fan-out-economics", "03-delivery-and-latency", "04-unread",
-            "05-red-packets-and-live-rooms"} <= names
+            "05-red-packets-and-live-rooms", "06-contact-graph"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

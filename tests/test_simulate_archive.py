@@ -5,15 +5,23 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import orjson
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from imflow.analytics import Archive
+from imflow.analytics import SOCIAL_SCHEMAS, Archive
 from imflow.cli import cli
+from imflow.core import accounts, contacts
+from imflow.core.services import Services
+from imflow.core.settings import Settings
 from imflow.core.storage import archive_housekeeping as housekeeping
+from imflow.core.storage import contacts as contacts_store
+from imflow.core.storage import keys, social_records
+from imflow.core.storage.redis_client import connect
 from imflow.core.storage.archive import COMPACTED, CONTENT, MAILBOX, SEALED, ArchiveLayout, ArchiveReader
-from imflow.simulate import Scenario, through_gateway, to_archive
+from imflow.simulate import Generator, Scenario, social_graph, through_gateway, to_archive
 from imflow.testing import eventually
 
 SMALL = Scenario(users=3_000, messages=60_000, days=4, chunk=15_000, max_group=2_000, read_fan_out_threshold=100)
@@ -83,6 +91,9 @@ def test_the_same_seed_gives_the_same_traffic(tmp_path: Path) -> None:
         query = "SELECT sum(hash(mid, conversation, seq, sender, body)) FROM im_msg_content"
         assert a.scalar(query) == b.scalar(query)
         assert a.scalar("SELECT count(*) FROM im_user_msg_box") == b.scalar("SELECT count(*) FROM im_user_msg_box")
+        for table in SOCIAL_SCHEMAS:
+            rows = f'SELECT count(*), sum(hash(COLUMNS(*))) FROM {table}'
+            assert a.sql(rows).fetchall() == b.sql(rows).fetchall(), table
 
 
 def test_compaction_merges_segments_and_keeps_every_row_once(simulated: Path, tmp_path: Path) -> None:
@@ -161,12 +172,23 @@ def test_the_commands(tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "above 0" in refused.output
 
 
-async def test_simulated_traffic_through_a_running_imflow_reaches_its_archive(stack) -> None:
+async def test_simulated_traffic_through_a_running_imflow_reaches_its_archive(stack, tmp_path: Path) -> None:
     scenario = Scenario(users=12, messages=80, days=1, chunk=80, max_group=6, red_packet_share=0.05, seed=3)
     counts = await through_gateway(stack.url(), stack.token, scenario)
     assert counts["messages"] == 80 and counts["groups"] >= 1
+    to_archive(tmp_path / "simulated", scenario)
+    with Archive(tmp_path / "simulated") as simulated:
+        changes = sum(simulated.scalar(f"SELECT count(*) FROM {table}") for table in ("im_contact_events", "im_block_events"))
+        removals_by_blocks = simulated.scalar("""SELECT count(*) FROM im_contact_events c JOIN im_block_events b
+                                                 USING ("user", peer, at_ms) WHERE b.kind = 'blocked'""")
+        expected_graph = simulated.contact_graph()[["user_a", "user_b"]].values.tolist()
+    assert counts["contact_changes"] == changes - removals_by_blocks > 10 and len(expected_graph) > 5
     archive = Archive(Path(stack.env["IMFLOW_DATA_DIR"]) / "archive")
     try:
+        async def graph_archived() -> bool:  # the server's own times, the same order: the same graph
+            return archive.contact_graph()[["user_a", "user_b"]].values.tolist() == expected_graph
+
+        await eventually(graph_archived, timeout=30)
         async def archived() -> int:
             return archive.scalar("SELECT count(*) FROM im_msg_content WHERE client_msg_id LIKE 'sim-%'") >= 80
 
@@ -180,3 +202,100 @@ async def test_simulated_traffic_through_a_running_imflow_reaches_its_archive(st
         await eventually(reads_archived, timeout=30)
     finally:
         archive.close()
+
+
+# -- the social graph
+
+def test_the_simulated_social_graph_grows_plausibly(simulated: Path) -> None:
+    for table, schema in SOCIAL_SCHEMAS.items():  # the columns and types the live server writes
+        assert {pq.read_schema(path).remove_metadata() for path in ArchiveLayout(simulated).files(table)} == {schema}, table
+    with Archive(simulated) as archive:
+        # every sender has an account, created before the messages start and never deactivated
+        late = archive.scalar("""
+            WITH first AS (SELECT sender, min(created_at_ms) AS first_ms FROM im_msg_content GROUP BY 1),
+                 made AS (SELECT "user", min(at_ms) FILTER (WHERE kind = 'created') AS made_ms,
+                                 count(*) FILTER (WHERE kind = 'deactivated') AS deactivations FROM im_account_events GROUP BY 1)
+            SELECT count(*) FROM first LEFT JOIN made ON made."user" = first.sender
+            WHERE made_ms IS NULL OR made_ms >= (SELECT min(created_at_ms) FROM im_msg_content) OR deactivations > 0""")
+        assert late == 0
+        # no block between two users who message each other (their sends would be refused)
+        assert archive.scalar("""
+            SELECT count(*) FROM im_block_events b JOIN im_msg_content m
+              ON m.conversation = 'p:' || least(b."user", b.peer) || ':' || greatest(b."user", b.peer)""") == 0
+        # growth: accounts sign up over the weeks before the messages and while they run;
+        # edges follow, and the last bucket's count is the graph now
+        growth = archive.contact_graph_growth("week")
+        assert growth["accounts"].is_monotonic_increasing and len(growth) >= SMALL.social_days // 7
+        assert growth["accounts"].iloc[len(growth) // 2] < growth["accounts"].iloc[-1] / 2, "sign-ups speed up"
+        assert growth["edges"].iloc[-1] == len(archive.contact_graph()) > 1.5 * growth["accounts"].iloc[-1]
+        # preferential attachment: a skewed degree distribution, far below the contacts limit
+        degrees = archive.contact_degrees()["degree"]
+        assert degrees.max() >= 15 * degrees.median() and degrees.max() < SMALL.contacts_max
+        assert degrees.nlargest(len(degrees) // 100).sum() > 0.08 * degrees.sum(), "the top 1 % hold many contacts"
+        kinds = archive.contact_events()["kind"].value_counts()
+        assert 0.6 < kinds["accepted"] / kinds["requested"] < 0.9
+        assert kinds["declined"] > 0 and kinds["cancelled"] > 0 and kinds["removed"] > 0
+        blocks = archive.block_events()["kind"].value_counts()
+        assert blocks["blocked"] > blocks["unblocked"] > 0
+
+
+CHANGES = {  # kind: (the service call, its command)
+    "created": (accounts.create, accounts.CreateAccount), "updated": (accounts.update, accounts.UpdateProfile),
+    "deactivated": (accounts.deactivate, accounts.Deactivate), "reactivated": (accounts.reactivate, accounts.Reactivate),
+    "requested": (contacts.request, contacts.Request), "accepted": (contacts.accept, contacts.Accept),
+    "declined": (contacts.decline, contacts.Decline), "cancelled": (contacts.cancel, contacts.Cancel),
+    "removed": (contacts.remove, contacts.Remove), "blocked": (contacts.block, contacts.Block),
+    "unblocked": (contacts.unblock, contacts.Unblock),
+}
+
+
+async def replay(services: Services, row: dict) -> None:
+    """Make the change an archive row records, through the live service."""
+    call, command = CHANGES[row["kind"]]
+    if row["kind"] in ("created", "updated"):
+        fields = {"display_name": row["display_name"], "custom": orjson.loads(row["custom"])}
+        if row["avatar_url"]:
+            fields["avatar_url"] = row["avatar_url"]
+        await call(services, command(row["user"], accounts.profile_fields(fields, 4096)))
+    elif row["kind"] == "requested":
+        await call(services, command(row["user"], row["peer"], note=row["note"]))
+    elif "peer" in row:
+        await call(services, command(row["user"], row["peer"]))
+    else:
+        await call(services, command(row["user"]))
+
+
+async def test_the_simulated_social_graph_is_what_the_live_server_writes(tmp_path: Path) -> None:
+    """Played through the live services (core/accounts.py and core/contacts.py, registered
+    accounts, a small contacts limit the simulator keeps to), every simulated change is
+    accepted and records the very rows the simulator wrote; the graph Redis ends with is the
+    archive's contact graph."""
+    scenario = Scenario(users=150, messages=1_500, days=3, chunk=1_500, max_group=60, social_days=20, contacts_max=8, seed=5,
+                        late_account_share=0.3, deactivate_share=0.4)
+    root = tmp_path / "archive"
+    to_archive(root, scenario)
+    with Archive(root) as archive:
+        simulated = {table: archive.sql(f"SELECT * FROM {table}").df() for table in SOCIAL_SCHEMAS}
+        graph = archive.contact_graph()
+        most = archive.scalar("""SELECT max(n) FROM (SELECT "user", count(*) AS n FROM (
+            SELECT "user" FROM im_contact_events WHERE kind = 'accepted'
+            UNION ALL SELECT peer FROM im_contact_events WHERE kind = 'accepted') GROUP BY 1)""")
+    assert most == scenario.contacts_max, "the simulator met the limit and kept to it"
+    assert {"deactivated", "reactivated", "updated"} <= set(simulated[social_records.ACCOUNT_EVENTS]["kind"])
+    assert {"unblocked"} <= set(simulated[social_records.BLOCK_EVENTS]["kind"])
+    redis = connect(None)
+    services = Services(Settings(_env_file=None, topic_partitions=1, accounts="registered", contacts_max=8), redis)
+    for change in social_graph(scenario, Generator(scenario).pop).changes():
+        services.clock = lambda at_ms=change["at_ms"]: at_ms
+        await replay(services, change)
+    recorded: dict[str, list] = {table: [] for table in SOCIAL_SCHEMAS}
+    for raw in await redis.lrange(keys.archive_pending(services.settings.app_id, 0), 0, -1):
+        record = orjson.loads(raw)
+        recorded[record["table"]] += record["rows"]
+    for table, rows in simulated.items():
+        live = pd.DataFrame(recorded[table], columns=rows.columns).values.tolist()
+        assert sorted(map(tuple, live)) == sorted(map(tuple, rows.values.tolist())), table
+    users = sorted(set(simulated[social_records.ACCOUNT_EVENTS]["user"]))
+    live_graph = {tuple(sorted((user, peer))) for user in users for peer in await contacts_store.contacts_of(redis, user)}
+    assert live_graph == set(zip(graph["user_a"], graph["user_b"], strict=True)) and len(live_graph) > 100
+    await redis.aclose()
