@@ -352,7 +352,7 @@ async def deactivate(services: Services, command: Deactivate) -> Profile:
     # the status first, then the revocation: a session opened in between is refused by the
     # status or ended by the revocation. Repeated on a conflict, so that a crash between the
     # two steps of an earlier call leaves no session open (tokens are refused there anyway).
-    await revocation.revoke(services.redis, user, services.clock())
+    await revocation.revoke(services.redis, user, services.clock(), ErrorCode.USER_DEACTIVATED)
     if written.outcome == "conflict":
         raise ImflowError(ErrorCode.CONFLICT, f"{user} is {account.status} already")
     await _record(services, account, "deactivated")

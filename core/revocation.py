@@ -32,16 +32,19 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Revocation:
-    """The tokens of ``user`` issued at or before ``before_ms`` (Unix ms) are revoked."""
+    """The tokens of ``user`` issued at or before ``before_ms`` (Unix ms) are revoked; the
+    sessions they opened end with error ``code`` (``token_revoked``, or ``user_deactivated``
+    when the account was deactivated)."""
 
     user: str
     before_ms: int
+    code: str = ErrorCode.TOKEN_REVOKED
 
     def covers(self, issued_ms: int) -> bool:
         return issued_ms <= self.before_ms
 
     def encode(self) -> bytes:
-        return orjson.dumps({"revoke": {"user": self.user, "before_ms": self.before_ms}})
+        return orjson.dumps({"revoke": {"user": self.user, "before_ms": self.before_ms, "code": str(self.code)}})
 
     @classmethod
     def decode(cls, data: bytes) -> Revocation:
@@ -51,14 +54,15 @@ class Revocation:
             user, before_ms = order["user"], order["before_ms"]
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"not a revocation: {data[:200]!r}") from exc
-        if not isinstance(user, str) or not isinstance(before_ms, int):
+        code = order.get("code", ErrorCode.TOKEN_REVOKED)  # a gateway may hear an older publisher
+        if not isinstance(user, str) or not isinstance(before_ms, int) or not isinstance(code, str):
             raise ValueError(f"not a revocation: {data[:200]!r}")
-        return cls(user, before_ms)
+        return cls(user, before_ms, code)
 
 
-async def revoke(redis: Redis, user: str, at_ms: int | None = None) -> Revocation:
+async def revoke(redis: Redis, user: str, at_ms: int | None = None, code: str = ErrorCode.TOKEN_REVOKED) -> Revocation:
     """Revoke ``user``'s tokens issued at or before ``at_ms`` (default: now, Unix ms), and tell
-    every gateway to end the sessions they opened.
+    every gateway to end the sessions they opened, with error ``code``.
 
     The recorded time only ever rises (an earlier revocation given later changes nothing).
     Returns the revocation published. Raises ValueError for an invalid user id and Redis
@@ -66,7 +70,7 @@ async def revoke(redis: Redis, user: str, at_ms: int | None = None) -> Revocatio
     """
     if not USER_ID_PATTERN.fullmatch(user):
         raise ValueError(f"invalid user id {user!r}: use 1-64 letters, digits, '_', '.' or '-'")
-    revocation = Revocation(user, at_ms if at_ms is not None else now_ms())
+    revocation = Revocation(user, at_ms if at_ms is not None else now_ms(), code)
     await revocations.raise_time(redis, user, revocation.before_ms)
     # after the record: a gateway that checks a new token once told finds it in Redis
     await revocations.announce(redis, revocation.encode())

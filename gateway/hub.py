@@ -134,7 +134,10 @@ class Connection:
         """End the session if this revocation covers its token; True if it did."""
         if self.claims is None or self.user != revoked.user or not revoked.covers(self.claims.issued_ms):
             return False
-        self.end(ImflowError(ErrorCode.TOKEN_REVOKED, "your token was revoked; sign in again"))
+        if revoked.code == ErrorCode.USER_DEACTIVATED:
+            self.end(ImflowError(ErrorCode.USER_DEACTIVATED, "your account was deactivated"))
+        else:
+            self.end(ImflowError(ErrorCode.TOKEN_REVOKED, "your token was revoked; sign in again"))
         return True
 
     def end(self, error: ImflowError, code: int = CLOSE_UNAUTHENTICATED) -> None:

@@ -37,8 +37,10 @@ def simulate(
     data_dir: DataOpt = None,
 ) -> None:
     """Generate realistic traffic: Zipf-active users, a daily rhythm, groups of 3 to 10,000, reads,
-    red packets and live-room bursts; straight into the archive (millions of messages a minute)
-    or through a running imflow's gateway."""
+    red packets, live-room bursts and a growing contact graph; straight into the archive
+    (millions of messages a minute) or through a running imflow's gateway (with
+    IMFLOW_ADMIN_SECRET set, its users are registered through the gateway's admin API first;
+    without, the server must run with IMFLOW_ACCOUNTS=open)."""
     from imflow.core import tokens
     from imflow.simulate import Scenario, through_gateway, to_archive
 
@@ -49,10 +51,16 @@ def simulate(
                         chunk=min(1_000_000, max(1, messages)))
     if via:
         secret = settings.secret_key.get_secret_value()
+        admin_secret = settings.admin_secret.get_secret_value() if settings.admin_secret else None
+
+        def token(user: str) -> str:
+            if admin_secret:  # accounts=registered: the users need accounts first
+                _register(via, admin_secret, user)
+            return tokens.issue(secret, user, 3600)
+
         with _bar() as bar:
             task = bar.add_task(f"sending through {via}", total=messages)
-            counts = asyncio.run(through_gateway(via, lambda user: tokens.issue(secret, user, 3600), scenario,
-                                                 lambda n: bar.advance(task, n)))
+            counts = asyncio.run(through_gateway(via, token, scenario, lambda n: bar.advance(task, n)))
         typer.echo(", ".join(f"{value} {name.replace('_', ' ')}" for name, value in counts.items()))
         return
     root = settings.archive_dir
@@ -66,6 +74,19 @@ def simulate(
     rate = written.messages / written.seconds
     typer.echo(f"{written.messages:,} messages, {written.mailbox_rows:,} mailbox rows, {written.other_rows:,} other rows "
                f"in {written.seconds:.1f} s ({rate:,.0f} messages/s) into {root}")
+
+
+def _register(via: str, admin_secret: str, user: str) -> None:
+    """Create ``user``'s account on the imflow whose WebSocket URL is ``via`` (an existing one is
+    kept); raises typer.Exit(2) with the server's answer when it refuses."""
+    import httpx
+
+    base = via.replace("ws://", "http://", 1).replace("wss://", "https://", 1).removesuffix("/ws")
+    headers = {"Authorization": f"Bearer {admin_secret}"}
+    reply = httpx.post(f"{base}/admin/users", json={"user": user}, headers=headers, timeout=10)
+    if reply.status_code not in (201, 409):
+        typer.secho(f"could not register {user} at {base}/admin/users: {reply.status_code} {reply.text}", fg="red", err=True)
+        raise typer.Exit(2)
 
 
 @archive_cli.command("stats")

@@ -203,8 +203,8 @@ async def test_deactivation_ends_sessions_everywhere_and_refuses_tokens_and_mess
         deactivated = await admin(stack, "POST", f"/admin/users/{users.alice}/deactivate", gateway=1)
         assert deactivated.status_code == 200 and deactivated.json()["status"] == "deactivated"
         # the sessions end on both gateways, through the revocation every gateway hears
-        await ended(phone, "token_revoked")
-        await ended(laptop, "token_revoked")
+        await ended(phone, "user_deactivated")
+        await ended(laptop, "user_deactivated")
         refused(await admin(stack, "POST", f"/admin/users/{users.alice}/deactivate"), 409, "conflict")
         refused(await admin(stack, "POST", f"/admin/users/{users.alice}/tokens", {}), 403, "user_deactivated")
         # a token signed after the deactivation (the app's own issuer) is refused too

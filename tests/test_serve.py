@@ -58,7 +58,8 @@ async def test_serve_with_real_kafka_and_redis_runs_faust_in_process(tmp_path: P
     from imflow.core import tokens
 
     secret = "k" * 40
-    env = {"IMFLOW_APP_ID": app_id, "IMFLOW_SECRET_KEY": secret, "IMFLOW_DATA_DIR": str(tmp_path / "data")}
+    # the tokens below name users nobody registered: registered on first sign-in
+    env = {"IMFLOW_APP_ID": app_id, "IMFLOW_SECRET_KEY": secret, "IMFLOW_DATA_DIR": str(tmp_path / "data"), "IMFLOW_ACCOUNTS": "open"}
     serve, port, ready = start_listening(["serve", "--kafka", kafka_url, "--redis", redis_url], env, tmp_path / "serve.log", tmp_path)
     try:
         assert ready.json()["checks"] == {"redis": True, "kafka": True, "gateway_channel": True}

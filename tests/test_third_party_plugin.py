@@ -42,7 +42,8 @@ async def test_its_type_operation_and_agent_work_in_a_running_imflow(installed: 
     from imflow.core import tokens
 
     secret = "s" * 40
-    env = {"PYTHONPATH": os.pathsep.join([str(installed), os.environ.get("PYTHONPATH", "")]), "IMFLOW_SECRET_KEY": secret, "IMFLOW_KAFKA_URL": "", "IMFLOW_REDIS_URL": ""}
+    env = {"PYTHONPATH": os.pathsep.join([str(installed), os.environ.get("PYTHONPATH", "")]), "IMFLOW_SECRET_KEY": secret, "IMFLOW_KAFKA_URL": "", "IMFLOW_REDIS_URL": "",
+           "IMFLOW_ACCOUNTS": "open"}  # the tokens below name users nobody registered
     serve, port, ready = start_listening(["serve", "--data-dir", str(tmp_path / "data")], env, tmp_path / "serve.log", tmp_path)
     try:
         assert ready.status_code == 200, serve.output()

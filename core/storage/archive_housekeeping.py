@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from .archive import COMPACTED, CONTENT, DELETIONS, MAILBOX, ROW_GROUP, ArchiveLayout, content_shard, mailbox_shard, segment_path
 from .groups import EVENTS_TABLE
+from .social_records import ACCOUNT_EVENTS, BLOCK_EVENTS, CONTACT_EVENTS
 
 TRASH = ".trash"
 SMALL_BYTES = 64 << 20  # segments below this are compacted together
@@ -36,7 +37,9 @@ KEYS = {
     DELETIONS: ("owner_uid, mid", "owner_uid, mid"),
 }
 TIME_COLUMNS = ("created_at_ms", "at_ms", "deleted_at_ms", "minute_ms")
-KEEP_FOREVER = {EVENTS_TABLE}  # the membership record: group sizes are computed from it
+# the membership record (group sizes are computed from it) and the social graph's (the contact
+# graph at any time is computed from its whole history)
+KEEP_FOREVER = {EVENTS_TABLE, ACCOUNT_EVENTS, CONTACT_EVENTS, BLOCK_EVENTS}
 
 Progress = Callable[[str], None]
 

@@ -182,7 +182,8 @@ def account(user: str) -> str:
 
 
 def accounts_index() -> str:
-    """Sorted set user -> created_at_ms of every account (listing; one key, not per slot)."""
+    """Sorted set of every account's user id, all scored 0 so it pages in user id order
+    (ZRANGEBYLEX); one key, not per slot. created_at_ms is in the account hash."""
     return f"{PREFIX}:accounts"
 
 
