@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import unicodedata
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -40,7 +40,6 @@ from .storage.accounts import ACTIVE, DEACTIVATED, Account
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from .notifications import Notification
     from .services import Services
 
 DISPLAY_NAME_MAX = 100  # characters
@@ -468,8 +467,7 @@ async def set_privacy(services: Services, command: SetPrivacy) -> Privacy:
         raise _bad("presence is 'visible' or 'hidden'")
     before, after = await store.set_privacy(services.redis, command.user, changes)
     now = Privacy(after.dm, after.presence)
-    # cast: core/notifications.py's Notification union does not list PrivacyChanged yet
-    await gateway_events.notify_user(services.redis, command.user, cast("Notification", PrivacyChanged(now)), skip=command.origin)
+    await gateway_events.notify_user(services.redis, command.user, PrivacyChanged(now), skip=command.origin)
     if before.presence != after.presence:
         await presence.visibility_changed(services.redis, command.user)
     return now

@@ -78,7 +78,7 @@ async def set_conversation(services: Services, command: SetConversation) -> Conv
     )
     settings = ConversationSettings.of(conversation, stored, last_seq)
     if changed:
-        await gateway_events.notify_user(redis, user, ConversationSettingsChanged(settings), skip=command.origin)  # type: ignore[arg-type]
+        await gateway_events.notify_user(redis, user, ConversationSettingsChanged(settings), skip=command.origin)
     return settings
 
 
@@ -89,7 +89,7 @@ async def read_clears_mark(services: Services, user: str, conversation: str, ori
     changed, stored = await store.change(redis, user, conversation, last_seq=0, marked_unread=False)
     if changed:
         settings = ConversationSettings.of(conversation, stored, await store.last_seq(redis, conversation))
-        await gateway_events.notify_user(redis, user, ConversationSettingsChanged(settings), skip=origin)  # type: ignore[arg-type]
+        await gateway_events.notify_user(redis, user, ConversationSettingsChanged(settings), skip=origin)
 
 
 async def muted_among(services: Services, user: str, conversations: list[str] | tuple[str, ...]) -> set[str]:

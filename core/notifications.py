@@ -11,7 +11,7 @@ The service layer never builds a client frame (a plugin's own frames travel as b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .storage import gateway_events
 
@@ -81,7 +81,15 @@ class UnreadChanged:
         return {"kind": self.kind, **self.state}
 
 
-Notification = Sent | Delivered | Rejected | UnreadChanged
+class Notification(Protocol):
+    """What every notification is: a ``kind`` the gateway knows a frame for (gateway/frames.py)
+    and its fields as they travel. The four above are the message path's; the social graph's
+    live beside their services (``contacts.ContactChanged``, ``accounts.PrivacyChanged``,
+    ``presence.PresenceChanged``, ``conversation_settings.ConversationSettingsChanged``)."""
+
+    kind: ClassVar[str]
+
+    def wire(self) -> dict[str, Any]: ...
 
 
 async def frame_to_user(redis: Redis, user: str, frame: dict[str, Any]) -> None:

@@ -161,5 +161,5 @@ async def _publish_states(redis: Redis, states: list[tuple[State, Iterable[str]]
                     by_node[node].append(contact)
             push = PresenceChanged((state,))
             for node, there in by_node.items():
-                batch.add(node, there, push)  # type: ignore[arg-type]
+                batch.add(node, there, push)
         await gateway_events.publish(redis, batch)
