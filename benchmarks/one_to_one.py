@@ -3,7 +3,12 @@
 A Faust worker and a gateway run as their own processes on the local Kafka and Redis
 (scripts/services); this process is the load: WebSocket clients speaking the real protocol.
 
-    scripts/bench one-to-one [--runs 3] [--seconds 8] [--rate 2000] [--pairs 50]
+    scripts/bench one-to-one [--runs 3] [--seconds 8] [--rates 500,1000,2000] [--pairs 50] [--social]
+
+With ``--social`` each rate is measured twice in the same run: plain pairs, and pairs whose
+users take messages from contacts only and block a few others, each sender a contact of its
+receiver, so every send takes the full path of the block and privacy check (core/contacts.py)
+on both users' slots.
 """
 
 from __future__ import annotations
@@ -20,12 +25,24 @@ from stack import Stack, arguments, percentile
 from imflow.client import Client
 
 
-async def pairs(stack: Stack, count: int) -> list[tuple[Client, Client, str]]:
+BLOCKS_PER_USER = 3  # strangers each user of a social pair blocks, so the block hashes are not empty
+
+
+async def pairs(stack: Stack, count: int, social: bool = False) -> list[tuple[Client, Client, str]]:
+    """``count`` connected (sender, receiver, receiver's id); ``social``: contacts of each other,
+    contacts-only, each blocking a few strangers."""
     tag = uuid.uuid4().hex[:6]
     out = []
     for i in range(count):
         sender = await stack.connect(f"s{i}-{tag}")
         receiver = await stack.connect(f"r{i}-{tag}")
+        if social:
+            await sender.request({"op": "contact_request", "user": receiver.user})
+            await receiver.request({"op": "contact_accept", "user": sender.user})
+            for client in (sender, receiver):
+                await client.request({"op": "set_privacy", "dm": "contacts"})
+                for j in range(BLOCKS_PER_USER):
+                    await client.request({"op": "block", "user": f"x{j}-{client.user}"})
         out.append((sender, receiver, receiver.user))
     return out
 
@@ -79,9 +96,10 @@ async def throughput(stack: Stack, n_pairs: int, seconds: float, window: int = 2
     return rate
 
 
-async def fixed_rate(stack: Stack, n_pairs: int, seconds: float, rate: int) -> dict[str, float]:
-    """Send→push and send→ACK latency at a fixed offered rate (open loop, 5 ms ticks)."""
-    clients = await pairs(stack, n_pairs)
+async def fixed_rate(stack: Stack, n_pairs: int, seconds: float, rate: int, social: bool = False) -> dict[str, float]:
+    """Send→push and send→ACK latency at a fixed offered rate (open loop, 5 ms ticks), between
+    plain or ``social`` pairs (see ``pairs``)."""
+    clients = await pairs(stack, n_pairs, social)
     stop, counter, push_latency = asyncio.Event(), [0], []
     receivers = [asyncio.create_task(receive_all(r, push_latency, stop, counter)) for _, r, _ in clients]
     ack_latency: list[float] = []
@@ -152,17 +170,23 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--rates", type=lambda text: [int(r) for r in text.split(",")], default=[500, 1000, 2000])
     parser.add_argument("--pairs", type=int, default=50)
+    parser.add_argument("--social", action="store_true", help="each rate also between contacts-only pairs that block others")
     args = parser.parse_args()
 
-    stack = Stack(args.kafka, args.redis, workers=args.workers, gateways=1)
-    results: dict[str, list] = {"throughput_per_s": [], "drain_fetch_1000_ms": [], "drain_1000_ms": [], **{f"rate_{r}": [] for r in args.rates}}
+    # the load's users have no accounts: they are registered on first sign-in
+    stack = Stack(args.kafka, args.redis, workers=args.workers, gateways=1, env={"IMFLOW_ACCOUNTS": "open"})
+    kinds = ["", "_social"] if args.social else [""]
+    rated = {f"rate_{r}{kind}": f"at_{r}_per_s{kind}" for r in args.rates for kind in kinds}  # raw -> summary key
+    results: dict[str, list] = {"throughput_per_s": [], "drain_fetch_1000_ms": [], "drain_1000_ms": []}
+    results |= {name: [] for name in rated}
     try:
         for run in range(1, args.runs + 1):
             print(f"run {run}/{args.runs}: throughput ...", file=sys.stderr, flush=True)
             results["throughput_per_s"].append(await throughput(stack, args.pairs, args.seconds))
             for rate in args.rates:
-                print(f"run {run}/{args.runs}: latency at {rate}/s ...", file=sys.stderr, flush=True)
-                results[f"rate_{rate}"].append(await fixed_rate(stack, args.pairs, args.seconds, rate))
+                for kind in kinds:
+                    print(f"run {run}/{args.runs}: latency at {rate}/s{kind} ...", file=sys.stderr, flush=True)
+                    results[f"rate_{rate}{kind}"].append(await fixed_rate(stack, args.pairs, args.seconds, rate, bool(kind)))
             print(f"run {run}/{args.runs}: offline drain ...", file=sys.stderr, flush=True)
             fetching, draining = await offline_drain(stack)
             results["drain_fetch_1000_ms"].append(1000 * fetching)
@@ -174,10 +198,7 @@ async def main() -> None:
         "runs": args.runs,
         "workers": args.workers,
         "throughput_per_s": median(results["throughput_per_s"]),
-        **{
-            f"at_{rate}_per_s": {key: median(r[key] for r in results[f"rate_{rate}"]) for key in results[f"rate_{rate}"][0]}
-            for rate in args.rates
-        },
+        **{label: {key: median(r[key] for r in results[name]) for key in results[name][0]} for name, label in rated.items()},
         "drain_fetch_1000_ms": median(results["drain_fetch_1000_ms"]),
         "drain_1000_ms": median(results["drain_1000_ms"]),
         "raw": results,

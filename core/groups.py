@@ -13,7 +13,9 @@ owner (one), admins, members.
 Errors (ImflowError): ``not_found`` for a group or conversation the user is not in (they learn
 nothing about it, not even that it exists) or a target user not in the group; ``forbidden``
 for a change the actor's role does not allow, or past the size cap; ``bad_frame`` for a role
-change that cannot be.
+change that cannot be; for a user the actor may not add (core/contacts.py ``check_additions``:
+no account, deactivated, either blocks the other) ``not_found``, ``user_deactivated`` or
+``blocked``, and nobody is added. Group messages are not filtered by blocks.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from . import contacts
 from .errors import ErrorCode, ImflowError
 from .models import direct_members, group_conversation
 from .models import group_id as group_id  # the one parser of g:<gid>; imported from here by the send path and plugins
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 OWNER, ADMIN, MEMBER = "owner", "admin", "member"
 ROLES = (OWNER, ADMIN, MEMBER)
 MAX_MEMBERS = 100_000
+ONLY_ADMINS_ADD = "only the owner and admins add members"
 
 
 # -- commands and results
@@ -209,10 +213,13 @@ async def _record(services: Services, gid: str, actor: str, kind: str, changes: 
 
 
 async def create(services: Services, command: CreateGroup) -> GroupCreated:
-    """A new group, its owner ``command.owner``; raises ``bad_frame`` if a given gid is taken."""
+    """A new group, its owner ``command.owner``; raises ``bad_frame`` if a given gid is taken,
+    and, creating nothing, ``not_found`` / ``user_deactivated`` / ``blocked`` for a member the
+    owner may not add (``contacts.check_additions``)."""
     gid = command.gid or uuid.uuid4().hex[:16]
     if len(set(command.members) | {command.owner}) > MAX_MEMBERS:  # before the gid is taken
         raise ImflowError(ErrorCode.FORBIDDEN, f"a group has at most {MAX_MEMBERS} members")
+    await contacts.check_additions(services, command.owner, list(command.members))
     if not await store.create_info(services.redis, gid, command.owner, command.name, services.clock()):
         raise ImflowError(ErrorCode.BAD_FRAME, f"group {gid!r} exists already")
     roles = {user: MEMBER for user in command.members if user != command.owner}
@@ -225,14 +232,19 @@ async def create(services: Services, command: CreateGroup) -> GroupCreated:
 
 async def add(services: Services, command: AddMembers) -> MembersAdded:
     """Add members (the owner or an admin); the result lists those who were not in the group yet.
-    The role check, the cap and the write are one step in Redis."""
+    The role check, the cap and the write are one step in Redis; before it, adding nobody on a
+    refusal, each user must pass ``contacts.check_additions`` (``not_found``,
+    ``user_deactivated``, ``blocked``), checked once the actor may add at all."""
+    if await _require_role(services, command.gid, command.actor) not in (OWNER, ADMIN):
+        raise ImflowError(ErrorCode.FORBIDDEN, ONLY_ADMINS_ADD)
+    await contacts.check_additions(services, command.actor, list(command.users))
     joined = await store.join(
         services.redis, command.gid, dict.fromkeys(command.users, MEMBER), actor=command.actor, max_members=MAX_MEMBERS
     )
     if joined.actor_missing:
         raise ImflowError(ErrorCode.NOT_FOUND, f"no group {command.gid!r} for you")
     if joined.actor_may_not:
-        raise ImflowError(ErrorCode.FORBIDDEN, "only the owner and admins add members")
+        raise ImflowError(ErrorCode.FORBIDDEN, ONLY_ADMINS_ADD)
     if joined.full:
         raise ImflowError(ErrorCode.FORBIDDEN, f"a group has at most {MAX_MEMBERS} members")
     await _record(services, command.gid, command.actor, "joined", dict.fromkeys(joined.added, MEMBER))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from . import dead_letter, groups, message_types, wire
+from . import contacts, dead_letter, groups, message_types, wire
 from .errors import ErrorCode, ImflowError
 from .groups import group_id
 from .models import Message, SendCommand, direct_members
@@ -66,10 +66,14 @@ async def prepare(
 ) -> SendCommand:
     """The command to queue for a draft, once it may go: the sender is a member, the type is
     known (``types``: name -> MessageType, imflow's and the plugins') and the body valid for it,
-    and no plugin's ``imflow_before_send`` refused it (a plugin may also rewrite it).
+    a one-to-one message passes the recipient's account, blocks and privacy
+    (``contacts.check_direct``, one round trip; group messages are not filtered by blocks), and
+    no plugin's ``imflow_before_send`` refused it (a plugin may also rewrite it).
 
     Raises ImflowError: ``forbidden`` (not a member), ``bad_frame`` (unknown type, invalid
-    body), a plugin's code (``plugin.reason``, with ``retry_after_ms`` for its limits).
+    body), ``not_found`` / ``user_deactivated`` / ``blocked`` / ``contacts_only`` (a one-to-one
+    message that may not reach its recipient), a plugin's code (``plugin.reason``, with
+    ``retry_after_ms`` for its limits).
     """
     await groups.require_member(services, draft.conversation, draft.sender, to_send=True)
     message_type = types.get(draft.type)
@@ -85,6 +89,9 @@ async def prepare(
         gateway=services.node,
         origin=draft.origin,
     )
+    pair = direct_members(draft.conversation)
+    if pair is not None and pair[0] != pair[1]:  # the same user twice: a note to oneself, unchecked
+        await contacts.check_direct(services, draft.sender, pair[1] if pair[0] == draft.sender else pair[0])
     verdict = await services.hooks.call.before_send(command=command, gateway=gateway)
     if isinstance(verdict, Rejection):  # a plugin's code always has its dot (never passes for ours)
         raise ImflowError(plugin_error_code(verdict.code), verdict.message, verdict.retry_after_ms)
