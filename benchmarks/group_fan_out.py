@@ -179,7 +179,7 @@ async def sweep(redis_url: str, sizes: list[int], messages: int, rates: list[int
                 for mode in ("write", "read"):
                     gid = f"t{size}-{rate}-{mode}-{uuid.uuid4().hex[:6]}"
                     names = [f"{gid}-m{i}" for i in range(size)]
-                    await groups.create(Services(Settings(), redis), groups.CreateGroup(names[0], "sweep", tuple(names[1:]), gid=gid))
+                    await groups.create(Services(Settings(accounts="open"), redis), groups.CreateGroup(names[0], "sweep", tuple(names[1:]), gid=gid))
                     for name in names[: max(1, size // 10)]:
                         await presence.connected(redis, name, "sweep-gw")
                     # the threshold alone picks the mode: read fan-out from 2 members, write below size + 1

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import ErrorCode, ImflowError
 from .storage import accounts as account_store
@@ -28,7 +28,6 @@ from .storage import gateway_events, social_records
 from .storage.contacts import PendingRequest
 
 if TYPE_CHECKING:
-    from .notifications import Notification
     from .services import Services
 
 
@@ -227,10 +226,9 @@ def _refuse_full(count: int, most: int, what: str) -> None:
 async def _told(services: Services, command: Change, mine: ContactEvent, theirs: ContactEvent | None) -> None:
     """The actor's other connections hear ``mine``; the peer ``theirs`` (None: nothing)."""
     redis = services.redis
-    # cast: core/notifications.py's Notification union does not list ContactChanged yet
-    told = [gateway_events.notify_user(redis, command.user, cast("Notification", ContactChanged(mine)), skip=command.origin)]
+    told = [gateway_events.notify_user(redis, command.user, ContactChanged(mine), skip=command.origin)]
     if theirs is not None:
-        told.append(gateway_events.notify_user(redis, command.peer, cast("Notification", ContactChanged(theirs))))
+        told.append(gateway_events.notify_user(redis, command.peer, ContactChanged(theirs)))
     await asyncio.gather(*told)
 
 

@@ -25,7 +25,7 @@ async def set_privacy(
     frame: protocol.SetPrivacy, connection: Connection, backend: Backend, extensions: Extensions
 ) -> frames.Frame:
     # the connection's id: its reply answers it, the user's other connections are pushed
-    command = accounts.SetPrivacy(connection.user, frame.dm, frame.presence, origin=getattr(connection, "id", ""))
+    command = accounts.SetPrivacy(connection.user, frame.dm, frame.presence, origin=connection.id)
     return frames.reply(await accounts.set_privacy(backend.services, command))
 
 

@@ -30,7 +30,7 @@ def _changes(
     connection's reply answers it, the user's other connections are pushed the same frame)."""
 
     async def handler(frame: Any, connection: Connection, backend: Backend, extensions: Extensions) -> frames.Frame:
-        origin = getattr(connection, "id", "")  # an HTTP request's caller has no connection
+        origin = connection.id
         return frames.reply(await service(backend.services, command(connection.user, origin, frame)))
 
     handles(frame_class)(handler)

@@ -50,6 +50,7 @@ class Caller:
     """What an operation needs of a connection, for a request that has none."""
 
     user: str
+    id: str = ""  # no connection: pushes to "the user's other devices" go to all of them
 
 
 def error_response(error: ImflowError) -> JSONResponse:

@@ -79,7 +79,7 @@ def _report_lost(done: asyncio.Future, connection: Connection, frame: protocol.S
 
 @handles(protocol.Read)
 async def read(frame: protocol.Read, connection: Connection, backend: Backend, extensions: Extensions) -> Reply:
-    command = conversations.Read(connection.user, frame.conversation, frame.seq, origin=getattr(connection, "id", ""))
+    command = conversations.Read(connection.user, frame.conversation, frame.seq, origin=connection.id)
     return frames.reply(await conversations.read(backend.services, command))
 
 

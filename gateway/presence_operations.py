@@ -26,7 +26,7 @@ async def set_conversation(
 ) -> Reply:
     command = conversation_settings.SetConversation(
         connection.user, frame.conversation, pinned=frame.pinned, muted=frame.muted, hidden=frame.hidden,
-        marked_unread=frame.marked_unread, origin=getattr(connection, "id", ""),  # none over HTTP
+        marked_unread=frame.marked_unread, origin=connection.id,
     )
     return frames.reply(await conversation_settings.set_conversation(backend.services, command))
 

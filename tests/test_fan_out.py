@@ -20,7 +20,7 @@ from imflow.core.services import Services
 from imflow.core.settings import Settings
 from imflow.core.storage import fan_out, inbox, keys, presence
 
-SETTINGS = Settings(read_fan_out_threshold=5)
+SETTINGS = Settings(read_fan_out_threshold=5, accounts="open")  # users here have no accounts
 IDS = IdGenerator(0)  # partition 0 is node 0
 CMIDS = itertools.count()
 

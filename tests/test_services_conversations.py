@@ -14,7 +14,7 @@ from imflow.core.settings import Settings
 from imflow.core.storage import archive, inbox, keys
 from imflow.testing import UNCHANGED_SETTINGS
 
-SETTINGS = Settings(topic_partitions=1)
+SETTINGS = Settings(topic_partitions=1, accounts="open")  # users here have no accounts
 ALICE_BOB = "p:alice:bob"
 
 

@@ -16,7 +16,7 @@ from imflow.core.settings import Settings
 from imflow.core.storage import keys
 from imflow.core.storage.groups import EVENTS_TABLE
 
-SETTINGS = Settings(topic_partitions=1)
+SETTINGS = Settings(topic_partitions=1, accounts="open")  # users here have no accounts
 
 
 @pytest.fixture
