@@ -1,10 +1,9 @@
 """Handlers of the account operations (docs/protocol.md): frame -> command -> one service of
-core/accounts.py; and their frames: the replies ``profiles`` and ``privacy``, and the ``privacy``
-push to the user's other connections."""
+core/accounts.py (their reply and push frames are gateway/frames.py's)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from imflow.core import accounts
 
@@ -28,22 +27,3 @@ async def set_privacy(
     command = accounts.SetPrivacy(connection.user, frame.dm, frame.presence, origin=connection.id)
     return frames.reply(await accounts.set_privacy(backend.services, command))
 
-
-# -- frames
-
-_PUBLIC = ("user", "status", "display_name", "avatar_url", "custom")  # a profile as other users see it
-
-
-def _profiles(result: accounts.Profiles) -> frames.Frame:
-    shown = [{name: getattr(profile, name) for name in _PUBLIC} for profile in result.profiles]
-    return {"op": "profiles", "profiles": shown, "unknown": result.unknown}
-
-
-def _privacy(fields: dict[str, Any]) -> frames.Frame:
-    """``privacy`` {dm, presence}: the reply to ``set_privacy`` and its push."""
-    return {"op": "privacy", "dm": fields["dm"], "presence": fields["presence"]}
-
-
-frames.reply.register(accounts.Profiles, _profiles)
-frames.reply.register(accounts.Privacy, lambda result: _privacy(result.to_dict()))
-frames.PUSHES[accounts.PrivacyChanged.kind] = _privacy

@@ -1,9 +1,8 @@
 """Handlers of the contact operations (docs/protocol.md): frame -> command -> one service of
-core/contacts.py; and their frames: the replies, and the ``contact`` push."""
+core/contacts.py (their reply and push frames are gateway/frames.py's)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from imflow.core import contacts
@@ -47,28 +46,3 @@ serves(protocol.Contacts, contacts.contacts, lambda user, f: contacts.ListContac
 serves(protocol.ContactRequests, contacts.requests, lambda user, f: contacts.ListRequests(user))
 serves(protocol.Blocked, contacts.blocked, lambda user, f: contacts.ListBlocked(user))
 
-
-# -- frames
-
-
-def _contact(fields: dict[str, Any]) -> frames.Frame:
-    """``contact`` {event, user, note?, at_ms?, since_ms?}: the reply to a change and its push."""
-    return {"op": "contact", **fields}
-
-
-frames.reply.register(contacts.ContactEvent, lambda result: _contact(result.to_dict()))
-frames.reply.register(
-    contacts.ContactList, lambda result: {"op": "contacts", "contacts": [asdict(contact) for contact in result.contacts]}
-)
-frames.reply.register(
-    contacts.RequestLists,
-    lambda result: {
-        "op": "contact_requests",
-        "incoming": [asdict(request) for request in result.incoming],
-        "outgoing": [asdict(request) for request in result.outgoing],
-    },
-)
-frames.reply.register(contacts.BlockedList, lambda result: {"op": "blocked", "users": [asdict(user) for user in result.users]})
-frames.PUSHES[contacts.ContactChanged.kind] = lambda notification: _contact(
-    {key: value for key, value in notification.items() if key != "kind"}
-)

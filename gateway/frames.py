@@ -3,11 +3,11 @@ notifications: the one place that knows their wire shapes (docs/protocol.md, "Se
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import asdict, fields
 from functools import singledispatch
 from typing import TYPE_CHECKING, Any
 
-from imflow.core import conversations, groups
+from imflow.core import accounts, contacts, conversation_settings, conversations, groups, presence
 from imflow.core.conversations import Unread
 from imflow.core.errors import ErrorCode
 
@@ -79,15 +79,70 @@ for _result_type, _op in FLAT.items():
     reply.register(_result_type, lambda result, op=_op: {"op": op, **_fields(result)})
 
 
+# -- accounts and the social graph (docs/protocol.md, "Accounts, contacts, blocking and presence")
+
+PUBLIC_PROFILE = ("user", "status", "display_name", "avatar_url", "custom")  # a profile as other users see it
+
+
+@reply.register
+def _(result: accounts.Profiles) -> Frame:
+    shown = [{name: getattr(profile, name) for name in PUBLIC_PROFILE} for profile in result.profiles]
+    return {"op": "profiles", "profiles": shown, "unknown": result.unknown}
+
+
+@reply.register
+def _(result: contacts.ContactList) -> Frame:
+    return {"op": "contacts", "contacts": [asdict(contact) for contact in result.contacts]}
+
+
+@reply.register
+def _(result: contacts.RequestLists) -> Frame:
+    return {
+        "op": "contact_requests",
+        "incoming": [asdict(request) for request in result.incoming],
+        "outgoing": [asdict(request) for request in result.outgoing],
+    }
+
+
+@reply.register
+def _(result: contacts.BlockedList) -> Frame:
+    return {"op": "blocked", "users": [asdict(user) for user in result.users]}
+
+
+# results whose frame is the reply's op and the result's ``to_dict()``; each is also what the
+# user's other connections (or a contact's watching ones) are pushed, as the same frame
+AS_DICT = {
+    accounts.Privacy: "privacy",
+    contacts.ContactEvent: "contact",
+    conversation_settings.ConversationSettings: "conversation_settings",
+    presence.PresenceStates: "presence",
+}
+for _result_type, _op in AS_DICT.items():
+    reply.register(_result_type, lambda result, op=_op: {"op": op, **result.to_dict()})
+
+
+def _as_sent(notification: dict[str, Any]) -> Frame:
+    """A notification whose client frame is its fields as they travel, ``op`` for ``kind``."""
+    return {"op": notification["kind"], **{key: value for key, value in notification.items() if key != "kind"}}
+
+
 # -- service notifications (core/notifications.py), as they travel between worker and gateway
 
 
-PUSHES: dict[str, Callable[[dict[str, Any]], Frame]] = {}  # kind -> frame builder, for kinds beyond the four below
+# kind -> frame builder for the social graph's notifications: the same frames as the replies
+PUSHES: dict[str, Callable[[dict[str, Any]], Frame]] = dict.fromkeys(
+    (
+        accounts.PrivacyChanged.kind, contacts.ContactChanged.kind,
+        conversation_settings.ConversationSettingsChanged.kind, presence.PresenceChanged.kind,
+    ),
+    _as_sent,
+)
 
 
 def push(notification: dict[str, Any]) -> Frame:
     """The client frame for a notification as it travels (``Notification.wire()``): ``msg``,
-    ``sent``, the ``error`` frame with code ``rejected``, ``unread``, or one of ``PUSHES``.
+    ``sent``, the ``error`` frame with code ``rejected``, ``unread``, or one of ``PUSHES``
+    (``contact``, ``privacy``, ``conversation_settings``, ``presence``).
 
     Raises KeyError for a kind this gateway does not know (a newer worker): the caller logs it.
     """

@@ -1,5 +1,5 @@
 """Handlers of the presence and conversation-settings operations (docs/protocol.md): frame ->
-command -> one service of core/; their reply and push frames.
+command -> one service of core/ (their reply and push frames are gateway/frames.py's).
 
 Presence watches live on the connection (gateway/hub.py ``Connection.watching``): they go
 with it, and the hub hands a ``presence`` push only to the connections watching its user.
@@ -7,7 +7,7 @@ with it, and the hub hands a ``presence`` push only to the connections watching 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from imflow.core import conversation_settings, presence
 
@@ -54,26 +54,3 @@ async def unwatch_presence(
     connection.unwatch(frame.users)
     return {"op": "presence_unwatched", "users": list(dict.fromkeys(frame.users))}
 
-
-# -- reply and push frames
-
-
-@frames.reply.register
-def _(result: conversation_settings.ConversationSettings) -> frames.Frame:
-    return {"op": "conversation_settings", **result.to_dict()}
-
-
-@frames.reply.register
-def _(result: presence.PresenceStates) -> frames.Frame:
-    return {"op": "presence", **result.to_dict()}
-
-
-def _as_sent(notification: dict[str, Any]) -> frames.Frame:
-    """A notification whose client frame is its fields as they travel, ``op`` for ``kind``."""
-    return {"op": notification["kind"], **{key: value for key, value in notification.items() if key != "kind"}}
-
-
-# the same frames as the replies: 'conversation_settings' to the user's other devices, 'presence'
-# to the connections watching (the hub hands each only the users it watches)
-frames.PUSHES[conversation_settings.ConversationSettingsChanged.kind] = _as_sent
-frames.PUSHES[presence.PresenceChanged.kind] = _as_sent

@@ -2,7 +2,9 @@
 
 Two browser sessions chat through a running imflow (2 gateways and a Faust worker on the real
 Kafka and Redis): unread badges rise and clear, history survives a reload and scrolls back,
-groups and red packets work, a phone-sized screen alternates list and pane, and a gateway
+groups and red packets work, a phone-sized screen alternates list and pane, a friend request
+with a note is accepted (contacts, profiles and presence on both sides), a block refuses the
+blocked user's message with a visible code while the blocker never sees it, and a gateway
 killed with SIGKILL and started again is survived without losing a message.
 
 Needs `scripts/browser` (apt-get install chromium chromium-driver) and the selenium package.
@@ -18,22 +20,27 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 import redis as redis_sync
 from pydantic import SecretStr
-from imflow.client import Client
-from imflow.testing import start_listening, wait_until
 from stacks import SECRET, STACK_ENV, Stack
 from starlette.applications import Starlette
 
-from imflow.core import tokens
+from imflow.client import Client
+from imflow.core import accounts, tokens
+from imflow.core.services import Services
+from imflow.core.settings import Settings
+from imflow.core.storage.redis_client import connect
 from imflow.gateway import dev_login
+from imflow.testing import start_listening, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 try:
     from selenium import webdriver
@@ -54,6 +61,7 @@ else:
 
 REQUIRE = os.environ.get("CI") == "true" or os.environ.get("IMFLOW_REQUIRE_SERVICES") == "1"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+ADMIN_SECRET = "browser-tests-admin-secret-0123456789abcdef"  # the app backend's, for profiles
 DESKTOP = (1280, 800)
 PHONE = (390, 844)
 # keep Chromium off the network: the tests talk to 127.0.0.1 only
@@ -101,6 +109,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, kafka_url: str, redis_url: st
         "IMFLOW_APP_ID": f"t{uuid.uuid4().hex[:10]}",
         "IMFLOW_DATA_DIR": str(folder / "data"),
         "IMFLOW_DEV_LOGIN": "true",  # off by default on real servers
+        "IMFLOW_ADMIN_SECRET": ADMIN_SECRET,
     }
     stack = Stack("real", folder, env)
     try:
@@ -311,8 +320,7 @@ def browsers(chromium: tuple[str, str]) -> Iterator[list[Any]]:
     """Two Chromium sessions (separate profiles), started once for the module."""
     drivers: list[Any] = []
     try:
-        for _ in range(2):
-            drivers.append(_launch(chromium))
+        drivers.extend(_launch(chromium) for _ in range(2))
         yield drivers
     finally:
         for driver in drivers:
@@ -334,6 +342,26 @@ def pages(browsers: list[Any]) -> Iterator[tuple[Page, Page]]:
 
 def direct(a: str, b: str) -> str:
     return "p:" + ":".join(sorted((a, b)))
+
+
+def alice_and_bob(pages: tuple[Page, Page], live: Stack, users: Any) -> tuple[Page, Page]:
+    """The two pages signed in, alice on the first gateway and bob on the other (pushes cross between them)."""
+    alice, bob = pages
+    alice.name, bob.name = users.alice, users.bob
+    alice.sign_in(live.http(0), users.alice)
+    bob.sign_in(live.http(1), users.bob)
+    return alice, bob
+
+
+def first_message(alice: Page, bob: Page, text: str) -> str:
+    """Alice starts the chat with bob and writes ``text``; bob opens it and sees it. Returns the conversation."""
+    conversation = direct(alice.name, bob.name)
+    alice.start_chat(bob.name)
+    alice.send(text)
+    alice.wait_text(text, state="sent")
+    bob.open(conversation)
+    bob.wait_text(text)
+    return conversation
 
 
 def run(coroutine: Any) -> Any:
@@ -379,14 +407,17 @@ def server_history(live: Stack, user: str, conversation: str) -> list[dict[str, 
 
 
 async def test_dev_login_issues_tokens_only_where_enabled() -> None:
-    """POST /dev/token: a token for a valid user id, bad_frame otherwise, and no route when off."""
+    """POST /dev/token: a token for a valid user id (whose account it creates on the first
+    sign-in; a deactivated one is refused), bad_frame otherwise, and no route when off."""
     secret = "s" * 40
     settings = SimpleNamespace(secret_key=SecretStr(secret), token_ttl_seconds=60, dev_login_enabled=True, dev_login=None)
+    # the accounts live in an in-process fakeredis, as the embedded server's do
+    services = Services(Settings(_env_file=None, kafka_url=None, redis_url=None, secret_key=SecretStr(secret)), connect(None))
 
     def client(enabled: bool, address: str = "127.0.0.1", explicit: bool | None = None) -> httpx.AsyncClient:
         these = SimpleNamespace(**{**vars(settings), "dev_login_enabled": enabled, "dev_login": explicit})
         app = Starlette(routes=dev_login.routes(these))
-        app.state.backend = SimpleNamespace(settings=these)
+        app.state.backend = SimpleNamespace(settings=these, services=services)
         transport = httpx.ASGITransport(app=app, client=(address, 40000))
         return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
 
@@ -394,6 +425,11 @@ async def test_dev_login_issues_tokens_only_where_enabled() -> None:
         reply = await on.post("/dev/token", json={"user": "alice.b-1"})
         assert reply.status_code == 200 and reply.headers["cache-control"] == "no-store"
         assert tokens.verify(secret, reply.json()["token"]) == "alice.b-1"
+        profile = await accounts.get(services, accounts.GetAccount("alice.b-1"))
+        assert profile.status == "active"  # registered on the first sign-in
+        await accounts.deactivate(services, accounts.Deactivate("alice.b-1"))
+        refused = await on.post("/dev/token", json={"user": "alice.b-1"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "user_deactivated"
         for body in ({"user": "al ice"}, {"user": "alice\n"}, {"user": ""}, {"user": "x" * 65}, {"name": "alice"}, ["alice"]):
             refused = await on.post("/dev/token", json=body)
             assert refused.status_code == 400 and refused.json()["error"]["code"] == "bad_frame", body
@@ -442,11 +478,8 @@ def test_gateway_serves_the_client_and_dev_login(live: Stack) -> None:
 
 
 def test_two_browsers_chat_and_unread_badges_rise_and_clear(pages: tuple[Page, Page], live: Stack, users: Any) -> None:
-    alice, bob = pages
-    alice.name, bob.name = users.alice, users.bob
+    alice, bob = alice_and_bob(pages, live, users)
     conversation = direct(users.alice, users.bob)
-    alice.sign_in(live.http(0), users.alice)
-    bob.sign_in(live.http(1), users.bob)  # the other gateway: pushes cross between them
 
     alice.start_chat(users.bob)
     alice.record_states()
@@ -531,10 +564,7 @@ def test_reload_keeps_history_and_scrolls_back(pages: tuple[Page, Page], live: S
 
 
 def test_group_chat_with_members_and_a_red_packet(pages: tuple[Page, Page], live: Stack, users: Any) -> None:
-    alice, bob = pages
-    alice.name, bob.name = users.alice, users.bob
-    alice.sign_in(live.http(0), users.alice)
-    bob.sign_in(live.http(1), users.bob)
+    alice, bob = alice_and_bob(pages, live, users)
     name = f"Weekend trip {users.alice[-6:]}"
 
     alice.click("#new-group-button")
@@ -566,7 +596,8 @@ def test_group_chat_with_members_and_a_red_packet(pages: tuple[Page, Page], live
     run(_with_client(live, users.carol, carol_says, gateway=1))
     # bob was put in a group he had not heard of: it shows with its name and both messages unread
     bob.wait(lambda: bob.unread(conversation) == 2, "the group with 2 unread")
-    group_name = f"return document.querySelector(\"li.conversation[data-conversation='{conversation}'] .conversation-name\").textContent"
+    group_name = (f"return document.querySelector(\"li.conversation[data-conversation='{conversation}']"
+                  " .conversation-name\").textContent")
     bob.wait(lambda: bob.js(group_name) == name, "the group's name (asked with my_groups)")
     bob.open(conversation)
     bob.wait(lambda: bob.texts() == ["Welcome to the trip, everyone", "Glad to be here"], "the group's messages")
@@ -593,7 +624,8 @@ def test_group_chat_with_members_and_a_red_packet(pages: tuple[Page, Page], live
     bob.wait(lambda: bob.js(card) == f"You got {_money(bob_share)}", "the card showing bob's share")
 
     alice.click(f"{packet} .packet")
-    alice.wait(lambda: alice.js("return document.querySelectorAll('#packet-details .packet-grab').length") == 2, "both grabs listed")
+    alice.wait(lambda: alice.js("return document.querySelectorAll('#packet-details .packet-grab').length") == 2,
+               "both grabs listed")
     grabs = alice.wait_value(lambda: alice.js(
         """return Object.fromEntries([...document.querySelectorAll('#packet-details .packet-grab')]
              .map((li) => [li.dataset.user, li.querySelector('.amount')?.textContent ?? '']))"""
@@ -619,7 +651,7 @@ def test_group_chat_with_members_and_a_red_packet(pages: tuple[Page, Page], live
     async def carol_grabs(client: Client) -> str:
         try:
             await client.request({"op": "red_packet.grab", "conversation": conversation, "mid": mid})
-        except Exception as error:  # noqa: BLE001 - the code is what counts
+        except Exception as error:  # the code is what counts
             return str(getattr(error, "code", error))
         return "grabbed"
 
@@ -664,6 +696,198 @@ def test_phone_sized_screen_alternates_list_and_pane(pages: tuple[Page, Page], l
         alice.screen(*DESKTOP)
 
 
+# ----------------------------------------------------------------------------- contacts and blocking
+
+
+def set_profile(live: Stack, user: str, **fields: Any) -> None:
+    """Change a user's profile as the app's backend does (admin API, PATCH /admin/users/{user})."""
+    reply = httpx.patch(f"{live.http(0)}/admin/users/{user}", json=fields,
+                        headers={"Authorization": f"Bearer {ADMIN_SECRET}"}, timeout=5)
+    assert reply.status_code == 200, reply.text
+
+
+def test_a_friend_request_with_a_note_accepted_makes_contacts_who_see_each_others_presence(
+    pages: tuple[Page, Page], live: Stack, users: Any,
+) -> None:
+    alice, bob = alice_and_bob(pages, live, users)  # signing in creates the accounts
+    set_profile(live, users.alice, display_name="Alice Liddell", avatar_url=f"{live.http(0)}/static/icon.svg",
+                custom={"city": "Oxford"})
+    note = "Hi Bob, it's Alice from the trip"
+
+    alice.click("#tab-contacts")
+    alice.click("#add-contact-button")
+    alice.type("#contact-request-user", users.bob)
+    alice.type("#contact-request-note", note)
+    alice.click("#contact-request-send")
+    outgoing = f"#outgoing-requests li[data-user='{users.bob}']"
+    alice.wait_text_content(f"{outgoing} .note", note, "the request waiting among alice's, with its note")
+
+    # pushed to bob: a badge on his Contacts tab, the request with alice's name, picture and note
+    bob.wait_js("return document.querySelector('#requests-badge:not([hidden])')?.dataset.count ?? null", "1",
+                "a request counted on bob's Contacts tab")
+    bob.click("#tab-contacts")
+    incoming = f"#incoming-requests li[data-user='{users.alice}']"
+    bob.wait_text_content(f"{incoming} .note", note, "alice's request with her note")
+    bob.wait_text_content(f"{incoming} .person-name", "Alice Liddell", "alice's display name (the profiles frame)")
+    bob.wait(lambda: bob.js(f"return document.querySelector(\"{incoming} .avatar img\")?.complete === true"
+                            f" && document.querySelector(\"{incoming} .avatar img\").naturalWidth > 0"), "alice's picture")
+    bob.screenshot("contact-request")
+    bob.click(f"{incoming} .accept-button")
+
+    # both are contacts now, each online to the other (watch_presence, then presence pushes)
+    for page, peer in ((alice, users.bob), (bob, users.alice)):
+        contact = f"#contact-list li[data-user='{peer}']"
+        page.wait_js(f"return document.querySelector(\"{contact}\")?.dataset.online ?? null", "true", f"{peer} listed online")
+        page.wait_js(f"return document.querySelector(\"{contact} .presence-dot\")?.dataset.online ?? null", "true",
+                     f"{peer}'s presence dot")
+        page.wait(lambda page=page: not page.visible("#requests-section"), "no request pending any more")
+    assert not bob.visible("#requests-badge")
+
+    bob.click(f"#contact-list li[data-user='{users.alice}'] .person-main")
+    bob.wait_text_content("#profile-name", "Alice Liddell", "alice's profile in the pane")
+    bob.wait_text_content("#profile-relation", "Contact since", "alice a contact in her profile")
+    bob.wait_text_content(".profile-custom", "Oxford", "alice's custom field")
+    bob.wait_js("return document.querySelector('#profile-presence')?.textContent", "Online", "alice online in her profile")
+    bob.screenshot("profile")
+
+    # the lists come from the server: a reload shows the same, and bob's presence again
+    alice.driver.refresh()
+    alice.wait(lambda: alice.connection() == "online", "online again after the reload")
+    alice.click("#tab-contacts")
+    alice.wait_js(f"return document.querySelector(\"#contact-list li[data-user='{users.bob}']\")?.dataset.online ?? null",
+                  "true", "bob listed online after the reload")
+    # alice leaves: bob's page sees her go offline, with a last-seen time
+    alice.driver.get("about:blank")  # the page closes its socket on the way out (the bfcache keeps the page)
+    bob.wait_text_content("#profile-presence", "Last seen", "alice offline in her profile, seen just now")
+    bob.wait_js(f"return document.querySelector(\"#contact-list li[data-user='{users.alice}']\")?.dataset.online ?? null",
+                "false", "alice listed offline")
+
+    async def contacts_of(client: Client) -> list[str]:
+        reply = await client.request({"op": "contacts"})
+        return [contact["user"] for contact in reply["contacts"]]
+
+    assert run(_with_client(live, users.bob, contacts_of)) == [users.alice]
+
+
+def test_a_blocked_users_message_is_refused_with_its_code_and_the_blocker_never_sees_it(
+    pages: tuple[Page, Page], live: Stack, users: Any,
+) -> None:
+    alice, bob = alice_and_bob(pages, live, users)
+    conversation = first_message(alice, bob, "Hello Bob")
+
+    # bob blocks alice from her profile, which the conversation's header leads to
+    bob.click("#profile-link")
+    bob.click("#profile-block")
+    bob.wait(lambda: bob.visible("#profile-unblock"), "alice blocked (her profile offers to unblock)")
+    bob.click("#tab-contacts")
+    blocked = f"#blocked-list li[data-user='{users.alice}']"
+    bob.wait(lambda: bob.visible(blocked), "alice in bob's blocked list")
+
+    alice.send("Can you see this?")
+    refused = "#message-list li.message[data-state='failed']"
+    alice.wait_js(f"return document.querySelector(\"{refused}\")?.dataset.code ?? null", "blocked",
+                  "the message refused as blocked")
+    alice.wait_text_content(f"{refused} .failure", "(blocked)", "the code shown on the refused message")
+    alice.screenshot("blocked-message")
+    # a friend request is refused the same way, in the dialog
+    alice.click("#tab-contacts")
+    alice.click("#add-contact-button")
+    alice.type("#contact-request-user", users.bob)
+    alice.click("#contact-request-send")
+    alice.wait_js("return document.querySelector('#contact-request-dialog .form-error').dataset.code", "blocked",
+                  "the friend request refused as blocked")
+    alice.wait_text_content("#contact-request-dialog .form-error", "(blocked)", "the code shown in the dialog")
+    alice.click("#contact-request-dialog [data-close]")
+
+    # bob's page shows the block, and nothing of the refused message; neither does the server
+    bob.click("#tab-chats")
+    bob.open(conversation)
+    bob.wait_text_content("#conversation-notice", "You blocked", "the block noted over bob's composer")
+    bob.wait(lambda: bob.texts() == ["Hello Bob"], "only the message from before the block")
+    assert [m["body"]["text"] for m in server_history(live, users.bob, conversation)] == ["Hello Bob"]
+
+    # unblocked, alice's next message arrives; the refused one never does (it was not stored)
+    bob.click("#tab-contacts")
+    bob.click(f"{blocked} .unblock-button")
+    bob.wait(lambda: not bob.visible("#blocked-section"), "nobody blocked any more")
+    alice.click("#tab-chats")
+    alice.click(f"{refused} .discard-button")
+    alice.send("And now?")
+    alice.wait_text("And now?", state="sent")
+    bob.click("#tab-chats")
+    bob.open(conversation)
+    bob.wait(lambda: bob.texts() == ["Hello Bob", "And now?"], "the message after the unblock, and nothing between")
+    assert not bob.visible("#conversation-notice")
+    assert [m["body"]["text"] for m in server_history(live, users.bob, conversation)] == ["Hello Bob", "And now?"]
+
+
+def test_conversation_settings_and_privacy_follow_on_the_users_other_device(
+    pages: tuple[Page, Page], live: Stack, users: Any,
+) -> None:
+    """One user on two browsers (two gateways): a pin, a mute, a hide, a mark-unread and the
+    privacy setting made on one show on the other through the pushes."""
+    laptop, phone = pages
+    laptop.name, phone.name = f"{users.alice}-laptop", f"{users.alice}-phone"
+    from_carol, from_dave = direct(users.alice, users.carol), direct(users.alice, users.dave)
+    laptop.sign_in(live.http(0), users.alice)
+    phone.sign_in(live.http(1), users.alice)
+    run(_with_client(live, users.carol, lambda client: client.send_text(users.alice, "Hi from Carol")))
+    run(_with_client(live, users.dave, lambda client: client.send_text(users.alice, "Hi from Dave")))
+    item = "li.conversation[data-conversation='{}']"
+
+    def flag(page: Page, conversation: str, name: str) -> str | None:
+        return page.js(f"return document.querySelector(\"{item.format(conversation)}\")?.dataset.{name} ?? null")
+
+    def listed(page: Page) -> list[str]:
+        return page.js("return [...document.querySelectorAll('li.conversation')].map((li) => li.dataset.conversation)")
+
+    for page in (laptop, phone):
+        page.wait(lambda page=page: listed(page) == [from_dave, from_carol], "both conversations, the newest first")
+
+    laptop.open(from_carol)
+    laptop.click("#pin-button")
+    laptop.click("#mute-button")
+    for page in (laptop, phone):
+        page.wait(lambda page=page: flag(page, from_carol, "pinned") == "true" and flag(page, from_carol, "muted") == "true",
+                  "carol's conversation pinned and muted")
+        page.wait(lambda page=page: listed(page) == [from_carol, from_dave], "the pinned conversation first")
+
+    phone.open(from_dave)
+    phone.click("#mark-unread-button")  # closes it, or it would be read at once
+    laptop.wait(lambda: flag(laptop, from_dave, "markedUnread") == "true"
+                and laptop.visible(f"{item.format(from_dave)} .marked-unread"), "dave's conversation marked unread on the laptop")
+    laptop.screenshot("conversation-settings")
+    laptop.open(from_dave)  # reading it clears the mark everywhere
+    phone.wait(lambda: flag(phone, from_dave, "markedUnread") == "false", "the mark cleared on the phone by the laptop's read")
+
+    laptop.open(from_carol)
+    laptop.click("#hide-button")
+    for page in (laptop, phone):
+        page.wait(lambda page=page: listed(page) == [from_dave], "carol's conversation hidden")
+        page.wait_text_content("#hidden-toggle", "(1)", "one hidden conversation to show on request")
+    run(_with_client(live, users.carol, lambda client: client.send_text(users.alice, "Still there?")))
+    for page in (laptop, phone):  # a new message un-hides it
+        page.wait(lambda page=page: listed(page) == [from_carol, from_dave], "carol's conversation back, pinned first")
+
+    laptop.click("#settings-button")
+    laptop.click("#dm-contacts")
+    laptop.wait(lambda: laptop.visible("#privacy-saved"), "the privacy setting saved")
+    laptop.click("#privacy-done")
+    phone.click("#settings-button")
+    phone.wait(lambda: phone.js("return document.querySelector('#dm-contacts').checked"), "contacts only, on the phone too")
+    phone.screenshot("privacy")
+    phone.click("#privacy-done")
+
+    async def carol_tries(client: Client) -> str:
+        try:
+            await client.send_text(users.alice, "Can I still write?")
+        except Exception as error:  # the code is what counts
+            return str(getattr(error, "code", error))
+        return "sent"
+
+    assert run(_with_client(live, users.carol, carol_tries)) == "contacts_only"
+
+
 # ----------------------------------------------------------------------------- a gateway dies
 
 
@@ -684,16 +908,8 @@ def start_gateway_again(live: Stack, index: int) -> None:
 
 
 def test_a_killed_and_restarted_gateway_loses_no_message(pages: tuple[Page, Page], live: Stack, users: Any) -> None:
-    alice, bob = pages
-    alice.name, bob.name = users.alice, users.bob
-    conversation = direct(users.alice, users.bob)
-    alice.sign_in(live.http(0), users.alice)
-    bob.sign_in(live.http(1), users.bob)
-    alice.start_chat(users.bob)
-    alice.send("Before the crash")
-    alice.wait_text("Before the crash", state="sent")
-    bob.open(conversation)
-    bob.wait_text("Before the crash")
+    alice, bob = alice_and_bob(pages, live, users)
+    conversation = first_message(alice, bob, "Before the crash")
 
     kill_gateway(live, 0)
     try:
@@ -764,12 +980,13 @@ def test_live_room_with_a_host_chat_and_gifts_across_gateways(pages: tuple[Page,
         (viewer, users.bob, "gift", "A rose for the host"),
         (host, users.alice, "chat", "Thank you!"),
     ]
-    for number, (page, sender, kind, text) in enumerate(said, 1):
+    for number, (page, _, kind, text) in enumerate(said, 1):
         page.type("#room-text", text)
         page.click("#room-gift-button" if kind == "gift" else "#room-send")
         expected = [(s, k, t) for _, s, k, t in said[:number]]
         for someone in (host, viewer):  # each message at both before the next: the order is the order said
-            someone.wait(lambda someone=someone: lines(someone) == expected, f"{number} room messages in order")
+            someone.wait(lambda someone=someone, expected=expected: lines(someone) == expected,
+                         f"{number} room messages in order")
 
     assert viewer.js("return document.querySelectorAll('#room-message-list li.gift').length") == 1
     assert viewer.js("return document.querySelector('#room-message-list li.gift').dataset.sender") == users.bob

@@ -1,5 +1,6 @@
 // The protocol work behind the views: resync after every (re)connect, pushes, reads, acks,
-// history pages, groups and red packets. Views call these; the store tells them what changed.
+// history pages, groups, red packets and conversation settings (pin, mute, hide, mark unread).
+// Views call these; the store tells them what changed.
 
 import { RequestError } from './connection.js';
 import { directConversation } from './store.js';
@@ -113,8 +114,12 @@ export class Chat {
         store.markReadLocally(frame.conversation, frame.seq); // sending marks the conversation read
         break;
       }
-      case 'unread':
+      case 'unread': // a read, here or on another device: it clears "marked unread" on the server too
+        store.conversation(frame.conversation).markedUnread = false;
         store.setUnread(frame.conversation, frame.count, frame.read_seq);
+        break;
+      case 'conversation_settings': // changed on another device
+        this.#applySettings(frame);
         break;
       case 'error':
         if (frame.cmid !== undefined || this.outbox.entries.has(frame.ref)) this.outbox.refused(frame.cmid ?? frame.ref, frame);
@@ -148,8 +153,9 @@ export class Chat {
     const conversation = this.store.open;
     if (!conversation || !this.connection.online || !this.paneVisible() || document.visibilityState !== 'visible') return;
     const seq = Math.max(conversation.lastSeq, conversation.newestSeq());
-    if (seq <= conversation.readSeq && conversation.unread === 0) return;
+    if (seq === 0 || (seq <= conversation.readSeq && conversation.unread === 0 && !conversation.markedUnread)) return;
     this.store.markReadLocally(conversation.id, seq);
+    conversation.markedUnread = false; // the read clears it on the server
     this.connection
       .request({ op: 'read', conversation: conversation.id, seq })
       .then((reply) => this.store.setUnread(reply.conversation, reply.count, reply.read_seq))
@@ -270,6 +276,20 @@ export class Chat {
     const reply = await this.connection.request({ op: 'add_members', gid: conversation.gid, users });
     await this.loadMembers(conversation);
     return reply.added;
+  }
+
+  // -- conversation settings
+
+  /** Pin, mute, hide or mark unread (`changes`: some of {pinned, muted, hidden, marked_unread}). */
+  async setConversation(id, changes) {
+    const reply = await this.connection.request({ op: 'set_conversation', conversation: id, ...changes });
+    this.#applySettings(reply);
+    return reply;
+  }
+
+  #applySettings(frame) {
+    this.store.conversation(frame.conversation).applySettings(frame);
+    this.store.changed('list', 'pane', 'total');
   }
 
   // -- red packets

@@ -13,7 +13,7 @@ export const OFFLINE = 'offline';
 const REQUEST_TIMEOUT_MS = 10_000;
 const PING_EVERY_MS = 20_000; // notices a connection that died without a close
 const BACKOFF_MS = [300, 600, 1200, 2000, 3000];
-const AUTH_ERRORS = new Set(['unauthenticated', 'token_invalid', 'token_expired', 'token_revoked']);
+const AUTH_ERRORS = new Set(['unauthenticated', 'token_invalid', 'token_expired', 'token_revoked', 'unknown_user', 'user_deactivated']);
 const RENEW_BEFORE_MS = 60_000; // renew a minute before expiry (at 80% of a short token's life)
 
 export class RequestError extends Error {

@@ -1,29 +1,31 @@
 // The dialogs: new chat, new group, group members, red packets (send, and who got what).
 
 import { $, USER_ID, avatar, h } from './dom.js';
+import { showRefusal } from './refusals.js';
 import { packetDetails } from './render.js';
 
-/** Wire a dialog's form: `submit` runs async; a thrown error shows in the form, success closes. */
-function wire(dialog, submit) {
+/** Wire a dialog's form: `submit` runs async; a thrown error (a refusal: with its code) shows
+ * in the form, success closes unless `submit` answers false. Returns {show()}. */
+export function wire(dialog, submit) {
   const form = $('form', dialog);
   const error = $('.form-error', dialog);
   for (const button of dialog.querySelectorAll('[data-close]')) button.addEventListener('click', () => dialog.close());
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
-    error.textContent = '';
+    showRefusal(error, null);
     const buttons = form.querySelectorAll('button[type=submit]');
     buttons.forEach((button) => (button.disabled = true));
     try {
       if ((await submit()) !== false) dialog.close();
     } catch (failure) {
-      error.textContent = failure.message;
+      showRefusal(error, failure);
     } finally {
       buttons.forEach((button) => (button.disabled = false));
     }
   });
   return {
     show() {
-      error.textContent = '';
+      showRefusal(error, null);
       dialog.showModal();
     },
   };

@@ -34,6 +34,14 @@ const ICONS = {
   gift: '<rect x="3.5" y="9" width="17" height="11.5" rx="1.5"/><path d="M2.5 9h19v-2.8h-19zM12 6.2v14.3"/><path d="M12 6.2C10.5 3 7 2.6 7 4.6c0 1.4 2.5 1.6 5 1.6zM12 6.2c1.5-3.2 5-3.6 5-1.6 0 1.4-2.5 1.6-5 1.6z"/>',
   live: '<circle cx="12" cy="12" r="2.2"/><path d="M8.3 15.7a5.2 5.2 0 0 1 0-7.4M15.7 8.3a5.2 5.2 0 0 1 0 7.4M5.3 18.7a9.5 9.5 0 0 1 0-13.4M18.7 5.3a9.5 9.5 0 0 1 0 13.4"/>',
   retry: '<path d="M19 12a7 7 0 1 1-2.1-5"/><path d="M19 4.5V9h-4.5"/>',
+  contacts: '<circle cx="12" cy="8" r="3.5"/><path d="M5 20c0-3.9 3.1-6.5 7-6.5s7 2.6 7 6.5"/>',
+  addPerson: '<circle cx="10" cy="8" r="3.5"/><path d="M3 20c0-3.9 3.1-6.5 7-6.5 1.6 0 3 .4 4.2 1.2"/><path d="M18 14v6M15 17h6"/>',
+  settings: '<circle cx="12" cy="12" r="3"/><path d="M12 3v2.5M12 18.5V21M3 12h2.5M18.5 12H21M5.6 5.6l1.8 1.8M16.6 16.6l1.8 1.8M5.6 18.4l1.8-1.8M16.6 7.4l1.8-1.8"/>',
+  pin: '<path d="M9 4h6l-1 5 3 3v2H7v-2l3-3-1-5z"/><path d="M12 14v6"/>',
+  mute: '<path d="M6 9h3l5-4v14l-5-4H6z"/><path d="M17 9.5l4 5M21 9.5l-4 5"/>',
+  archive: '<rect x="3.5" y="4.5" width="17" height="4" rx="1"/><path d="M5 8.5v10a1.5 1.5 0 0 0 1.5 1.5h11a1.5 1.5 0 0 0 1.5-1.5v-10M10 12.5h4"/>',
+  unread: '<path d="M20 11.5V18a2 2 0 0 1-2 2H6a2 2 0 0 1-2-2V8a2 2 0 0 1 2-2h8"/><circle cx="18.5" cy="6" r="2.5"/>',
+  block: '<circle cx="12" cy="12" r="8.5"/><path d="M6 6l12 12"/>',
 };
 
 export function icon(name, label) {
@@ -42,13 +50,30 @@ export function icon(name, label) {
   return el;
 }
 
-/** A round avatar with the name's initial, its colour fixed by the name. */
-export function avatar(name, kind = 'user') {
+/** A round avatar with the name's initial, its colour fixed by the name; the picture at `url`
+ * over it when there is one (the initial shows if it fails to load); a presence dot when
+ * `presence` ({online}) is given. */
+export function avatar(name, kind = 'user', { url = null, presence = null } = {}) {
   let hash = 0;
   for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
   const hue = hash % 360;
   const initial = [...name.trim()][0]?.toUpperCase() || (kind === 'group' ? '#' : '?');
-  return h(`span.avatar.avatar-${kind}`, { style: `--hue:${hue}`, 'aria-hidden': 'true' }, initial);
+  const picture = url ? h('img', { src: url, alt: '', loading: 'lazy', referrerpolicy: 'no-referrer', onerror: (event) => event.target.remove() }) : null;
+  const dot = presence ? h('span.presence-dot', { dataset: { online: String(Boolean(presence.online)) } }) : null;
+  return h(`span.avatar.avatar-${kind}`, { style: `--hue:${hue}`, 'aria-hidden': 'true' }, initial, picture, dot);
+}
+
+/** What a presence state says: 'Online', 'Last seen …', or 'Offline' (hidden, or never seen). */
+export function presenceText(state) {
+  if (!state) return '';
+  if (state.online) return 'Online';
+  if (!state.last_seen_ms) return 'Offline';
+  const minutes = Math.floor((Date.now() - state.last_seen_ms) / 60e3);
+  if (minutes < 1) return 'Last seen just now';
+  if (minutes < 60) return `Last seen ${minutes} min ago`;
+  const day = dayLabel(state.last_seen_ms);
+  const when = day === 'Today' || day === 'Yesterday' ? day.toLowerCase() : `on ${date.format(state.last_seen_ms)}`;
+  return `Last seen ${when} at ${clockTime(state.last_seen_ms)}`;
 }
 
 const time = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });

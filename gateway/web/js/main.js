@@ -2,9 +2,11 @@
 
 import { Chat } from './chat.js';
 import { CONNECTING, Connection, ONLINE } from './connection.js';
+import { Contacts } from './contacts.js';
 import { setUpDialogs } from './dialogs.js';
 import { $, USER_ID, avatar, icon } from './dom.js';
 import { Outbox } from './outbox.js';
+import { People } from './people.js';
 import { ROOM_ID, Rooms } from './rooms.js';
 import { LOAD_OLDER_PX, View } from './render.js';
 import { DevLoginOff, clearSession, devToken, lastUser, loadSession, saveSession, tokenUser } from './session.js';
@@ -80,6 +82,8 @@ function start(session) {
   const chat = new Chat(connection, store, outbox);
   const dialogs = setUpDialogs({ store, chat, openConversation });
   const rooms = new Rooms(connection, store, { openRoom, leaveRoom: () => openConversation(null) });
+  const contacts = new Contacts(connection, store);
+  const people = new People(store, contacts, { openConversation, openProfile, back: () => openConversation(null) });
   const view = new View(store, outbox, chat, {
     open: openConversation,
     back: () => openConversation(null),
@@ -87,6 +91,7 @@ function start(session) {
     discard: (cmid) => outbox.discard(cmid),
     older: () => store.openId && chat.loadOlder(store.openId).catch(() => null),
     members: () => dialogs.members(),
+    profile: (user) => openProfile(user),
     packet: (message) => dialogs.openPacket(message).catch((error) => console.warn('red packet', error)),
     packetStatus: (message) => {
       if (!connection.online || store.packets.has(message.mid)) return;
@@ -114,8 +119,9 @@ function start(session) {
     location.reload();
   });
 
-  // -- the open conversation follows the address (#/c/<id>), and so does a live room (#/r/<room>):
-  // reloads and the back button keep them; leaving a room's address leaves the room
+  // -- the open conversation follows the address (#/c/<id>), and so do a live room (#/r/<room>)
+  // and a profile (#/u/<user>): reloads and the back button keep them; leaving a room's address
+  // leaves the room
   function openConversation(id) {
     const hash = id ? `#/c/${encodeURIComponent(id)}` : '';
     if (location.hash !== hash) history.pushState(null, '', hash || location.pathname);
@@ -126,6 +132,11 @@ function start(session) {
     if (location.hash !== hash) history.pushState(null, '', hash);
     route();
   }
+  function openProfile(user) {
+    const hash = `#/u/${encodeURIComponent(user)}`;
+    if (location.hash !== hash) history.pushState(null, '', hash);
+    route();
+  }
   function route() {
     const match = /^#\/c\/(.+)$/.exec(location.hash);
     let id = match ? decodeURIComponent(match[1]) : null;
@@ -133,6 +144,10 @@ function start(session) {
     const roomMatch = /^#\/r\/(.+)$/.exec(location.hash);
     let room = roomMatch ? decodeURIComponent(roomMatch[1]) : null;
     if (room && !ROOM_ID.test(room)) room = null;
+    const userMatch = /^#\/u\/(.+)$/.exec(location.hash);
+    let user = userMatch ? decodeURIComponent(userMatch[1]) : null;
+    if (user && !USER_ID.test(user)) user = null;
+    if (user !== store.profileUser) people.showProfile(user);
     if (room !== rooms.name) rooms.open(room);
     if (id !== store.openId) chat.open(id);
     if (id) $('#composer-text').focus({ preventScroll: true });
@@ -207,6 +222,11 @@ function start(session) {
     sessionStorage.setItem(NOTICE, `Signed out: ${detail.message || detail.code}. Sign in again.`);
     location.reload();
   });
+
+  // a page kept in the back/forward cache would keep its socket open (and its user online to
+  // their contacts): it closes on the way out and opens again when the page comes back
+  window.addEventListener('pagehide', (event) => event.persisted && connection.stop());
+  window.addEventListener('pageshow', (event) => event.persisted && connection.start());
 
   view.render(new Set(['list', 'pane', 'total']));
   route();

@@ -1,7 +1,10 @@
 // Messages on their way: each keeps its cmid until the server's 'sent' frame names its mid
 // and seq. Sends that get no answer are resent with the same cmid (the server stores them
 // once), also after a reconnect or a page reload (the outbox lives in sessionStorage).
-// States: 'sending' (first try), 'retrying' (no answer yet, or offline), 'failed' (refused).
+// States: 'sending' (first try), 'retrying' (no answer yet, or offline), 'failed' (refused:
+// `code` and `error`, the refusal explained).
+
+import { explain } from './refusals.js';
 
 const RESEND_AFTER_MS = 5000;
 // errors that a resend may cure; any other refusal is final until the user retries
@@ -24,7 +27,7 @@ export class Outbox extends EventTarget {
   }
 
   submit({ conversation, type, body }) {
-    const entry = { cmid: newCmid(), conversation, type, body, createdAt: Date.now(), state: 'sending', error: null };
+    const entry = { cmid: newCmid(), conversation, type, body, createdAt: Date.now(), state: 'sending', error: null, code: null };
     this.entries.set(entry.cmid, entry);
     this.#save();
     this.#transmit(entry);
@@ -40,7 +43,7 @@ export class Outbox extends EventTarget {
     const entry = this.entries.get(cmid);
     if (!entry) return;
     entry.state = 'retrying';
-    entry.error = null;
+    entry.error = entry.code = null;
     this.#transmit(entry);
   }
 
@@ -60,7 +63,8 @@ export class Outbox extends EventTarget {
     if (!entry) return;
     const transient = TRANSIENT.has(frame.code);
     entry.state = transient ? 'retrying' : 'failed';
-    entry.error = transient ? null : frame.message || frame.code;
+    entry.error = transient ? null : explain(frame);
+    entry.code = transient ? null : frame.code;
     if (!transient) clearTimeout(this.#timers.get(cmid));
     this.#changed();
   }

@@ -1,8 +1,11 @@
-// Rendering: the conversation list, the total, and the open conversation's pane. Message
-// elements are kept by key and rebuilt only when what they show changes, so scrolling,
-// selection and the scroll position survive the frequent re-renders.
+// Rendering: the conversation list (pinned first; hidden ones on request), the total, and the
+// open conversation's pane with its settings (pin, mute, hide, mark unread). Message elements
+// are kept by key and rebuilt only when what they show changes, so scrolling, selection and
+// the scroll position survive the frequent re-renders. People's names, pictures and presence
+// come from the store (contacts.js); a profile shows in the pane instead (people.js).
 
-import { $, avatar, clockTime, dayLabel, h, icon, money, shortWhen } from './dom.js';
+import { $, avatar, clockTime, dayLabel, h, icon, money, presenceText, shortWhen } from './dom.js';
+import { showRefusal } from './refusals.js';
 
 export const LOAD_OLDER_PX = 150; // this close to the top, the next older page loads
 const STATE_LABEL = { sending: 'Sending…', retrying: 'Not sent yet · retrying', failed: 'Not sent', sent: 'Sent' };
@@ -11,12 +14,18 @@ const STATE_ICON = { sending: 'clock', retrying: 'retry', failed: 'alert', sent:
 export class View {
   #items = new Map(); // key -> {el, signature}
   #shownId = null;
+  #showHidden = false; // the list shows hidden (archived) conversations too
+  #settingsRefusal = null; // {id, error}: the last refused set_conversation, shown while its conversation is
 
   constructor(store, outbox, chat, actions) {
     this.store = store;
     this.outbox = outbox;
     this.chat = chat;
-    this.actions = actions; // open, back, retry, discard, packet, members, packetStatus
+    this.actions = actions; // open, back, retry, discard, packet, members, packetStatus, profile
+    $('#hidden-toggle').addEventListener('click', () => {
+      this.#showHidden = !this.#showHidden;
+      this.renderList();
+    });
   }
 
   render(parts) {
@@ -29,9 +38,15 @@ export class View {
   renderList() {
     const { store } = this;
     const list = $('#conversation-list');
-    const items = store.sorted().map((conversation) => this.#listItem(conversation));
+    const all = store.sorted();
+    const hidden = all.filter((conversation) => conversation.hidden && conversation.id !== store.openId).length;
+    const shown = this.#showHidden ? all : all.filter((conversation) => !conversation.hidden || conversation.id === store.openId);
+    const items = shown.map((conversation) => this.#listItem(conversation));
     list.replaceChildren(...items);
-    $('#list-empty').hidden = items.length > 0;
+    $('#list-empty').hidden = items.length > 0 || hidden > 0;
+    const toggle = $('#hidden-toggle');
+    toggle.hidden = hidden === 0;
+    toggle.textContent = this.#showHidden ? 'Leave hidden chats out' : `Show hidden chats (${hidden})`;
     const total = store.totalUnread;
     const badge = $('#total-unread');
     badge.hidden = total === 0;
@@ -56,21 +71,30 @@ export class View {
       preview = conversation.kind === 'group' ? 'Group created' : 'No messages yet';
     }
     const unread = conversation.unread;
+    const flags = { pinned: conversation.pinned, muted: conversation.muted, hidden: conversation.hidden, markedUnread: conversation.markedUnread };
     return h(
-      'li.conversation',
-      { dataset: { conversation: conversation.id, unread: String(unread) }, 'aria-current': conversation.id === this.store.openId ? 'true' : null },
+      `li.conversation${conversation.muted ? '.is-muted' : ''}`,
+      {
+        dataset: { conversation: conversation.id, unread: String(unread), ...Object.fromEntries(Object.entries(flags).map(([k, v]) => [k, String(v)])) },
+        'aria-current': conversation.id === this.store.openId ? 'true' : null,
+      },
       h(
         'button.conversation-button',
         { type: 'button', onclick: () => this.actions.open(conversation.id) },
-        avatar(conversation.name, conversation.kind === 'group' ? 'group' : 'user'),
+        this.#avatarOf(conversation),
         h(
           'span.conversation-main',
           {},
-          h('span.conversation-top', {}, h('span.conversation-name', {}, conversation.name), h('span.when', {}, last || pending ? shortWhen(when) : '')),
+          h('span.conversation-top', {},
+            h('span.conversation-name', {}, this.store.title(conversation)),
+            conversation.muted ? h('span.flag.muted-flag', { title: 'Muted' }, icon('mute')) : null,
+            conversation.pinned ? h('span.flag.pinned-flag', { title: 'Pinned' }, icon('pin')) : null,
+            h('span.when', {}, last || pending ? shortWhen(when) : '')),
           h(
             'span.conversation-bottom',
             {},
             h('span.preview', {}, pending ? icon(pending.state === 'failed' ? 'alert' : 'clock') : null, preview),
+            h('span.marked-unread', { hidden: !conversation.markedUnread || unread > 0, title: 'Marked unread', 'aria-label': 'marked unread' }),
             h('span.badge', { hidden: unread === 0, dataset: { count: String(unread) }, 'aria-label': `${unread} unread` }, unread > 99 ? '99+' : String(unread)),
           ),
         ),
@@ -78,16 +102,26 @@ export class View {
     );
   }
 
+  /** A group's square, or the peer's picture with a presence dot while they are a watched contact. */
+  #avatarOf(conversation) {
+    const { store } = this;
+    if (conversation.kind === 'group') return avatar(store.title(conversation), 'group');
+    const presence = store.contacts.has(conversation.peer) ? store.presence.get(conversation.peer) : null;
+    return avatar(store.title(conversation), 'user', { url: store.avatarUrl(conversation.peer), presence });
+  }
+
   // -- the pane
 
   renderPane() {
     const conversation = this.store.open;
     const room = Boolean(this.store.room); // a live room shows instead (rooms.js draws it)
-    document.body.classList.toggle('has-open', Boolean(conversation) || room);
-    $('#pane-empty').hidden = Boolean(conversation) || room;
+    const profile = Boolean(this.store.profileUser) && !conversation && !room; // or a profile (people.js)
+    document.body.classList.toggle('has-open', Boolean(conversation) || room || profile);
+    $('#pane-empty').hidden = Boolean(conversation) || room || profile;
     $('#room-view').hidden = !room || Boolean(conversation);
     for (const id of ['#pane-header', '#messages', '#composer']) $(id).hidden = !conversation;
     if (!conversation) {
+      $('#conversation-notice').hidden = true;
       this.#shownId = null;
       return;
     }
@@ -97,23 +131,73 @@ export class View {
       $('#message-list').replaceChildren();
       this.#shownId = conversation.id;
       $('#composer-text').value = '';
+      if (this.#settingsRefusal?.id !== conversation.id) this.#settingsRefusal = null; // another conversation's
     }
     this.#renderHeader(conversation);
+    this.#renderNotice(conversation);
     this.#renderMessages(conversation, switched);
   }
 
   #renderHeader(conversation) {
+    const { store } = this;
     const members = conversation.members ? Object.keys(conversation.members).length : null;
-    const subtitle = conversation.kind === 'group' ? (members ? `${members} members` : 'Group') : 'Direct message';
+    const peer = conversation.peer;
+    const presence = peer && store.contacts.has(peer) ? store.presence.get(peer) : null;
+    let subtitle = 'Direct message';
+    if (conversation.kind === 'group') subtitle = members ? `${members} members` : 'Group';
+    else if (store.blocked.has(peer)) subtitle = 'Blocked';
+    else if (presence) subtitle = presenceText(presence);
+    const title = h('div.pane-title', {}, h('h2', { id: 'pane-title' }, store.title(conversation)),
+      h('span.muted', { id: 'pane-subtitle', dataset: { online: presence ? String(presence.online) : '' } }, subtitle));
+    // a direct conversation's name and picture lead to the peer's profile
+    const who = conversation.kind === 'group'
+      ? [this.#avatarOf(conversation), title]
+      : [h('button.pane-who', { type: 'button', id: 'profile-link', title: 'Profile', onclick: () => this.actions.profile(peer) }, this.#avatarOf(conversation), title)];
+    const toggle = (id, name, on, label, offLabel, changes) => h('button.icon-button.setting-button', {
+      type: 'button', id, title: on ? offLabel : label, 'aria-label': on ? offLabel : label, 'aria-pressed': String(on),
+      onclick: () => this.#setting(conversation, changes),
+    }, icon(name));
     const header = [
       h('button.icon-button.back-button', { type: 'button', title: 'Back to chats', 'aria-label': 'Back to chats', onclick: () => this.actions.back() }, icon('back')),
-      avatar(conversation.name, conversation.kind === 'group' ? 'group' : 'user'),
-      h('div.pane-title', {}, h('h2', { id: 'pane-title' }, conversation.name), h('span.muted', { id: 'pane-subtitle' }, subtitle)),
+      ...who,
+      toggle('pin-button', 'pin', conversation.pinned, 'Pin to the top', 'Unpin', { pinned: !conversation.pinned }),
+      toggle('mute-button', 'mute', conversation.muted, 'Mute notifications', 'Unmute', { muted: !conversation.muted }),
+      toggle('hide-button', 'archive', conversation.hidden, 'Hide until the next message', 'Show in the list', { hidden: !conversation.hidden }),
+      toggle('mark-unread-button', 'unread', conversation.markedUnread, 'Mark unread', 'Marked unread', { marked_unread: !conversation.markedUnread }),
       conversation.kind === 'group'
         ? h('button.icon-button', { type: 'button', id: 'members-button', title: 'Members', 'aria-label': 'Members', onclick: () => this.actions.members() }, icon('group'))
         : null,
     ];
     $('#pane-header').replaceChildren(...header.filter(Boolean));
+  }
+
+  /** Change a setting of the open conversation. Hiding it or marking it unread closes it
+   * first: a read sent after the mark would clear it again (a refusal opens it again, to show). */
+  async #setting(conversation, changes) {
+    this.#settingsRefusal = null;
+    const closes = Boolean(changes.hidden || changes.marked_unread);
+    if (closes) this.actions.back();
+    try {
+      await this.chat.setConversation(conversation.id, changes);
+    } catch (error) {
+      this.#settingsRefusal = { id: conversation.id, error };
+      if (closes) this.actions.open(conversation.id);
+    }
+    this.store.changed('pane');
+  }
+
+  /** Above the composer: that I block the peer (nothing goes either way), or a refused setting. */
+  #renderNotice(conversation) {
+    const notice = $('#conversation-notice');
+    const blocked = conversation.peer && this.store.blocked.has(conversation.peer);
+    const refusal = this.#settingsRefusal?.error ?? null;
+    showRefusal(notice, refusal);
+    if (!refusal && blocked) {
+      const peer = conversation.peer;
+      notice.replaceChildren(`You blocked ${this.store.displayName(peer)}: messages cannot go either way. `,
+        h('button.link', { type: 'button', onclick: () => this.actions.profile(peer) }, 'Profile'));
+    }
+    notice.hidden = !notice.textContent;
   }
 
   #renderMessages(conversation, switched) {
@@ -153,7 +237,7 @@ export class View {
     else if (conversation.historyDone) status.textContent = entries.length ? 'This is the beginning of the conversation.' : '';
     else status.textContent = '';
     list.classList.toggle('empty', entries.length === 0);
-    if (!entries.length) list.replaceChildren(h('li.empty-chat', {}, conversation.kind === 'group' ? 'No messages in this group yet.' : `Say hello to ${conversation.name}.`));
+    if (!entries.length) list.replaceChildren(h('li.empty-chat', {}, conversation.kind === 'group' ? 'No messages in this group yet.' : `Say hello to ${this.store.title(conversation)}.`));
 
     if (switched || atBottom) scroller.scrollTop = scroller.scrollHeight;
     else if (anchor) {
@@ -181,7 +265,8 @@ export class View {
     const body = message ? message.body : entry.body;
     const packet = message && type === 'red_packet' ? this.store.packets.get(message.mid) : null;
     const key = message ? `m:${message.mid}` : `c:${entry.cmid}`;
-    const signature = JSON.stringify([state, runStart, packet, entry?.error, body]);
+    const senderName = message && !mine && conversation.kind === 'group' ? this.store.displayName(message.sender) : null;
+    const signature = JSON.stringify([state, runStart, packet, entry?.error, body, senderName]);
     return this.#keep(key, signature, () => {
       const showSender = runStart && !mine && conversation.kind === 'group';
       // time and tick sit inside a text bubble; a card has them below it
@@ -195,16 +280,16 @@ export class View {
       if (state === 'failed') {
         trouble = h(
           'div.trouble.state-failed', {}, icon('alert'),
-          h('span.failure', {}, `${STATE_LABEL.failed}${entry.error ? `: ${entry.error}` : ''}.`),
+          h('span.failure', { dataset: { code: entry.code || '' } }, `${STATE_LABEL.failed}${entry.error ? `: ${entry.error}` : ''}.`),
           h('button.link.retry-button', { type: 'button', onclick: () => this.actions.retry(entry.cmid) }, 'Retry'),
           h('button.link.discard-button', { type: 'button', onclick: () => this.actions.discard(entry.cmid) }, 'Delete'),
         );
       }
       return h(
         `li.message.${mine ? 'mine' : 'theirs'}${runStart ? '.run-start' : ''}`,
-        { dataset: { mid: message ? String(message.mid) : null, seq: message ? String(message.seq) : null, cmid: message ? message.client_msg_id : entry.cmid, state: state || 'received', type } },
-        conversation.kind !== 'group' || mine ? null : showSender ? avatar(message.sender) : h('span.avatar-gap'),
-        h('div.message-body', {}, showSender ? h('div.sender', {}, message.sender) : null, content, trouble),
+        { dataset: { mid: message ? String(message.mid) : null, seq: message ? String(message.seq) : null, cmid: message ? message.client_msg_id : entry.cmid, state: state || 'received', type, code: entry?.code || null } },
+        conversation.kind !== 'group' || mine ? null : showSender ? avatar(senderName, 'user', { url: this.store.avatarUrl(message.sender) }) : h('span.avatar-gap'),
+        h('div.message-body', {}, showSender ? h('div.sender', { dataset: { user: message.sender } }, senderName) : null, content, trouble),
       );
     });
   }

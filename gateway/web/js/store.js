@@ -1,5 +1,7 @@
 // What the client knows: conversations, their messages (one copy per mid), unread counts,
-// groups and red packets. Views render from it; it says 'change' once per burst of updates.
+// groups, red packets, and the social graph as this user sees it (profiles, contacts, requests,
+// blocks, presence, privacy). Views render from it; it says 'change' once per burst of updates
+// (with the parts that changed: 'list', 'pane', 'total', 'people', 'wanted').
 
 export function directConversation(a, b) {
   return `p:${[a, b].sort().join(':')}`;
@@ -23,6 +25,24 @@ export class Conversation {
     this.touchedAt = Date.now(); // orders conversations without messages
     this.historyDone = false; // scrolled back to the first message
     this.firstUnreadSeq = null; // where the "new messages" line goes while open
+    // this user's settings of the conversation (set_conversation), the same on every device
+    this.pinned = false;
+    this.muted = false;
+    this.hiddenAtSeq = null; // hidden while no message is newer than this seq
+    this.markedUnread = false; // until the next read
+  }
+
+  /** Hidden (archived) until its next message. */
+  get hidden() {
+    return this.hiddenAtSeq !== null && this.lastSeq <= this.hiddenAtSeq;
+  }
+
+  /** The server's word on the settings: a `conversation_settings` frame or a sync entry. */
+  applySettings({ pinned, muted, hidden, marked_unread: markedUnread }) {
+    this.pinned = Boolean(pinned);
+    this.muted = Boolean(muted);
+    this.hiddenAtSeq = hidden ? this.lastSeq : null; // the server un-hides at the next message, so do we
+    this.markedUnread = Boolean(markedUnread);
   }
 
   get name() {
@@ -63,6 +83,52 @@ export class Store extends EventTarget {
     this.room = null; // the live room on show (rooms.js), instead of a conversation
     this.packets = new Map(); // mid -> red_packet.status reply
     this.changes = new Set();
+    // the social graph (contacts.js keeps it up to date)
+    this.profiles = new Map(); // user -> {user, status, display_name, avatar_url, custom, unknown?}
+    this.wanted = new Set(); // users whose profile a view needed and nobody asked for yet
+    this.contacts = new Map(); // user -> {since_ms}
+    this.incoming = new Map(); // user -> {note, at_ms}: requests to me
+    this.outgoing = new Map(); // user -> {note, at_ms}: my requests
+    this.blocked = new Map(); // user -> at_ms: whom I block
+    this.presence = new Map(); // user -> {online, last_seen_ms}, for watched contacts
+    this.privacy = null; // {dm, presence}, once the server said
+    this.profileUser = null; // whose profile the pane shows (instead of a conversation)
+  }
+
+  /** A user's display name, or the id while none is known (the profile is then asked for). */
+  displayName(user) {
+    const profile = this.profiles.get(user);
+    if (!profile) this.want(user);
+    return profile?.display_name || user;
+  }
+
+  /** A user's avatar URL (http(s), checked by the server) or null. */
+  avatarUrl(user) {
+    const profile = this.profiles.get(user);
+    if (!profile) this.want(user);
+    return profile?.avatar_url || null;
+  }
+
+  want(user) {
+    if (this.wanted.has(user)) return;
+    this.wanted.add(user);
+    this.changed('wanted');
+  }
+
+  /** What the list and the pane call a conversation: the group's name, or the peer's. */
+  title(conversation) {
+    return conversation.kind === 'group' ? conversation.name : this.displayName(conversation.peer);
+  }
+
+  setProfiles(profiles, unknown = []) {
+    for (const profile of profiles) this.profiles.set(profile.user, profile);
+    for (const user of unknown) this.profiles.set(user, { user, status: null, display_name: null, avatar_url: null, custom: {}, unknown: true });
+    this.changed('list', 'pane', 'people');
+  }
+
+  setPresence(states) {
+    for (const state of states) this.presence.set(state.user, { online: Boolean(state.online), last_seen_ms: state.last_seen_ms ?? null });
+    this.changed('list', 'pane', 'people');
   }
 
   /** Ask for a render of `what` ('list', 'pane', ...) once this turn of the event loop ends. */
@@ -98,9 +164,9 @@ export class Store extends EventTarget {
     return total;
   }
 
-  /** Conversations for the list, the most recent first. */
+  /** Conversations for the list: pinned ones first, then the most recent first. */
   sorted() {
-    return [...this.conversations.values()].sort((x, y) => y.sortKey - x.sortKey);
+    return [...this.conversations.values()].sort((x, y) => Number(y.pinned) - Number(x.pinned) || y.sortKey - x.sortKey);
   }
 
   /** Add messages, each once by mid; true for those not known before. */
@@ -159,6 +225,7 @@ export class Store extends EventTarget {
       conversation.lastSeq = Math.max(conversation.lastSeq, state.last_seq);
       conversation.readSeq = state.read_seq;
       conversation.unread = state.unread;
+      if ('pinned' in state) conversation.applySettings(state);
     }
     this.changed('list', 'total');
   }
