@@ -259,6 +259,8 @@ class Profiles:
 
     profiles: list[Profile] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+    asker: str = ""
+    mine: Privacy | None = None  # the asker's own privacy settings, when they asked for themself
 
 
 @dataclass(frozen=True)
@@ -441,9 +443,10 @@ async def require_active(services: Services, users: Iterable[str]) -> None:
 
 
 async def profiles(services: Services, query: GetProfiles) -> Profiles:
-    """The profiles of ``query.users`` (each once, in the order asked), in one round trip."""
+    """The profiles of ``query.users`` (each once, in the order asked), in one round trip; the
+    asker's own entry also carries their privacy settings (``mine``)."""
     found = await store.accounts_of(services.redis, query.users)
-    shown, unknown = [], []
+    shown, unknown, mine = [], [], None
     for user, account in found.items():
         if account is None and services.settings.accounts == "open":
             account = Account(user, ACTIVE)  # no account counts as active, nothing set
@@ -451,7 +454,9 @@ async def profiles(services: Services, query: GetProfiles) -> Profiles:
             unknown.append(user)
         else:
             shown.append(Profile.of(account))
-    return Profiles(shown, unknown)
+            if user == query.user:  # only the user sees their own settings (a device reads them so)
+                mine = Privacy(account.dm, account.presence)
+    return Profiles(shown, unknown, query.user, mine)
 
 
 async def set_privacy(services: Services, command: SetPrivacy) -> Privacy:

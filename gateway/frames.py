@@ -87,6 +87,10 @@ PUBLIC_PROFILE = ("user", "status", "display_name", "avatar_url", "custom")  # a
 @reply.register
 def _(result: accounts.Profiles) -> Frame:
     shown = [{name: getattr(profile, name) for name in PUBLIC_PROFILE} for profile in result.profiles]
+    if result.mine is not None:  # the asker's own entry: their privacy settings too
+        for entry in shown:
+            if entry["user"] == result.asker:
+                entry.update(result.mine.to_dict())
     return {"op": "profiles", "profiles": shown, "unknown": result.unknown}
 
 

@@ -253,7 +253,9 @@ async def test_profiles_frame(stack, users) -> None:
         assert reply["op"] == "profiles" and reply["unknown"] == [users.ghost]
         assert reply["profiles"] == [
             {"user": users.bob, "status": "active", "display_name": "Bob", "avatar_url": "http://example.com/b.png", "custom": {"city": "Oslo"}},
-            {"user": users.alice, "status": "active", "display_name": "Alice", "avatar_url": None, "custom": {}},
+            # her own entry carries her privacy settings, which only she sees
+            {"user": users.alice, "status": "active", "display_name": "Alice", "avatar_url": None, "custom": {},
+             "dm": "anyone", "presence": "visible"},
         ]
         for bad in ({"users": []}, {"users": ["not valid"]}, {"users": [users.bob] * 101}, {}):
             with pytest.raises(ClientError) as refusal:
@@ -270,6 +272,9 @@ async def test_set_privacy_is_pushed_to_the_other_devices(stack, users) -> None:
         reply = await laptop.request({"op": "set_privacy", "presence": "hidden"})
         assert (reply["dm"], reply["presence"]) == ("contacts", "hidden")
         assert await phone.next_message(op="privacy") == {"op": "privacy", "dm": "contacts", "presence": "hidden"}
+        # a device that comes later reads them in its own profile
+        own = (await phone.request({"op": "profiles", "users": [users.alice]}))["profiles"][0]
+        assert (own["dm"], own["presence"]) == ("contacts", "hidden")
         # the connection that asked is answered, not pushed as well
         await phone.ping()
         assert all(push["op"] != "privacy" for push in _drain(laptop))
