@@ -7,9 +7,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imflow.testing import ImflowProcess, start_listening
+import pytest
 
+from imflow.client import Client, ClientError
 from imflow.core import tokens
+from imflow.testing import ImflowProcess, start_listening
 
 SECRET = "test-secret-" + uuid.uuid4().hex
 # small enough that history pages cross from Redis into the archive in ordinary tests, and
@@ -125,3 +127,15 @@ def real_stack(folder: Path, kafka_url: str, redis_url: str, gateways: int = 2, 
         stack.kill()
         raise
     return stack
+
+
+async def connect(stack: Stack, user: str, gateway: int = 0) -> Client:
+    """A signed-in client of ``user`` on the stack's gateway number ``gateway``."""
+    return await Client.connect(stack.url(gateway), stack.token(user))
+
+
+async def refused(call, code: str) -> None:
+    """Await a client request that the server must refuse with an error frame of ``code``."""
+    with pytest.raises(ClientError) as error:
+        await call
+    assert error.value.code == code, error.value.frame

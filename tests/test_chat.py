@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from imflow.client import Client, ClientError
+from imflow.client import ClientError
 from imflow.core.models import direct_conversation
 from imflow.testing import UNCHANGED_SETTINGS, eventually
 
-
-async def connect(stack, user: str, gateway: int = 0) -> Client:
-    return await Client.connect(stack.url(gateway), stack.token(user))
+from stacks import connect
 
 
 async def test_message_reaches_receiver_with_ack_and_unread(stack, users) -> None:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imflow.client import Client, ClientError
+from imflow.client import Client
 from imflow.core import contacts, groups
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.models import direct_conversation
@@ -24,17 +24,9 @@ from imflow.core.settings import Settings
 from imflow.core.storage import contacts as store
 from imflow.core.storage import keys, redis_client, social_records
 
+from stacks import connect, refused
+
 # -- on both stacks, through the WebSocket protocol
-
-
-async def connect(stack, user: str, gateway: int = 0) -> Client:
-    return await Client.connect(stack.url(gateway), stack.token(user))
-
-
-async def refused(call, code: str) -> None:
-    with pytest.raises(ClientError) as error:
-        await call
-    assert error.value.code == code, error.value.frame
 
 
 def change(op: str, user: str, **fields) -> dict:

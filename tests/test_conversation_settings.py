@@ -20,6 +20,8 @@ from imflow.core.settings import Settings
 from imflow.core.storage import conversation_settings as store
 from imflow.core.storage import keys
 
+from stacks import connect
+
 DEFAULTS = {"pinned": False, "muted": False, "hidden": False, "marked_unread": False}
 ALICE_BOB = "p:alice:bob"
 
@@ -93,10 +95,6 @@ async def test_a_read_clears_marked_unread_only(services: Services) -> None:
 
 
 # -- the protocol, on both stacks
-
-
-async def connect(stack, user: str, gateway: int = 0) -> Client:
-    return await Client.connect(stack.url(gateway), stack.token(user))
 
 
 async def setting(client: Client, conversation: str, **changes: bool) -> dict:

@@ -14,11 +14,7 @@ from imflow.client import Client, ClientError
 from imflow.testing import UNCHANGED_SETTINGS, eventually
 
 from imflow.core.storage import keys
-from stacks import READ_FAN_OUT_THRESHOLD
-
-
-async def connect(stack, user: str, gateway: int = 0) -> Client:
-    return await Client.connect(stack.url(gateway), stack.token(user))
+from stacks import READ_FAN_OUT_THRESHOLD, connect
 
 
 async def received(client: Client, count: int, conversation: str) -> list[int]:

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 
 from imflow.client import Client, ClientError
 from imflow.testing import UNCHANGED_SETTINGS
 
-
-async def connect(stack, user: str, gateway: int = 0) -> Client:
-    return await Client.connect(stack.url(gateway), stack.token(user))
-
-
-async def refused(call, code: str) -> None:
-    with pytest.raises(ClientError) as error:
-        await call
-    assert error.value.code == code, error.value.frame
+from stacks import connect, refused
 
 
 async def test_every_member_gets_every_group_message_in_order(stack, users) -> None:

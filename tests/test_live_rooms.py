@@ -15,16 +15,14 @@ import websockets
 from imflow.client import Client, ClientError
 from imflow.testing import eventually
 
+from stacks import connect
+
 STACK_EXTRA_ENV = {
     "IMFLOW_OUTBOUND_QUEUE_FRAMES": "20",
     "IMFLOW_SLOW_CONSUMER_SECONDS": "1",
     "IMFLOW_ROOMS_BATCH_MS": "20",
     "IMFLOW_ROOMS_MAX_TEXT": "16000",  # big posts fill the socket buffers to a viewer that does not read
 }
-
-
-async def connect(stack, user: str, gateway: int = 0) -> Client:
-    return await Client.connect(stack.url(gateway), stack.token(user))
 
 
 async def room_messages(client: Client, room: str, count: int, timeout: float = 20) -> tuple[list[dict], int]:
