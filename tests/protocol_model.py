@@ -4,7 +4,8 @@ tests/test_model.py drives random operations over the real WebSocket protocol an
 model, step by step, what every reply and every push must be. The model knows what the server
 assigns only after the server said it: a message's ``mid`` comes from the ``sent`` reply, its
 ``sent_at_ms`` from the first frame that carries it, a group's ``gid`` from the ``group`` reply.
-Everything else it predicts.
+Everything else it predicts. Likewise a contact change's time (``at_ms``, ``since_ms``) comes
+from its reply, and every later frame must carry that same time.
 
 Where the protocol lets the server vary, the model says by how much:
 
@@ -15,6 +16,11 @@ Where the protocol lets the server vary, the model says by how much:
 - pushes are best effort, but on a test machine they arrive: the model expects each one.
 
 Model of a device: a connection id given by the test; pushes are listed per device.
+
+The social graph (contacts, requests, blocks, the ``dm`` privacy setting, ``wrote_to``) follows
+the rules of docs/protocol.md ("Accounts, contacts, blocking and presence"), written here anew
+from them: nothing of imflow's is imported. Where those rules are silent the model's choice
+is said at the method.
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ ROLES = (OWNER, ADMIN, MEMBER)
 
 
 class Refused(Exception):
-    """The server must answer with an ``error`` frame of this code."""
+    """The server must answer with an ``error`` frame of one of these codes (several where the
+    protocol does not say which of two reasons comes first)."""
 
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
+    def __init__(self, *codes: str) -> None:
+        super().__init__(" or ".join(codes))
+        self.codes = codes
 
 
 def direct_id(a: str, b: str) -> str:
@@ -89,11 +96,23 @@ class UnreadPush:
     reply: dict[str, Any]
 
 
-Push = MsgPush | UnreadPush
+@dataclass(frozen=True)
+class FramePush:
+    """A push the model knows exactly: a contact change, a privacy change. ``optional``: the
+    settings change that changed nothing (the protocol pushes every change; whether a
+    no-op is one it does not say), so the push may come or not."""
+
+    frame: dict[str, Any]
+    optional: bool = False
+
+
+Push = MsgPush | UnreadPush | FramePush
 
 
 def check_push(expected: Push, frame: dict[str, Any]) -> str | None:
     """None if ``frame`` is the push ``expected``; else what differs."""
+    if isinstance(expected, FramePush):
+        return None if frame == expected.frame else f"expected the push {expected.frame}, got {frame}"
     if isinstance(expected, UnreadPush):
         wanted = {k: v for k, v in expected.reply.items() if k != "ref"}
         return None if frame == wanted else f"unread push: expected {wanted}, got {frame}"
@@ -135,6 +154,14 @@ class User:
     last_known: dict[str, int] = field(default_factory=dict)  # conversation -> lowest last seq the server may hold
     deleted: set[int] = field(default_factory=set)
     groups: set[str] = field(default_factory=set)
+    contacts: dict[str, int] = field(default_factory=dict)  # peer -> since_ms
+    requests_out: dict[str, dict[str, Any]] = field(default_factory=dict)  # peer -> {note, at_ms}
+    blocked: dict[str, int] = field(default_factory=dict)  # peer -> at_ms (whom this user blocks)
+    dm: str = "anyone"  # who may start a one-to-one conversation: anyone | contacts
+    presence: str = "visible"
+    wrote_to: set[str] = field(default_factory=set)  # non-contacts this contacts-only user wrote to
+    # conversation -> {pinned, muted, marked_unread: bool, hidden_seq: int | None}, as set
+    conversation_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Model:
@@ -142,7 +169,13 @@ class Model:
     returns the expected reply (or raises Refused) and records the expected pushes in
     ``self.pushes`` (device -> list), which the caller collects with ``take_pushes``."""
 
-    def __init__(self, read_fan_out_threshold: int, log_limit: int, inbox_limit: int = 1000) -> None:
+    def __init__(
+        self, read_fan_out_threshold: int, log_limit: int, inbox_limit: int = 1000, accounts: set[str] | None = None
+    ) -> None:
+        """``accounts``: the users with an account (``IMFLOW_ACCOUNTS=registered``); None for
+        ``open``, where every user id counts as an active account."""
+        self.accounts = accounts
+        self.deactivated: set[str] = set()  # accounts the admin deactivated
         self.threshold = read_fan_out_threshold
         self.log_limit = log_limit
         self.inbox_limit = inbox_limit
@@ -227,10 +260,15 @@ class Model:
         """The ``sent`` reply; ``new_mid`` is the mid the server's reply gave, used if the message is new."""
         if not self.is_member(name, conversation):
             raise Refused("forbidden")
+        peer = self.direct_peer(name, conversation)
+        if peer is not None:
+            self._may_write(name, peer)
         seen = self.dedup.get((conversation, name, cmid))
         if seen is not None:  # a resend: the first answer, nothing stored, nothing pushed
+            self._wrote(name, peer)
             return {"op": "sent", "cmid": cmid, "conversation": conversation, "mid": seen.mid, "seq": seen.seq}
         assert new_mid is not None, f"the server refused a send into {conversation} that the model accepts"
+        self._wrote(name, peer)
         members = self.members(conversation)
         mode = "read" if conversation.startswith("g:") and len(members) >= self.threshold else "write"
         message = Message(new_mid, self.last_seq(conversation) + 1, conversation, name, cmid, type_, body, mode)
@@ -257,6 +295,40 @@ class Model:
                 self._push(user, MsgPush(message, unread), skip=device if member == name else "")
         return {"op": "sent", "cmid": cmid, "conversation": conversation, "mid": message.mid, "seq": message.seq}
 
+    def direct_peer(self, name: str, conversation: str) -> str | None:
+        """The other user of a one-to-one conversation of ``name``'s; None for a group or notes
+        to oneself (no rule of the social graph applies to them: one cannot block oneself)."""
+        if not conversation.startswith("p:"):
+            return None
+        low, high = conversation.split(":")[1:]
+        return None if low == high else (high if low == name else low)
+
+    def account_refusal(self, name: str) -> str | None:
+        """The code a user id without an active account earns where it is named, else None."""
+        if self.accounts is not None and name not in self.accounts:
+            return "not_found"
+        return "user_deactivated" if name in self.deactivated else None
+
+    def _may_write(self, sender: str, recipient: str) -> None:
+        """The rules of a one-to-one send, in the protocol's order. The model checks them before
+        the cmid de-duplication (as membership is): a resend refused now is refused, though the
+        message was stored when it was first sent."""
+        code = self.account_refusal(recipient)
+        if code:
+            raise Refused(code)
+        s, r = self.user(sender), self.user(recipient)
+        if sender in r.blocked or recipient in s.blocked:
+            raise Refused("blocked")
+        if r.dm == "contacts" and sender not in r.contacts and sender not in r.wrote_to:
+            raise Refused("contacts_only")
+
+    def _wrote(self, sender: str, recipient: str | None) -> None:
+        """A contacts-only sender writing to a non-contact lets them answer (every send that
+        passes counts, a resend too: the check and its mark precede de-duplication)."""
+        user = self.user(sender)
+        if recipient is not None and user.dm == "contacts" and recipient not in user.contacts:
+            user.wrote_to.add(recipient)
+
     # -- read, ack, delete
 
     def read(self, name: str, device: str, conversation: str, seq: int) -> dict[str, Any]:
@@ -266,6 +338,9 @@ class Model:
         user = self.user(name)
         if conversation.startswith("g:"):
             self._catch_up(user, conversation)
+        if user.conversation_settings.get(conversation, {}).pop("marked_unread", False):  # a read ends it
+            # a change, so the other devices hear of it (before the read's own push)
+            self._tell(name, {"op": "conversation_settings", "conversation": conversation, **self.settings(user, conversation)}, skip=device)
         upto = min(seq, self.state_last(user, conversation))
         user.read[conversation] = max(user.read.get(conversation, 0), upto)
         return {
@@ -316,7 +391,10 @@ class Model:
             for gid in sorted(user.groups):
                 self._catch_up(user, f"g:{gid}")
             reply["conversations"] = [
-                {"conversation": c, "last_seq": self.state_last(user, c), "read_seq": user.read.get(c, 0), "unread": self._unread(user, c)}
+                {
+                    "conversation": c, "last_seq": self.state_last(user, c), "read_seq": user.read.get(c, 0),
+                    "unread": self._unread(user, c), **self.settings(user, c),
+                }
                 for c in sorted(self._conversations(user))
             ]
             reply["total_unread"] = sum(state["unread"] for state in reply["conversations"])
@@ -352,7 +430,26 @@ class Model:
             user.read[group.conversation] = seq
             user.last_known[group.conversation] = seq
 
-    def create_group(self, owner: str, gid: str, name: str, members: list[str]) -> dict[str, Any]:
+    def _may_add(self, actor: str, users: list[str]) -> None:
+        """Every user named (the actor aside) must have an account, and neither of the actor and
+        them may block the other; one refusal adds nobody. Which of two refusals is reported
+        when the list holds both the protocol does not say: either code."""
+        codes = []
+        for name in users:
+            if name == actor:
+                continue
+            code = self.account_refusal(name)
+            if code:
+                codes.append(code)
+            elif actor in self.user(name).blocked or name in self.user(actor).blocked:
+                codes.append("blocked")
+        if codes:
+            raise Refused(*sorted(set(codes)))
+
+    def create_group(self, owner: str, gid: str | None, name: str, members: list[str]) -> dict[str, Any]:
+        """The ``group`` reply; ``gid`` is the one the server's reply gave (None if it refused)."""
+        self._may_add(owner, members)
+        assert gid is not None, "the server refused a create_group that the model accepts"
         roles = {member: MEMBER for member in members if member != owner}
         roles[owner] = OWNER
         group = Group(gid, name, dict(roles), {})
@@ -363,6 +460,7 @@ class Model:
     def add_members(self, actor: str, gid: str, users: list[str]) -> dict[str, Any]:
         if self._role(gid, actor) not in (OWNER, ADMIN):
             raise Refused("forbidden")
+        self._may_add(actor, users)
         group = self.groups[gid]
         new = sorted(set(users) - set(group.roles))
         for name in new:
@@ -419,12 +517,176 @@ class Model:
             for gid in sorted(user.groups)
         ]}
 
+    # -- contacts, blocks, privacy
+
+    def _tell(self, name: str, frame: dict[str, Any], skip: str = "", optional: bool = False) -> None:
+        self._push(self.user(name), FramePush(frame, optional), skip=skip)
+
+    def _change(self, actor: str, device: str, peer: str, reply: dict[str, Any], peer_event: str | None = None) -> dict[str, Any]:
+        """The reply ``contact`` {event, user: peer, ...}: the actor's other devices get it as it
+        is, the peer (unless ``peer_event`` is None) with ``peer_event`` and ``user``: the actor."""
+        frame = {"op": "contact", **reply}
+        self._tell(actor, frame, skip=device)
+        if peer_event is not None:
+            self._tell(peer, {**frame, "event": peer_event, "user": actor})
+        return frame
+
+    def _target(self, name: str, peer: str) -> None:
+        """A request or a block names another user with an active account."""
+        if peer == name:
+            raise Refused("bad_frame")
+        code = self.account_refusal(peer)
+        if code:
+            raise Refused(code)
+
+    def _ending(self, name: str, peer: str, exists: bool) -> None:
+        """Accept, decline, cancel, remove and unblock name another user, and something between
+        the two that exists (``not_found`` otherwise). A user without an active account: the
+        protocol lists ``not_found`` / ``user_deactivated`` for contact operations without
+        saying whether that comes before "no such request"; the model takes either there, and
+        lets a user end what exists with a deactivated account (a cancel, a removal, an unblock)
+        rather than keep it forever."""
+        if peer == name:
+            raise Refused("bad_frame")
+        if not exists:
+            raise Refused(*sorted({"not_found", self.account_refusal(peer) or "not_found"}))
+
+    def _link(self, name: str, device: str, peer: str, since_ms: int) -> dict[str, Any]:
+        me, them = self.user(name), self.user(peer)
+        me.contacts[peer] = them.contacts[name] = since_ms
+        me.requests_out.pop(peer, None)
+        them.requests_out.pop(name, None)
+        return self._change(name, device, peer, {"event": "accepted", "user": peer, "since_ms": since_ms}, "accepted")
+
+    def contact_request(self, name: str, device: str, peer: str, note: str, stamp: int | None) -> dict[str, Any]:
+        """``request_sent`` (``at_ms`` = ``stamp``, the time the reply gave), or ``accepted``
+        (``since_ms`` = ``stamp``) if the peer had asked already."""
+        self._target(name, peer)
+        me, them = self.user(name), self.user(peer)
+        if peer in me.blocked or name in them.blocked:
+            raise Refused("blocked")
+        if peer in me.contacts or peer in me.requests_out:
+            raise Refused("conflict")
+        assert isinstance(stamp, int), "the server refused a contact request that the model accepts"
+        if name in them.requests_out:
+            return self._link(name, device, peer, stamp)
+        me.requests_out[peer] = {"note": note, "at_ms": stamp}
+        sent = {"event": "request_sent", "user": peer, "note": note, "at_ms": stamp}
+        return self._change(name, device, peer, sent, "request_received")
+
+    def contact_accept(self, name: str, device: str, peer: str, stamp: int | None) -> dict[str, Any]:
+        """Needs a pending request from the peer (``not_found`` otherwise; an accept repeated
+        after it succeeded finds none)."""
+        self._ending(name, peer, name in self.user(peer).requests_out)
+        code = self.account_refusal(peer)  # accepting makes a contact: like a request
+        if code:
+            raise Refused(code)
+        assert isinstance(stamp, int), "the server refused a contact accept that the model accepts"
+        return self._link(name, device, peer, stamp)
+
+    def contact_decline(self, name: str, device: str, peer: str) -> dict[str, Any]:
+        self._ending(name, peer, name in self.user(peer).requests_out)
+        del self.user(peer).requests_out[name]
+        return self._change(name, device, peer, {"event": "declined", "user": peer}, "declined")
+
+    def contact_cancel(self, name: str, device: str, peer: str) -> dict[str, Any]:
+        self._ending(name, peer, peer in self.user(name).requests_out)
+        del self.user(name).requests_out[peer]
+        return self._change(name, device, peer, {"event": "cancelled", "user": peer}, "cancelled")
+
+    def contact_remove(self, name: str, device: str, peer: str) -> dict[str, Any]:
+        self._ending(name, peer, peer in self.user(name).contacts)
+        del self.user(name).contacts[peer]
+        self.user(peer).contacts.pop(name, None)
+        return self._change(name, device, peer, {"event": "removed", "user": peer}, "removed")
+
+    def block(self, name: str, device: str, peer: str, stamp: int | None) -> dict[str, Any]:
+        """Ends the contact and the requests both ways; the blocked user is told nothing (nor
+        are the actor's other devices told more than the block). The protocol names the contact
+        and the requests; the model takes "unblock restores nothing" to end the first-message
+        marks (``wrote_to``) both ways too: after an unblock, a contacts-only user is written
+        to only by contacts again."""
+        self._target(name, peer)
+        me, them = self.user(name), self.user(peer)
+        if peer in me.blocked:
+            raise Refused("conflict")
+        assert isinstance(stamp, int), "the server refused a block that the model accepts"
+        me.blocked[peer] = stamp
+        for one, other in ((me, them), (them, me)):
+            one.contacts.pop(other.name, None)
+            one.requests_out.pop(other.name, None)
+            one.wrote_to.discard(other.name)
+        return self._change(name, device, peer, {"event": "blocked", "user": peer, "at_ms": stamp})
+
+    def unblock(self, name: str, device: str, peer: str) -> dict[str, Any]:
+        self._ending(name, peer, peer in self.user(name).blocked)
+        del self.user(name).blocked[peer]
+        return self._change(name, device, peer, {"event": "unblocked", "user": peer})
+
+    def set_privacy(self, name: str, device: str, dm: str | None, presence: str | None) -> dict[str, Any]:
+        """The ``privacy`` reply, the same frame pushed to the user's other devices."""
+        user = self.user(name)
+        before = (user.dm, user.presence)
+        user.dm = dm or user.dm
+        user.presence = presence or user.presence
+        frame = {"op": "privacy", "dm": user.dm, "presence": user.presence}
+        self._tell(name, frame, skip=device, optional=(user.dm, user.presence) == before)
+        return frame
+
+    def contact_lists(self, name: str) -> dict[str, list[dict[str, Any]]]:
+        """What ``contacts``, ``contact_requests`` and ``blocked`` list, each by user id, with the
+        fields the model knows (profiles aside)."""
+        user = self.user(name)
+        return {
+            "contacts": [{"user": peer, "since_ms": since} for peer, since in sorted(user.contacts.items())],
+            "incoming": [{"user": peer, **self.users[peer].requests_out[name]} for peer in self.incoming(name)],
+            "outgoing": [{"user": peer, **request} for peer, request in sorted(user.requests_out.items())],
+            "blocked": [{"user": peer, "at_ms": at} for peer, at in sorted(user.blocked.items())],
+        }
+
+    def incoming(self, name: str) -> list[str]:
+        """Who asked ``name`` to be a contact, pending."""
+        return sorted(peer for peer, other in self.users.items() if name in other.requests_out)
+
+    # -- conversation settings
+
+    def settings(self, user: User, conversation: str) -> dict[str, bool]:
+        """The user's settings of a conversation as sync and ``conversation_settings`` show
+        them: hidden while no message came after the one that was last when it was hidden."""
+        stored = user.conversation_settings.get(conversation, {})
+        hidden_seq = stored.get("hidden_seq")
+        return {
+            "pinned": stored.get("pinned", False), "muted": stored.get("muted", False),
+            "hidden": hidden_seq is not None and self.last_seq(conversation) <= hidden_seq,
+            "marked_unread": stored.get("marked_unread", False),
+        }
+
+    def set_conversation(self, name: str, device: str, conversation: str, changes: dict[str, bool]) -> dict[str, Any]:
+        """The ``conversation_settings`` reply, the same frame pushed to the user's other devices.
+        Settings outlive a membership (the protocol does not say they end with it)."""
+        if not self.is_member(name, conversation):
+            raise Refused("not_found")
+        user = self.user(name)
+        before = self.settings(user, conversation)
+        stored = user.conversation_settings.setdefault(conversation, {})
+        stored.update({key: value for key, value in changes.items() if key != "hidden"})
+        if "hidden" in changes:
+            stored["hidden_seq"] = self.last_seq(conversation) if changes["hidden"] else None
+        after = self.settings(user, conversation)
+        frame = {"op": "conversation_settings", "conversation": conversation, **after}
+        self._tell(name, frame, skip=device, optional=after == before)
+        return frame
+
     # -- what the test may pick from
 
     def visible(self, name: str, conversation: str) -> list[Message]:
         """The messages a member may see in a conversation (after their join), oldest first."""
         floor = self.floor(name, conversation) if self.is_member(name, conversation) else 0
         return self.messages.get(conversation, [])[floor:]
+
+    def conversations_of(self, name: str) -> list[str]:
+        """The user's conversations that sync lists."""
+        return sorted(self._conversations(self.user(name)))
 
     def sent_by(self, name: str) -> list[Message]:
         return [m for (c, sender, _), m in self.dedup.items() if sender == name]

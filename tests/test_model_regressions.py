@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_model import LOG_LIMIT, STACK_EXTRA_ENV, Device  # noqa: F401  (STACK_EXTRA_ENV: the module's stack)
+from test_model import LOG_LIMIT, STACK_EXTRA_ENV as MODEL_ENV, Device
+
+# the model's stack, but with open accounts: these tests sign in fresh users without registering them
+STACK_EXTRA_ENV = {**MODEL_ENV, "IMFLOW_ACCOUNTS": "open"}
 
 from imflow.client import Client
 from imflow.core.storage.archive import DELETIONS, ArchiveLayout
