@@ -461,7 +461,8 @@ async def profiles(services: Services, query: GetProfiles) -> Profiles:
 
 async def set_privacy(services: Services, command: SetPrivacy) -> Privacy:
     """Set who may message the user one-to-one (``dm``) and whether they show presence; the
-    settings as they are now. The user's other connections are told; switching ``presence``
+    settings as they are now. The user's other connections are told of a change (a repeat of
+    the settings as they are changes nothing and tells no one); switching ``presence``
     tells their watchers how they look now. ``bad_frame`` for a value outside the two of each."""
     changes = {name: value for name, value in (("dm", command.dm), ("presence", command.presence)) if value is not None}
     if not changes:
@@ -472,7 +473,8 @@ async def set_privacy(services: Services, command: SetPrivacy) -> Privacy:
         raise _bad("presence is 'visible' or 'hidden'")
     before, after = await store.set_privacy(services.redis, command.user, changes)
     now = Privacy(after.dm, after.presence)
-    await gateway_events.notify_user(services.redis, command.user, PrivacyChanged(now), skip=command.origin)
+    if (before.dm, before.presence) != (after.dm, after.presence):  # a change, not a repeat
+        await gateway_events.notify_user(services.redis, command.user, PrivacyChanged(now), skip=command.origin)
     if before.presence != after.presence:
         await presence.visibility_changed(services.redis, command.user)
     return now

@@ -31,7 +31,7 @@ from .plugin_types import Rejection, plugin_error_code
 from .storage import archive_queue, fan_out, gateway_events, presence
 from .storage.fan_out import GroupView, Mode
 from .storage.inbox import delivery_result, queue_delivery
-from .storage.ingest import accepted_from, first_mode, queue_accept
+from .storage.ingest import accepted_from, first_mode, queue_accept, was_stored
 from .storage.scripts import Reply, run_pipeline
 
 if TYPE_CHECKING:
@@ -91,7 +91,13 @@ async def prepare(
     )
     pair = direct_members(draft.conversation)
     if pair is not None and pair[0] != pair[1]:  # the same user twice: a note to oneself, unchecked
-        await contacts.check_direct(services, draft.sender, pair[1] if pair[0] == draft.sender else pair[0])
+        try:
+            await contacts.check_direct(services, draft.sender, pair[1] if pair[0] == draft.sender else pair[0])
+        except ImflowError:
+            # a resend of a message stored before a block or a privacy change is not a new
+            # message: it goes on, and the worker answers with the first 'sent' (dedup)
+            if not await was_stored(services.redis, draft.conversation, draft.sender, draft.cmid):
+                raise
     verdict = await services.hooks.call.before_send(command=command, gateway=gateway)
     if isinstance(verdict, Rejection):  # a plugin's code always has its dot (never passes for ours)
         raise ImflowError(plugin_error_code(verdict.code), verdict.message, verdict.retry_after_ms)

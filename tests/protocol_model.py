@@ -98,12 +98,10 @@ class UnreadPush:
 
 @dataclass(frozen=True)
 class FramePush:
-    """A push the model knows exactly: a contact change, a privacy change. ``optional``: the
-    settings change that changed nothing (the protocol pushes every change; whether a
-    no-op is one it does not say), so the push may come or not."""
+    """A push the model knows exactly: a contact change, a privacy change, a conversation's
+    settings change (a request that changes nothing is pushed to no one)."""
 
     frame: dict[str, Any]
-    optional: bool = False
 
 
 Push = MsgPush | UnreadPush | FramePush
@@ -261,9 +259,16 @@ class Model:
         if not self.is_member(name, conversation):
             raise Refused("forbidden")
         peer = self.direct_peer(name, conversation)
-        if peer is not None:
-            self._may_write(name, peer)
         seen = self.dedup.get((conversation, name, cmid))
+        if peer is not None:
+            try:
+                self._may_write(name, peer)
+            except Refused:
+                if seen is None:
+                    raise
+                # a resend of a message stored before the block (or privacy change): not a new
+                # message, so it gets its first answer (and marks nothing)
+                return {"op": "sent", "cmid": cmid, "conversation": conversation, "mid": seen.mid, "seq": seen.seq}
         if seen is not None:  # a resend: the first answer, nothing stored, nothing pushed
             self._wrote(name, peer)
             return {"op": "sent", "cmid": cmid, "conversation": conversation, "mid": seen.mid, "seq": seen.seq}
@@ -310,9 +315,8 @@ class Model:
         return "user_deactivated" if name in self.deactivated else None
 
     def _may_write(self, sender: str, recipient: str) -> None:
-        """The rules of a one-to-one send, in the protocol's order. The model checks them before
-        the cmid de-duplication (as membership is): a resend refused now is refused, though the
-        message was stored when it was first sent."""
+        """The rules of a one-to-one send, in the protocol's order. They judge new messages: a
+        resend of a stored one that they refuse now still gets its first answer."""
         code = self.account_refusal(recipient)
         if code:
             raise Refused(code)
@@ -519,8 +523,8 @@ class Model:
 
     # -- contacts, blocks, privacy
 
-    def _tell(self, name: str, frame: dict[str, Any], skip: str = "", optional: bool = False) -> None:
-        self._push(self.user(name), FramePush(frame, optional), skip=skip)
+    def _tell(self, name: str, frame: dict[str, Any], skip: str = "") -> None:
+        self._push(self.user(name), FramePush(frame), skip=skip)
 
     def _change(self, actor: str, device: str, peer: str, reply: dict[str, Any], peer_event: str | None = None) -> dict[str, Any]:
         """The reply ``contact`` {event, user: peer, ...}: the actor's other devices get it as it
@@ -630,7 +634,8 @@ class Model:
         user.dm = dm or user.dm
         user.presence = presence or user.presence
         frame = {"op": "privacy", "dm": user.dm, "presence": user.presence}
-        self._tell(name, frame, skip=device, optional=(user.dm, user.presence) == before)
+        if (user.dm, user.presence) != before:
+            self._tell(name, frame, skip=device)
         return frame
 
     def contact_lists(self, name: str) -> dict[str, list[dict[str, Any]]]:
@@ -674,7 +679,8 @@ class Model:
             stored["hidden_seq"] = self.last_seq(conversation) if changes["hidden"] else None
         after = self.settings(user, conversation)
         frame = {"op": "conversation_settings", "conversation": conversation, **after}
-        self._tell(name, frame, skip=device, optional=after == before)
+        if after != before:
+            self._tell(name, frame, skip=device)
         return frame
 
     # -- what the test may pick from

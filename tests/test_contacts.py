@@ -169,10 +169,13 @@ async def test_a_block_ends_everything_silently_and_stops_sends_on_every_gateway
     ):
         await befriend(ann, bob)
         await cal.request(change("contact_request", users.ann))
-        before = await bob.send_text(users.ann, "before the block")
+        before = await bob.send_text(users.ann, "before the block", cmid="first")
 
         blocked = await ann.request(change("block", users.bob))  # on gateway 0
         await refused(bob.send_text(users.ann, "let me in"), "blocked")  # on gateway 1, right after the reply
+        # a resend of what was stored before the block is no new message: its first answer
+        again = await bob.send_text(users.ann, "before the block", cmid="first")
+        assert (again["mid"], again["seq"]) == (before["mid"], before["seq"])
         await refused(ann_phone.send_text(users.bob, "nor me"), "blocked")
         await refused(ann.send_text(users.bob, "nor me"), "blocked")
         assert replied(blocked) == {"event": "blocked", "user": users.bob, "at_ms": blocked["at_ms"]}

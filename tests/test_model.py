@@ -866,21 +866,18 @@ class ProtocolMachine(RuleBasedStateMachine):
 
     @invariant()
     def pushes_arrive_as_predicted(self) -> None:
-        """Every device has exactly the pushes the model expects by now, in order (a push the
-        model calls optional may be left out)."""
+        """Every device has exactly the pushes the model expects by now, in order."""
         ProtocolMachine.totals["steps"] += 1
         for ident, pushes in self.model.take_pushes().items():
             self.expected[ident].extend(pushes)
         self._barrier()
         for ident, device in self.devices.items():
             wanted, at = self.expected[ident], self.checked[ident]  # the pushes not seen yet; how many were
-            needed = at + sum(not getattr(push, "optional", False) for push in wanted)
+            needed = at + len(wanted)
             if len(device.snapshot()) < needed:
                 device.wait(lambda device=device, needed=needed: len(device.pushes) >= needed, f"expected {needed} pushes, of {wanted}")
             got = device.snapshot()
             for push in wanted:
-                if getattr(push, "optional", False) and (at == len(got) or check_push(push, got[at]) is not None):
-                    continue  # a push that may not come did not
                 assert at < len(got), f"{ident} ({device.user}) push #{at} missing: {push}"
                 problem = check_push(push, got[at])
                 assert problem is None, f"{ident} ({device.user}) push #{at}: {problem}"

@@ -76,3 +76,9 @@ async def accept(
     """Store the message once; a replay gets the first answer and the stored message back."""
     _, (result,) = await run_pipeline(redis, lambda pipe: queue_accept(pipe, ids, command, dedup_ttl_seconds, log_limit))
     return accepted_from(command, result)
+
+
+async def was_stored(redis: Redis, conversation: str, sender: str, client_msg_id: str) -> bool:
+    """Whether this (sender, client message id) was stored in the conversation already (within
+    the dedup window): a resend, whose answer is the first one's."""
+    return bool(await redis.exists(keys.dedup(conversation, sender, client_msg_id)))
