@@ -165,6 +165,46 @@ async def offline_drain(stack: Stack, messages: int = 1000) -> tuple[float, floa
     return fetching, elapsed
 
 
+async def check_cost(redis_url: str, calls: int = 3000) -> dict[str, dict[str, float]]:
+    """What the one-to-one send check (core/contacts.check_direct, run by every send at the
+    gateway) costs by itself, in µs per call, in this process on the real Redis: for a plain
+    pair, for a ``social`` pair (contacts, contacts-only, each blocking a few others), and a
+    bare PING round trip beside them for scale."""
+    from redis.asyncio import Redis
+
+    from imflow.core import accounts, contacts
+    from imflow.core.services import Services
+    from imflow.core.settings import Settings
+
+    redis = Redis.from_url(redis_url)
+    services = Services(Settings(accounts="open"), redis, node="bench")
+    tag = uuid.uuid4().hex[:6]
+    plain, social = (f"cp-s-{tag}", f"cp-r-{tag}"), (f"cs-s-{tag}", f"cs-r-{tag}")
+    await contacts.request(services, contacts.Request(social[0], social[1], "", ""))
+    await contacts.accept(services, contacts.Accept(social[1], social[0], ""))
+    for user in social:
+        await accounts.set_privacy(services, accounts.SetPrivacy(user, "contacts", None))
+        for j in range(BLOCKS_PER_USER):
+            await contacts.block(services, contacts.Block(user, f"x{j}-{user}", ""))
+
+    async def timed(call) -> dict[str, float]:
+        took = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            await call()
+            took.append((time.perf_counter() - start) * 1e6)
+        return {"p50_us": percentile(took, 0.5), "p99_us": percentile(took, 0.99)}
+
+    try:
+        return {
+            "ping": await timed(redis.ping),
+            "check_plain": await timed(lambda: contacts.check_direct(services, *plain)),
+            "check_social": await timed(lambda: contacts.check_direct(services, *social)),
+        }
+    finally:
+        await redis.aclose()
+
+
 async def main() -> None:
     parser = arguments(__doc__, "artifacts/bench-one-to-one.json")
     parser.add_argument("--seconds", type=float, default=8)
@@ -191,6 +231,9 @@ async def main() -> None:
             fetching, draining = await offline_drain(stack)
             results["drain_fetch_1000_ms"].append(1000 * fetching)
             results["drain_1000_ms"].append(1000 * draining)
+        if args.social:
+            print("the send check by itself ...", file=sys.stderr, flush=True)
+            results["send_check"] = [await check_cost(args.redis) for _ in range(args.runs)]
     finally:
         stack.stop()
     median = statistics.median
@@ -201,6 +244,10 @@ async def main() -> None:
         **{label: {key: median(r[key] for r in results[name]) for key in results[name][0]} for name, label in rated.items()},
         "drain_fetch_1000_ms": median(results["drain_fetch_1000_ms"]),
         "drain_1000_ms": median(results["drain_1000_ms"]),
+        **({"send_check": {
+            part: {key: median(run[part][key] for run in results["send_check"]) for key in ("p50_us", "p99_us")}
+            for part in results["send_check"][0]
+        }} if args.social else {}),
         "raw": results,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
