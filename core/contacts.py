@@ -287,6 +287,14 @@ async def request(services: Services, command: Request) -> ContactEvent:
     _refuse_full(theirs.incoming_count, s.contact_requests_max, f"pending requests to {peer}")
     asked = PendingRequest(command.note, now)
     written = await store.write_request(redis, peer, me, "in", asked, now)
+    if written.outcome == "contact" and (await store.sides(redis, me, peer))[0].contact_since is None:
+        # an edge on the peer's side and, read after it, none on the user's: the peer's removal
+        # of this contact, in flight or cut half-way (a removal unlinks the other side first,
+        # while whatever makes an edge links the other side first: had the peer just accepted,
+        # the user's side would show it by now). Finish the removal: a request must not re-make
+        # a contact without the peer's consent
+        await store.unlink(redis, peer, me, "contact")
+        written = await store.write_request(redis, peer, me, "in", asked, now)
     if written.outcome == "blocked":
         raise _blocked()
     if written.outcome == "requested":
@@ -298,8 +306,7 @@ async def request(services: Services, command: Request) -> ContactEvent:
             await store.unlink(redis, me, peer, "out")
             raise _blocked()
     if written.outcome != "requested":
-        # the two asked each other at once, or the peer's side has the edge already (a change
-        # cut half-way): make both sides contacts
+        # the two asked each other at once (or the peer accepted meanwhile): both sides contacts
         return await _accepted(services, command, await _become_contacts(services, command, written.since_ms or now))
     await social_records.record_contact(services, me, peer, "requested", command.note, now)
     mine_event = ContactEvent("request_sent", peer, note=command.note, at_ms=now)

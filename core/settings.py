@@ -139,6 +139,16 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 32 bytes (HMAC-SHA256 keys shorter than that are guessable)")
         return value
 
+    @field_validator("admin_secret")
+    @classmethod
+    def _admin_secret_or_none(cls, value: SecretStr | None) -> SecretStr | None:
+        # an empty IMFLOW_ADMIN_SECRET= means off, never "the empty bearer token opens it"
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value().strip().encode()) < 16:
+            raise ValueError("must be at least 16 bytes (or unset, to turn the admin API off)")
+        return value
+
     @model_validator(mode="after")
     def _heartbeats_fit_their_timeouts(self) -> Settings:
         # one late beat (a busy loop, a slow Redis) must not get a live gateway swept

@@ -41,7 +41,8 @@ def _require_admin(request: Request) -> None:
         raise ImflowError(ErrorCode.FORBIDDEN, "the admin API is off: set IMFLOW_ADMIN_SECRET")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     # compare_digest: how long the comparison takes says nothing of the secret
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), secret.get_secret_value().encode()):
+    given = given.strip()
+    if scheme.lower() != "bearer" or not given or not hmac.compare_digest(given.encode(), secret.get_secret_value().encode()):
         raise ImflowError(ErrorCode.UNAUTHENTICATED, "send 'Authorization: Bearer <IMFLOW_ADMIN_SECRET>'")
 
 

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from imflow.client import Client, ClientError
 from imflow.core import accounts
 from imflow.core.errors import ErrorCode, ImflowError
+from imflow.core.settings import Settings
 from imflow.core.ids import now_ms
 from imflow.core.models import MAX_SAFE_INT
 from imflow.core.storage import accounts as store
@@ -188,7 +189,9 @@ async def test_the_admin_secret_is_required(stack, users) -> None:
         refused(await admin(stack, "POST", f"/admin/users/{users.alice}/tokens", {}, secret=secret), 401, "unauthenticated")
     async with httpx.AsyncClient(base_url=stack.http(0), timeout=10) as http:  # another scheme
         reply = await http.get("/admin/users", headers={"Authorization": f"Basic {ADMIN_SECRET}"})
+        empty = await http.get("/admin/users", headers={"Authorization": "Bearer"})  # no token at all
     refused(reply, 401, "unauthenticated")
+    refused(empty, 401, "unauthenticated")
     refused(await admin(stack, "GET", f"/admin/users/{users.alice}"), 404, "not_found")  # nothing was created
 
 
@@ -473,3 +476,11 @@ def test_profile_validation_accepts_exactly_the_rules(display_name: Any, custom:
     else:
         assert "custom" in clear  # null and {} clear the custom fields
     assert changes.get("display_name", "") == (display_name or "")
+
+
+def test_an_empty_admin_secret_turns_the_admin_api_off_and_a_short_one_is_refused() -> None:
+    """IMFLOW_ADMIN_SECRET= (empty) must never mean "the empty bearer token opens it"."""
+    assert Settings(admin_secret="").admin_secret is None
+    assert Settings(admin_secret="   ").admin_secret is None
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        Settings(admin_secret="short")

@@ -373,6 +373,15 @@ async def test_a_retry_completes_a_change_cut_half_way(any_redis) -> None:
     stored = await graph(redis, ["ann", "cal"])
     assert stored["ann"] == ({}, {}, {}, {}) and stored["cal"][:3] == ({}, {}, {}) and stored["cal"][3].keys() == {"ann"}
 
+    # a request against a removal cut half-way (or in flight) finishes the removal: it asks,
+    # it does not re-make the contact the other ended
+    await contacts.request(services, contacts.Request("dan", "ann"))
+    await contacts.accept(services, contacts.Accept("ann", "dan"))
+    await store.unlink(redis, "dan", "ann", "contact")  # ann's removal of dan, cut after dan's side
+    assert (await contacts.request(services, contacts.Request("dan", "ann"))).event == "request_sent"
+    assert "dan" not in await store.contacts_of(redis, "ann") and await store.contacts_of(redis, "dan") == {}
+    assert (await store.requests_of(redis, "ann"))[0].keys() == {"dan"}  # ann's incoming: dan asks
+
 
 async def test_contacts_only_at_the_service_level(any_redis) -> None:
     """The send check's rule 4 and the first-message mark, with the privacy setting stored as
@@ -573,15 +582,21 @@ async def test_changes_racing_each_other_leave_the_two_sides_consistent(real_red
         lambda a, b: [contacts.block(services, contacts.Block(a, b)), contacts.accept(services, contacts.Accept(b, a))],
         lambda a, b: [contacts.request(services, contacts.Request(a, b)), contacts.request(services, contacts.Request(b, a))],
         lambda a, b: [contacts.block(services, contacts.Block(b, a)), contacts.accept(services, contacts.Accept(b, a))],
+        # a removal racing the removed one's new request: never a contact on one side only
+        lambda a, b: [contacts.remove(services, contacts.Remove(a, b)), contacts.request(services, contacts.Request(b, a))],
     ]
 
     async def race(i: int) -> None:
         a, b, kind = f"a{i}", f"b{i}", i % len(kinds)
-        if kind in (1, 3):  # something to accept
+        if kind in (1, 3, 4):  # something to accept, or to remove
             await contacts.request(services, contacts.Request(a, b))
+        if kind == 4:
+            await contacts.accept(services, contacts.Accept(b, a))
         for outcome in await asyncio.gather(*kinds[kind](a, b), return_exceptions=True):
-            # a block first refuses the other change, or leaves it nothing to accept
-            refused = isinstance(outcome, ImflowError) and outcome.code in (ErrorCode.BLOCKED, ErrorCode.NOT_FOUND)
+            # a block first refuses the other change, or leaves it nothing to accept; a request
+            # before the removal began finds a contact
+            codes = (ErrorCode.BLOCKED, ErrorCode.NOT_FOUND, ErrorCode.CONFLICT)
+            refused = isinstance(outcome, ImflowError) and outcome.code in codes
             assert refused or not isinstance(outcome, BaseException), outcome
 
     try:
@@ -590,4 +605,4 @@ async def test_changes_racing_each_other_leave_the_two_sides_consistent(real_red
     finally:
         await redis.aclose()
     consistent(stored)
-    assert all(stored[f"a{i}"][0].keys() == {f"b{i}"} for i in range(2, 200, 4)), "crossed requests make contacts"
+    assert all(stored[f"a{i}"][0].keys() == {f"b{i}"} for i in range(2, 200, 5)), "crossed requests make contacts"
