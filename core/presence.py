@@ -9,8 +9,9 @@ gateways in one batch; each gateway hands it only to the connections watching th
 (gateway/hub.py). A hidden user's changes go nowhere: they look offline, never seen.
 
 The indexes and the registry live in core/storage/presence.py and
-core/storage/gateway_liveness.py. Every function raises Redis errors as they come; each change
-is idempotent, so a caller may retry.
+core/storage/gateway_liveness.py. Every function raises Redis errors as they come. A connect
+or disconnect counts one up or down, so it is not retried (a lost reply would count twice): the
+gateway writes the user's count back instead (``write_back`` sets counts), at its next beat.
 """
 
 from __future__ import annotations

@@ -288,6 +288,10 @@ class Hub:
         # held around every change of this gateway's presence entries, so a write-back after
         # being swept never overwrites a connect or disconnect that happened meanwhile
         self.presence_lock = asyncio.Lock()
+        # users whose connect or disconnect could not be recorded (Redis out): the next beat
+        # sets their count on this gateway to what it holds (a retry of the change itself could
+        # count twice, if only its reply was lost)
+        self.presence_unsure: set[str] = set()
         self.connections: dict[str, set[Connection]] = defaultdict(set)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -451,6 +455,13 @@ class Hub:
                             log.warning("this gateway was presumed dead and swept; writing back %d user(s)", len(held))
                         await presence.write_back(self.redis, self.node, held)
                     rewrite = False
+                    self.presence_unsure.clear()
+                elif self.presence_unsure:
+                    async with self.presence_lock:
+                        unsure = set(self.presence_unsure)
+                        held = {user: len(self.connections.get(user, ())) for user in unsure}
+                        await presence.write_back(self.redis, self.node, held)
+                        self.presence_unsure -= unsure
                 now = time.monotonic()
                 if failing:
                     log.info("gateway heartbeat resumed")

@@ -56,12 +56,14 @@ async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub, extens
 
 
 async def _presence(change: Any, backend: Backend, hub: Hub, user: str) -> None:
-    """Record where the user is; if Redis is out, the session goes on (pushes may miss it, sync won't)."""
+    """Record where the user is; if Redis is out, the session goes on (pushes may miss it, sync
+    won't), and the hub's next beat sets the user's count on this gateway to what it holds."""
     try:
         async with hub.presence_lock:  # not in the middle of the hub writing its entries back
             await change(backend.redis, user, backend.node_name)
     except Exception as exc:
-        log.warning("presence of %s not recorded (%s); the client will still sync", user, exc)
+        hub.presence_unsure.add(user)
+        log.warning("presence of %s not recorded or not published (%s); the next heartbeat sets it", user, exc)
 
 
 def _lifetime(claims: TokenClaims) -> dict[str, int]:

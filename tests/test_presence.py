@@ -93,6 +93,20 @@ async def test_a_sweep_takes_offline_only_those_left_without_a_connection(any_re
     assert [(c.user, c.online) for c in back] == [("ann", True)]
 
 
+async def test_a_write_back_sets_counts_so_an_unrecorded_disconnect_is_repaired(any_redis) -> None:
+    """A disconnect Redis did not take (the gateway's hub writes the user's count back at its
+    next beat): setting the count to what the gateway holds, 0, takes every entry away and takes
+    the user offline; doing it twice changes nothing more."""
+    await any_redis.sadd(keys.user_groups("ann"), "g1")
+    await presence.connected(any_redis, "ann", "gw-a")
+    went = await presence.announce(any_redis, "gw-a", {"ann": 0})
+    assert [(c.user, c.online) for c in went] == [("ann", False)]
+    assert not await any_redis.hexists(keys.user_gateways("ann"), "gw-a")
+    assert not await any_redis.hexists(keys.gateway_users("gw-a"), "ann")
+    assert not await any_redis.hexists(keys.group_online("g1"), "gw-a|ann")
+    assert await presence.announce(any_redis, "gw-a", {"ann": 0}) == []
+
+
 async def test_states_respect_hidden_and_dead_gateways(any_redis) -> None:
     await gateway_liveness.beat(any_redis, "gw-a", 60)
     await presence.connected(any_redis, "ann", "gw-a")

@@ -142,8 +142,10 @@ def gateways_from(fields: list[bytes], dead: frozenset[str] = frozenset()) -> li
 
 
 async def announce(redis: Redis, node: str, held: dict[str, int]) -> list[Change]:
-    """Write again every entry of the connections ``node`` holds (user -> connections), as a
-    gateway does after a sweep took them while it was presumed dead. Counts are set, not added.
+    """Write again every entry of the connections ``node`` holds (user -> connections, 0 for a
+    user it holds none of: the entries go), as a gateway does after a sweep took them while it
+    was presumed dead, or after a connect or disconnect it could not record. Counts are set, not
+    added, so a write-back can be retried.
     Returns the users this brings back online (the sweep had told their contacts otherwise)."""
     users, changes = sorted(held), []
     for start in range(0, len(users), gateway_liveness.SWEEP_CHUNK):
@@ -157,9 +159,10 @@ async def announce(redis: Redis, node: str, held: dict[str, int]) -> list[Change
             counted = []
             for user, gids in zip(chunk, groups, strict=True):
                 counted.append(_queue_count(pipe, user, node, "set", held=held[user]))
-                pipe.hset(keys.gateway_users(node), user, held[user])
-                for gid in gids:
-                    pipe.hset(keys.group_online(gid.decode()), f"{node}|{user}", held[user])
+                fields = [(keys.gateway_users(node), user)]
+                fields += [(keys.group_online(gid.decode()), f"{node}|{user}") for gid in gids]
+                for key, field in fields:  # none held: the entry goes, as a disconnect takes it
+                    pipe.hset(key, field, held[user]) if held[user] > 0 else pipe.hdel(key, field)
             return counted
 
         counted, _ = await run_pipeline(redis, write)
