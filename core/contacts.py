@@ -455,16 +455,24 @@ async def blocked(services: Services, query: ListBlocked) -> BlockedList:
 # -- the checks of other services
 
 
-async def check_direct(services: Services, sender: str, recipient: str) -> None:
+async def check_direct(services: Services, sender: str, recipient: str) -> bool:
     """May ``sender`` message ``recipient`` one-to-one (the check of every such send, one round
     trip)? In order: the recipient has no account (registered accounts) -> ``not_found``; is
     deactivated -> ``user_deactivated``; either blocks the other -> ``blocked``; takes messages
     from contacts only, and the sender is none and was not written to first -> ``contacts_only``.
-    A contacts-only sender writing to a non-contact lets them reply."""
+    A sender writing to a non-contact lets them reply; True if this send made that mark (undo
+    it with ``first_write_undone`` if the send does not go)."""
     registered = services.settings.accounts == "registered"
-    verdict = await store.check_direct(services.redis, sender, recipient, registered)
+    verdict, marked = await store.check_direct(services.redis, sender, recipient, registered)
     if verdict != "ok":
         raise _REFUSALS[verdict](recipient)
+    return marked
+
+
+async def first_write_undone(services: Services, sender: str, recipient: str) -> None:
+    """A send that ``check_direct`` passed, and marked (it returned True), did not go after all
+    (a plugin refused it): the recipient may not reply on its account."""
+    await store.unmark(services.redis, sender, recipient)
 
 
 async def check_additions(services: Services, actor: str, users: list[str]) -> None:

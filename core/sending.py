@@ -89,10 +89,11 @@ async def prepare(
         gateway=services.node,
         origin=draft.origin,
     )
-    pair = direct_members(draft.conversation)
+    pair, marked = direct_members(draft.conversation), False
+    recipient = "" if pair is None else pair[1] if pair[0] == draft.sender else pair[0]
     if pair is not None and pair[0] != pair[1]:  # the same user twice: a note to oneself, unchecked
         try:
-            await contacts.check_direct(services, draft.sender, pair[1] if pair[0] == draft.sender else pair[0])
+            marked = await contacts.check_direct(services, draft.sender, recipient)
         except ImflowError:
             # a resend of a message stored before a block or a privacy change is not a new
             # message: it goes on, and the worker answers with the first 'sent' (dedup)
@@ -100,6 +101,8 @@ async def prepare(
                 raise
     verdict = await services.hooks.call.before_send(command=command, gateway=gateway)
     if isinstance(verdict, Rejection):  # a plugin's code always has its dot (never passes for ours)
+        if marked:  # the message does not go: its recipient may not answer on its account
+            await contacts.first_write_undone(services, draft.sender, recipient)
         raise ImflowError(plugin_error_code(verdict.code), verdict.message, verdict.retry_after_ms)
     return verdict if isinstance(verdict, SendCommand) else command
 

@@ -327,10 +327,11 @@ class Model:
             raise Refused("contacts_only")
 
     def _wrote(self, sender: str, recipient: str | None) -> None:
-        """A contacts-only sender writing to a non-contact lets them answer (every send that
-        passes counts, a resend too: the check and its mark precede de-duplication)."""
+        """A sender writing to a non-contact lets them answer, should the sender take messages
+        from contacts only now or later (every send that passes counts, a resend too: the check
+        and its mark precede de-duplication)."""
         user = self.user(sender)
-        if recipient is not None and user.dm == "contacts" and recipient not in user.contacts:
+        if recipient is not None and recipient not in user.contacts:
             user.wrote_to.add(recipient)
 
     # -- read, ack, delete

@@ -400,6 +400,11 @@ async def test_contacts_only_at_the_service_level(any_redis) -> None:
     await contacts.unblock(services, contacts.Unblock("dan", "ann"))
     # ann's refused send to dan took its first-message mark back: dan may not start with her
     await refuses(contacts.check_direct(services, "dan", "ann"), ErrorCode.CONTACTS_ONLY)
+    # a first message counts whatever the writer's privacy was then: eve wrote to fay, then took
+    # contacts only; fay may answer
+    await contacts.check_direct(services, "eve", "fay")
+    await account(any_redis, "eve", dm="contacts")
+    await contacts.check_direct(services, "fay", "eve")
 
 
 # -- property: random sequences among four users against a small model
@@ -487,7 +492,7 @@ class Model:
         contact = frozenset((sender, recipient)) in self.contacts
         if recipient in self.contacts_only and not contact and (recipient, sender) not in self.wrote:
             return "contacts_only"
-        if sender in self.contacts_only and not contact:
+        if not contact:  # whatever the sender's privacy now: it may change
             self.wrote.add((sender, recipient))
         return "ok"
 
@@ -531,7 +536,7 @@ async def run_steps(redis_url: str, steps: list[tuple[str, str, str]]) -> None:
                 command = (make(a, b),)
             try:
                 result = await service(services, *command)
-                got = "ok" if result is None else result.event
+                got = "ok" if result is None or isinstance(result, bool) else result.event  # check_direct: a bool
             except ImflowError as error:
                 got = str(error.code)
             assert got == expected, f"step {step}: {op} {a} -> {b}"
@@ -606,3 +611,34 @@ async def test_changes_racing_each_other_leave_the_two_sides_consistent(real_red
         await redis.aclose()
     consistent(stored)
     assert all(stored[f"a{i}"][0].keys() == {f"b{i}"} for i in range(2, 200, 5)), "crossed requests make contacts"
+
+
+async def test_a_send_a_plugin_refuses_leaves_no_first_message_mark(any_redis) -> None:
+    """The check marks a first message before the plugins see it; if one refuses, the message
+    does not go, and its recipient may not answer a contacts-only sender on its account."""
+    from imflow.core import message_types, sending
+    from imflow.core.hookspecs import hookimpl
+    from imflow.core.plugin_calls import Hooks, empty_manager
+    from imflow.core.plugin_types import Rejection
+
+    class Refuses:
+        @hookimpl
+        def imflow_before_send(self, command):
+            return Rejection("test.refused", "not this one") if command.body["text"] == "no" else None
+
+    manager = empty_manager()
+    manager.register(Refuses(), "refuses")
+    services = services_of(any_redis)
+    services.hooks = Hooks(manager)
+    await account(any_redis, "ann", dm="contacts")
+    types = {"text": message_types.TEXT}
+
+    def draft(sender: str, recipient: str, text: str) -> sending.Draft:
+        return sending.Draft(sender, direct_conversation(sender, recipient), f"c-{text}", "text", {"text": text})
+
+    with pytest.raises(ImflowError) as error:
+        await sending.prepare(services, draft("ann", "cal", "no"), types)
+    assert error.value.code == "test.refused"
+    await refuses(contacts.check_direct(services, "cal", "ann"), ErrorCode.CONTACTS_ONLY)
+    await sending.prepare(services, draft("ann", "cal", "yes"), types)  # this one goes: cal may answer
+    await contacts.check_direct(services, "cal", "ann")

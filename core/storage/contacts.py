@@ -216,13 +216,15 @@ def _queue_recipient(pipe: Pipeline, recipient: str, sender: str, registered: bo
     )
 
 
-async def check_direct(redis: Redis, sender: str, recipient: str, registered: bool) -> str:
-    """May ``sender`` message ``recipient`` one-to-one? ``ok`` or the refusal's error code
-    (``not_found`` with ``registered`` accounts, ``user_deactivated``, ``blocked``,
-    ``contacts_only``), in one round trip: a script on each user's slot in one pipeline.
+async def check_direct(redis: Redis, sender: str, recipient: str, registered: bool) -> tuple[str, bool]:
+    """May ``sender`` message ``recipient`` one-to-one? (``ok`` or the refusal's error code:
+    ``not_found`` with ``registered`` accounts, ``user_deactivated``, ``blocked``,
+    ``contacts_only``; whether this send made a first-message mark), in one round trip: a
+    script on each user's slot in one pipeline.
 
-    A contacts-only sender writing to a non-contact marks them (they may reply); a refused send
-    takes a mark it made back (a second round trip, on refusals only).
+    A sender writing to a non-contact marks them (they may reply, should the sender take
+    messages from contacts only); a refused send takes a mark it made back (a second round
+    trip, on refusals only), and so does a caller whose send fails later (``unmark``).
     """
 
     def look(pipe: Pipeline) -> tuple[Reply, Reply]:
@@ -240,8 +242,13 @@ async def check_direct(redis: Redis, sender: str, recipient: str, registered: bo
     if own == "blocked" and verdict in ("ok", "contacts_only"):  # rules 1 and 2 come before a block
         verdict = "blocked"
     if verdict != "ok" and own == "marked":
-        await redis.srem(keys.wrote_to(sender), recipient)
-    return verdict
+        await unmark(redis, sender, recipient)
+    return verdict, verdict == "ok" and own == "marked"
+
+
+async def unmark(redis: Redis, sender: str, recipient: str) -> None:
+    """Take back the first-message mark of a send that did not go."""
+    await redis.srem(keys.wrote_to(sender), recipient)
 
 
 async def check_additions(redis: Redis, actor: str, users: list[str], registered: bool) -> dict[str, str]:
