@@ -475,6 +475,7 @@ async def set_privacy(services: Services, command: SetPrivacy) -> Privacy:
     now = Privacy(after.dm, after.presence)
     if (before.dm, before.presence) != (after.dm, after.presence):  # a change, not a repeat
         await gateway_events.notify_user(services.redis, command.user, PrivacyChanged(now), skip=command.origin)
-    if before.presence != after.presence:
+    if before.presence != after.presence or command.presence is not None:
+        # a repeat too: watchers may have missed the change's own publish (Redis blipped)
         await presence.visibility_changed(services.redis, command.user)
     return now

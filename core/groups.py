@@ -28,6 +28,7 @@ from . import contacts
 from .errors import ErrorCode, ImflowError
 from .models import direct_members, group_conversation
 from .models import group_id as group_id  # the one parser of g:<gid>; imported from here by the send path and plugins
+from .storage import conversation_settings
 from .storage import groups as store
 from .storage.groups import EVENTS_TABLE as EVENTS_TABLE  # the archive table of membership changes
 
@@ -262,6 +263,7 @@ async def remove(services: Services, command: RemoveMember) -> MemberRemoved:
     if not allowed:
         raise ImflowError(ErrorCode.FORBIDDEN, f"a group's {actor_role} cannot remove its {user_role}")
     await store.leave(services.redis, gid, command.user)
+    await conversation_settings.forget(services.redis, command.user, group_conversation(gid))
     await _record(services, gid, command.actor, "removed", {command.user: ""})
     return MemberRemoved(gid, command.user)
 
@@ -271,6 +273,7 @@ async def leave(services: Services, command: LeaveGroup) -> GroupLeft:
     if await _require_role(services, command.gid, command.user) == OWNER:
         raise ImflowError(ErrorCode.FORBIDDEN, "the owner cannot leave; make someone else owner first")
     await store.leave(services.redis, command.gid, command.user)
+    await conversation_settings.forget(services.redis, command.user, group_conversation(command.gid))
     await _record(services, command.gid, command.user, "left", {command.user: ""})
     return GroupLeft(command.gid)
 

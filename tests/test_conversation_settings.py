@@ -87,6 +87,17 @@ async def test_a_non_member_gets_not_found(services: Services) -> None:
     assert (await set_conversation(services, user="bob", conversation="g:team", muted=True))["muted"] is True
 
 
+async def test_leaving_or_being_removed_forgets_the_settings(services: Services) -> None:
+    await groups.create(services, groups.CreateGroup("alice", "team", ("bob", "cal"), gid="team"))
+    for user in ("bob", "cal"):
+        await set_conversation(services, user=user, conversation="g:team", pinned=True, muted=True)
+    await groups.leave(services, groups.LeaveGroup("bob", "team"))
+    await groups.remove(services, groups.RemoveMember("alice", "team", "cal"))
+    await groups.add(services, groups.AddMembers("alice", "team", ("bob", "cal")))
+    for user in ("bob", "cal"):  # back in the group: the settings start from the defaults
+        assert await store.among(services.redis, user, ["g:team"]) == {"g:team": store.DEFAULTS}
+
+
 async def test_a_read_clears_marked_unread_only(services: Services) -> None:
     await set_conversation(services, pinned=True, marked_unread=True)
     await conversations.read(services, conversations.Read("alice", ALICE_BOB, 0))

@@ -84,6 +84,11 @@ async def among(redis: Redis, user: str, conversations: list[str]) -> dict[str, 
     return {conversation: Stored.decode(raw) for conversation, raw in zip(conversations, found, strict=True)}
 
 
+async def forget(redis: Redis, user: str, conversation: str) -> None:
+    """The user's settings of a conversation go (they left it: a return starts from defaults)."""
+    await redis.hdel(keys.conversation_settings(user), conversation)
+
+
 async def last_seq(redis: Redis, conversation: str) -> int:
     """The conversation's last assigned seq (0 before its first message)."""
     return int(await redis.get(keys.conversation_seq(conversation)) or 0)
