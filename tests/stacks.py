@@ -3,11 +3,14 @@ worker on the real Kafka and Redis. Both are driven through the real WebSocket p
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from imflow.client import Client, ClientError
 from imflow.core import tokens
@@ -87,15 +90,45 @@ class Stack:
             process.terminate()
 
     def stop(self) -> None:
-        """Stop every process gracefully; fails (after stopping them all) if one did not."""
+        """Stop every process gracefully, then delete the stack's Kafka topics; fails (after
+        stopping them all) if one did not stop."""
         failures = []
         for process in [*self.gateways, *([self.worker] if self.worker else [])]:
             try:
                 process.stop_gracefully()
             except AssertionError as failure:  # the others are stopped all the same
                 failures.append(failure)
+        self.delete_topics()
         if failures:
             raise failures[0]
+
+    def delete_topics(self) -> None:
+        """Delete the topics of this stack's app id (ingest, rooms, dead letters, Faust's own):
+        a developer's Kafka runs the suite many times, and every partition costs the broker
+        open files (it stops at its limit). Best effort: a broker a test took down is left."""
+        app_id, kafka_url = self.env.get("IMFLOW_APP_ID", ""), self.env.get("IMFLOW_KAFKA_URL", "")
+        if self.kind != "real" or not app_id or not kafka_url:
+            return
+
+        async def delete() -> None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka_url.split("://", 1)[-1], request_timeout_ms=10_000)
+            await admin.start()
+            try:
+                mine = [topic for topic in await admin.list_topics() if topic.startswith(app_id)]
+                if mine:
+                    await admin.delete_topics(mine)
+            finally:
+                await admin.close()
+
+        def run() -> None:
+            try:
+                asyncio.run(delete())
+            except Exception as exc:  # noqa: BLE001 - cleanup only
+                print(f"could not delete the topics of {app_id}: {exc!r}")
+
+        worker = threading.Thread(target=run)  # its own event loop, whoever calls stop()
+        worker.start()
+        worker.join(30)
 
 
 def embedded_stack(folder: Path, extra_env: dict[str, str] | None = None) -> Stack:
