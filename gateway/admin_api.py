@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from imflow.core import accounts
 from imflow.core.errors import ErrorCode, ImflowError
+from imflow.core.storage.redis_client import STORAGE_UNAVAILABLE
 
 from .http_api import error_response, json_body
 
@@ -113,6 +114,8 @@ def _endpoint(serve: Callable[[Request, Services], Awaitable[Answer]]) -> Callab
             status, result = await serve(request, request.app.state.backend.services)
         except ImflowError as error:
             return error_response(error)
+        except STORAGE_UNAVAILABLE:  # Redis away: a coded answer the backend can retry on (503)
+            return error_response(ImflowError(ErrorCode.UNAVAILABLE, "storage is unavailable; retry shortly"))
         except Exception:
             log.exception("admin %s %s failed", request.method, request.url.path)
             failed = ImflowError(ErrorCode.INTERNAL, "the server failed; retry the request")
