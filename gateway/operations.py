@@ -77,12 +77,6 @@ def _report_lost(done: asyncio.Future, connection: Connection, frame: protocol.S
 # -- conversations
 
 
-@handles(protocol.Read)
-async def read(frame: protocol.Read, connection: Connection, backend: Backend, extensions: Extensions) -> Reply:
-    command = conversations.Read(connection.user, frame.conversation, frame.seq, origin=connection.id)
-    return frames.reply(await conversations.read(backend.services, command))
-
-
 @handles(protocol.Ping)
 async def ping(frame: protocol.Ping, connection: Connection, backend: Backend, extensions: Extensions) -> Reply:
     return frames.pong()
@@ -91,18 +85,24 @@ async def ping(frame: protocol.Ping, connection: Connection, backend: Backend, e
 # -- the operations that are one service call: frame -> command -> service -> reply frame
 
 
-def serves(frame_class: type[F], service: Callable[[Services, C], Awaitable[Any]], command: Callable[[str, F], C]) -> None:
+def serves(frame_class: type[F], service: Callable[[Services, C], Awaitable[Any]], command: Callable[..., C],
+           *, origin: bool = False) -> None:
     """Register the handler of an operation that is one call of ``service`` with the command
-    ``command(user, frame)`` builds, answered with the result's frame."""
+    ``command(user, frame)`` builds, answered with the result's frame. ``origin``: the command
+    is ``command(user, frame, connection id)`` (a change whose reply answers that connection,
+    while the user's other connections are pushed it)."""
 
     async def handler(frame: F, connection: Connection, backend: Backend, extensions: Extensions) -> Reply:
-        return frames.reply(await service(backend.services, command(connection.user, frame)))
+        built = command(connection.user, frame, connection.id) if origin else command(connection.user, frame)
+        return frames.reply(await service(backend.services, built))
 
     handles(frame_class)(handler)
 
 
 
 
+serves(protocol.Read, conversations.read,
+       lambda user, f, origin: conversations.Read(user, f.conversation, f.seq, origin=origin), origin=True)
 serves(protocol.Ack, conversations.acknowledge, lambda user, f: conversations.Acknowledge(user, tuple(f.mids)))
 serves(protocol.Sync, conversations.sync, lambda user, f: conversations.Sync(user, f.before_mid, f.limit))
 serves(protocol.History, conversations.history,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from imflow.core import conversation_settings, presence
 
 from . import frames, protocol
-from .operations import Reply, handles
+from .operations import Reply, handles, serves
 
 if TYPE_CHECKING:
     from .app import Backend
@@ -20,15 +20,13 @@ if TYPE_CHECKING:
     from .hub import Connection
 
 
-@handles(protocol.SetConversation)
-async def set_conversation(
-    frame: protocol.SetConversation, connection: Connection, backend: Backend, extensions: Extensions,
-) -> Reply:
-    command = conversation_settings.SetConversation(
-        connection.user, frame.conversation, pinned=frame.pinned, muted=frame.muted, hidden=frame.hidden,
-        marked_unread=frame.marked_unread, origin=connection.id,
-    )
-    return frames.reply(await conversation_settings.set_conversation(backend.services, command))
+serves(
+    protocol.SetConversation, conversation_settings.set_conversation,
+    lambda user, f, origin: conversation_settings.SetConversation(
+        user, f.conversation, pinned=f.pinned, muted=f.muted, hidden=f.hidden, marked_unread=f.marked_unread, origin=origin,
+    ),
+    origin=True,
+)
 
 
 @handles(protocol.WatchPresence)
