@@ -4,13 +4,13 @@ and one user's history page while the archive is being written.
     scripts/bench archive [--messages 10000000] [--users 1000000] [--runs 5]
 
 1. Ingest: ``imflow.simulate.to_archive`` writes the messages with their mailbox rows (and reads,
-   red packets, live rooms) as sealed segments; once for the realistic mix (groups of 3 to
+   red packets, live rooms) into a DuckLake (SQLite catalog and a folder, the embedded layout); once for the realistic mix (groups of 3 to
    10,000: several mailbox rows per group message), once one-to-one only (two mailbox rows per
    message, the figure the aim is stated in).
 2. Queries on the mixed archive through ``imflow.analytics.Archive``: messages per hour over
    all data, daily active users, top groups (median of --runs).
 3. History pages (``ArchiveReader.history_page``, what the gateway calls) for random users and
-   conversations, while another process keeps sealing new segments into the same archive.
+   conversations, while another process keeps committing new traffic into the same lake.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from pathlib import Path
 from stack import percentile
 
 from imflow.analytics import Archive
-from imflow.core.storage.archive import ArchiveLayout, ArchiveReader
+from imflow.core.storage.archive import ArchiveReader
+from imflow.core.storage.lake import LakeConfig
 from imflow.simulate import Scenario, to_archive
 
 
@@ -93,7 +94,7 @@ def history_pages(root: Path, pages: int) -> dict:
     writer.start()
     time.sleep(3)  # writing is under way
     segments_before = len(list(root.rglob("*.parquet")))
-    reader = ArchiveReader(ArchiveLayout(root))
+    reader = ArchiveReader(LakeConfig.from_url(root))
     times, sizes = [], []
     rng = random.Random(1)
     try:

@@ -11,11 +11,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import httpx
-import redis as redis_sync
 
 from imflow.client import Client
 from imflow.core import tokens
 from imflow.core.models import direct_conversation
+from imflow.core.storage import redis_client
 from imflow.testing import ImflowProcess, free_port
 
 SECRET = "bench-secret-" + uuid.uuid4().hex
@@ -31,7 +31,7 @@ def arguments(doc: str, json_default: str) -> argparse.ArgumentParser:
     """A parser with the options every benchmark takes; add your own before ``parse_args``."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kafka", required=True)
-    parser.add_argument("--redis", required=True, help="a database of its own: it is flushed first")
+    parser.add_argument("--redis", required=True, help="a database of its own, or a redis+cluster:// URL: it is flushed first")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", type=Path, default=Path(json_default))
@@ -42,8 +42,7 @@ class Stack:
     """N Faust workers and M gateways on a flushed Redis database and a fresh Faust app id."""
 
     def __init__(self, kafka: str, redis_url: str, workers: int = 1, gateways: int = 1, env: dict[str, str] | None = None) -> None:
-        with redis_sync.Redis.from_url(redis_url) as client:
-            client.flushdb()
+        redis_client.flush_sync(redis_url)  # every primary's on a cluster
         folder = Path(tempfile.mkdtemp(prefix="imflow-bench-"))
         env = {
             "IMFLOW_KAFKA_URL": kafka,

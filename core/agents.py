@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from .ids import MAX_NODE, IdGenerator
 from .services import Services
-from .storage.archive import ArchiveLayout
+from .storage.archive import ArchiveReader
+from .storage.lake import LakeConfig
 
 if TYPE_CHECKING:
 
@@ -39,8 +40,8 @@ class Producer(Protocol):
 @dataclass(kw_only=True)
 class AgentContext(Services):
     """A worker's Services (core/services.py) with what agents need besides: the ``producer``
-    for records they put on topics, one id generator per ingest partition and the archive's
-    layout to seal into."""
+    for records they put on topics, one id generator per ingest partition and the process's
+    lake (``lake``) to write the archive into."""
 
     producer: Producer
     # node number -> its id generator, made on first use; give one to share it between contexts
@@ -54,9 +55,11 @@ class AgentContext(Services):
         return self.generators[node]
 
     @cached_property
-    def archive_layout(self) -> ArchiveLayout:
-        s = self.settings
-        return ArchiveLayout(s.archive_dir, s.archive_content_shards, s.archive_mailbox_shards)
+    def lake(self) -> ArchiveReader:
+        """The process's one lake connection: the history reader's where the process serves
+        history (``archive``), else one of its own, opened on first use. Each thread uses its
+        own ``cursor()`` of it; writes run in a worker thread (asyncio.to_thread)."""
+        return self.archive if self.archive is not None else ArchiveReader(LakeConfig.from_settings(self.settings))
 
     def topic(self, name: str) -> str:
         return topic_name(self.settings.app_id, name)

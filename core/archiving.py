@@ -1,24 +1,43 @@
-"""The archiving service: seal what waits in the archive queue into the archive (R8).
+"""The archiving service: commit what waits in the archive queue to the archive (R8), and maintain the archive.
 
-Run by every worker on a timer; per-partition locks (core/storage/locks.py) keep one writer per
-partition at a time, so workers may tick together.
+``seal`` runs on every worker's timer; per-partition locks (core/storage/locks.py) keep one
+writer per partition at a time, so workers may tick together. ``maintain`` runs on every
+worker's slower timer; a lock held for one interval makes one of them do it each interval.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
-from .storage import archive_queue
+from .storage import archive_maintenance, archive_queue
+from .storage.archive import write_records
 
 if TYPE_CHECKING:
     from .agents import AgentContext
 
+log = logging.getLogger(__name__)
+
 
 async def seal(ctx: AgentContext) -> None:
-    """Seal every partition's queue; goes on while a partition gives a full batch. Raises
-    Redis and archive errors (the next tick tries again: sealing is idempotent)."""
+    """Commit every partition's queue to the lake; goes on while a partition gives a full batch.
+    Raises Redis and lake errors (the next tick tries again: a batch written twice shows once)."""
     s = ctx.settings
+    lake = ctx.lake
+
+    def write(records: list[dict]) -> int:  # in a worker thread: its own cursor of the one connection
+        return write_records(lake.cursor(), records)
+
     partitions = range(s.topic_partitions)
-    layout, limit = ctx.archive_layout, s.conversation_log_limit
-    while await archive_queue.flush(ctx.redis, s.app_id, layout, partitions, s.archive_batch, limit):
+    while await archive_queue.flush(ctx.redis, s.app_id, write, partitions, s.archive_batch, s.conversation_log_limit):
         pass  # a partition gave a full batch: more may wait
+
+
+async def maintain(ctx: AgentContext) -> archive_maintenance.Report | None:
+    """Maintain the lake (core/storage/archive_maintenance.py) unless another worker did within
+    the interval; returns the report, None when skipped. Raises Redis and lake errors."""
+    s = ctx.settings
+    report = await archive_maintenance.maintain_once(ctx.redis, s.app_id, ctx.lake, s)
+    if report is not None:
+        log.info("archive maintained: %s", report)
+    return report

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Services:
-    """What a service needs: ``redis`` (live state), ``archive`` (sealed history; None where this
-    process serves no history), ``hooks`` (the plugins of this process), ``settings``, ``node``
+    """What a service needs: ``redis`` (live state), ``archive`` (the history in the lake; None
+    where this process serves no history), ``hooks`` (the plugins of this process), ``settings``, ``node``
     (this gateway's or worker's name) and ``clock`` (ms since the epoch; tests replace it)."""
 
     settings: Settings

@@ -105,8 +105,40 @@ class Settings(BaseSettings):
     )
     archive_flush_seconds: float = Field(1.0, gt=0, description="How often pending records are sealed into the archive")
     archive_batch: int = Field(50_000, gt=0, description="Most records one partition gives to one archive write")
-    archive_content_shards: int = Field(4, gt=0, description="Shards of im_msg_content (by mid); fixed once data exists")
-    archive_mailbox_shards: int = Field(4, gt=0, description="Shards of im_user_msg_box (by owner_uid); fixed once data exists")
+    # --- the archive, a DuckLake (core/storage/lake.py): a catalog database plus Parquet data files
+    archive_catalog: str | None = Field(
+        None,
+        description="DuckLake catalog, as after 'ducklake:' in ATTACH: sqlite:PATH, postgres:<libpq string> "
+        "(e.g. postgres:dbname=imflow host=127.0.0.1 port=15432 user=imflow) or duckdb:PATH (one process only); "
+        "unset = sqlite:{data_dir}/archive/catalog.sqlite",
+    )
+    archive_schema: str | None = Field(
+        None,
+        description="Catalog schema of this lake (several imflow apps may share one PostgreSQL database); "
+        "unset = the catalog's default",
+    )
+    archive_data_path: str | None = Field(
+        None,
+        description="Where a new lake puts its Parquet files: a folder or s3://bucket/prefix/ (once the lake exists, "
+        "the path stored in its catalog wins); unset = {data_dir}/archive/data/",
+    )
+    s3_endpoint: str | None = Field(None, description="S3 endpoint host:port of the archive's data (unset: AWS's own, or no S3)")
+    s3_key_id: str | None = Field(None, description="S3 access key id of the archive's data")
+    s3_secret: SecretStr | None = Field(None, description="S3 secret access key of the archive's data")
+    s3_region: str = Field("us-east-1", description="S3 region of the archive's data")
+    s3_use_ssl: bool = Field(False, description="Reach the S3 endpoint over HTTPS")
+    archive_maintenance_seconds: float = Field(
+        300.0, gt=0,
+        description="How often one worker maintains the archive: inlined rows to files, small files merged, "
+        "retention, old snapshots expired",
+    )
+    archive_retention_days: float = Field(
+        0, ge=0,
+        description="Archive rows older than this many days are deleted (the membership and social records stay); 0 = keep all",
+    )
+    archive_snapshot_days: float = Field(
+        7, ge=0, description="How far back time travel reaches: older archive snapshots expire and their files are deleted"
+    )
 
     # --- accounts and the social graph (core/accounts.py, core/contacts.py)
     accounts: Literal["registered", "open"] = Field(
@@ -177,6 +209,7 @@ class Settings(BaseSettings):
 
     @property
     def archive_dir(self) -> Path:
+        """The folder of the default (embedded) archive: its SQLite catalog and data files."""
         return self.data_dir / "archive"
 
     @property

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from prometheus_client import Counter, Gauge
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from imflow.core import presence, revocation
 from imflow.core.errors import ErrorCode, ImflowError
@@ -21,6 +22,7 @@ from imflow.core.ids import now_ms
 from imflow.core.plugin_types import GatewayLoad, Priority
 from imflow.core.revocation import Revocation
 from imflow.core.settings import Settings
+from imflow.core.storage import redis_client
 
 from . import frames
 
@@ -484,14 +486,15 @@ class Hub:
 
     async def _listen(self) -> None:
         """Route frames published for this gateway, and orders for all gateways; resubscribe
-        after a Redis outage."""
+        after a Redis outage, or when the slot of our (sharded) channel moved to another node of
+        a Redis Cluster."""
         own, orders = presence.listens_on(self.node)
-        everyone = orders.encode()
+        everyone, mine = orders.encode(), own.encode()
         lost = False
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
-                await pubsub.subscribe(own, everyone)
+                pubsub = await redis_client.subscribe(self.redis, own, orders)
                 self._subscribed.set()
                 if lost:  # orders published while we were away are gone: look the state up
                     lost = False
@@ -502,18 +505,24 @@ class Hub:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None:
                         continue
+                    kind = message["type"]
+                    if kind == "sunsubscribe" and message["channel"] == mine:  # the slot moved
+                        raise RedisConnectionError(f"{own} now lives on another node")
+                    if kind not in ("message", "smessage"):  # (s)subscribe confirmations
+                        continue
                     if message["channel"] == everyone:
                         self._order(message["data"])
                     else:
                         self._route(message["data"])
-            except (RedisConnectionError, OSError) as exc:
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 lost = True
                 self._subscribed.clear()
                 log.warning("gateway channel lost (%s); resubscribing", exc)
                 await asyncio.sleep(0.5)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
 
     def _order(self, data: bytes) -> None:
         try:

@@ -1,23 +1,25 @@
-"""The history archive for analysts: DuckDB views and pandas DataFrames.
+"""The history archive for analysts: a DuckLake opened in one line, as DuckDB views and pandas DataFrames.
 
     from imflow.analytics import Archive
-    archive = Archive("data/archive")          # safe while imflow writes: segments are immutable
+    archive = Archive.open()                   # the lake of imflow's settings (IMFLOW_ARCHIVE_*, IMFLOW_S3_*)
+    archive = Archive.open("data/archive")     # an embedded lake in a folder; or a catalog string
     archive.messages_per("hour")               # a DataFrame
     archive.sql("SELECT sender, count(*) FROM im_msg_content GROUP BY 1").df()
+    Archive.open(at=datetime(2026, 11, 1)).messages_per("day")   # the archive as it was then
 
 Views (columns in docs/archive.md): ``im_msg_content`` (one row per message),
 ``im_user_msg_box`` (one row per mailbox entry, with a ``deleted`` flag), the social graph's
 history (``im_account_events``, ``im_contact_events``, ``im_block_events``; empty views while
 nothing was recorded) and one view per plugin table (``red_packets``, ``red_packet_events``).
-Segments written again after a crash are de-duplicated here. ``refresh()`` picks up segments
-sealed since the archive was opened.
+Writes are at least once (a batch may be written twice after a crash): the views
+de-duplicate. Every query sees the lake's latest commit (or the snapshot ``at`` names).
 """
 
 from __future__ import annotations
 
-import contextlib
+from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import duckdb
 import pyarrow as pa
@@ -27,7 +29,17 @@ try:
 except ImportError as exc:  # the [analytics] extra: the server runs without it
     raise ImportError("imflow.analytics needs pandas: pip install 'imflow[analytics]'") from exc
 
-from imflow.core.storage.archive import COMPACTED, CONTENT, CONTENT_SCHEMA, DELETIONS, DELETIONS_SCHEMA, MAILBOX, MAILBOX_SCHEMA, SEALED, ArchiveLayout
+from imflow.core.storage.lake import (
+    CONTENT,
+    CONTENT_SCHEMA,
+    DEDUP_KEYS,
+    DELETIONS,
+    LAKE,
+    MAILBOX,
+    MAILBOX_SCHEMA,
+    LakeConfig,
+    connect,
+)
 from imflow.core.storage.social_records import ACCOUNT_EVENTS, BLOCK_EVENTS, CONTACT_EVENTS
 
 Bucket = Literal["minute", "hour", "day", "week", "month"]
@@ -58,20 +70,52 @@ _EDGE_STATES = f"""
 """
 
 
-def _empty(schema) -> str:
-    """A typed, empty SELECT for a table that has no segment yet."""
+def _empty(schema: pa.Schema) -> str:
+    """A typed, empty SELECT for a table nothing was written to yet."""
     columns = ", ".join(f"NULL::{_DUCK_TYPES[str(field.type)]} AS {field.name}" for field in schema)
     return f"SELECT {columns} WHERE false"
 
 
+def _once(table: str) -> str:
+    """A lake table's rows, each once (the de-duplication rule)."""
+    source = f"{LAKE}.main.{table}"
+    if key := DEDUP_KEYS.get(table):
+        return f"(SELECT * FROM {source} QUALIFY row_number() OVER (PARTITION BY {key}) = 1)"
+    return f"(SELECT DISTINCT * FROM {source})"
+
+
 class Archive:
-    def __init__(self, root: str | Path = "data/archive") -> None:
-        self.root = Path(root)
-        self.layout = ArchiveLayout(self.root)  # shard counts do not matter to readers of every shard
-        self.db = duckdb.connect()
-        with contextlib.suppress(duckdb.Error):  # in Jupyter DuckDB refuses the setting without ipywidgets
-            self.db.execute("SET enable_progress_bar = false")  # results, not progress bars
+    """The archive as views over the lake (``sql``, ``scalar``) and the questions analysts ask
+    first, each a DataFrame. ``Archive(folder_or_catalog)`` is ``Archive.open`` of it.
+
+    A connection of its own, attached read-write (it creates an empty lake where there was
+    none, so a new archive has empty views) or, with ``at``, read-only at that snapshot. Not
+    thread-safe: one per thread."""
+
+    def __init__(self, root: str | Path | LakeConfig = "data/archive", *, at: int | datetime | None = None) -> None:
+        self.config = root if isinstance(root, LakeConfig) else LakeConfig.from_url(root)
+        self.at = at
+        self.db = connect(self.config, create=at is None, snapshot=at)
+        self.db.execute("USE memory")  # the views live here, beside the lake, never in its catalog
+        self._shape: object = None  # the lake's tables and columns the views were made for
+        self._tables: set[str] = set()
         self.refresh()
+
+    @classmethod
+    def open(cls, url: str | Path | None = None, *, at: int | datetime | None = None, **overrides: Any) -> Archive:
+        """Open a lake: ``url`` a catalog string (``sqlite:PATH``, ``postgres:dbname=imflow
+        host=…``, ``duckdb:PATH``) or a folder (the embedded layout in it); None: the lake of
+        imflow's settings (environment, ``.env``). ``at``: a snapshot version (see
+        ``snapshots()``) or a datetime, to read the archive as it was then (read-only).
+        ``overrides``: LakeConfig fields (``data_path``, ``schema``, ``s3_endpoint``, …).
+        Raises LakeError (a missing extension package, an unknown catalog kind) or
+        duckdb.Error (the catalog or the data cannot be reached; ``at`` before the oldest
+        snapshot kept)."""
+        if url is None:
+            from imflow.core.settings import Settings
+
+            return cls(LakeConfig.from_settings(Settings()).with_(**overrides), at=at)
+        return cls(LakeConfig.from_url(url, **overrides), at=at)
 
     def close(self) -> None:
         self.db.close()
@@ -82,64 +126,75 @@ class Archive:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @staticmethod
-    def _read(files: list[str]) -> str:
-        return f"read_parquet({files!r}, union_by_name = true, hive_partitioning = false)"
-
-    def _rows_once(self, table: str, key: str | None, schema=None) -> str | None:
-        """A table's rows, each once: compacted segments as they are, sealed ones de-duplicated
-        (on ``key``, or on every column) — the costly part only where a replay can be."""
-        compacted = self.layout.files(table, kind=COMPACTED)
-        sealed = self.layout.files(table, kind=SEALED)
-        parts = [f"SELECT * FROM {self._read(compacted)}"] if compacted else []
-        if sealed:
-            once = f"QUALIFY row_number() OVER (PARTITION BY {key}) = 1" if key else ""
-            parts.append(f"SELECT {'' if key else 'DISTINCT '}* FROM {self._read(sealed)} {once}")
-        if not parts:
-            return f"({_empty(schema)})" if schema is not None else None
-        return "(" + " UNION ALL BY NAME ".join(parts) + ")"
-
     def refresh(self) -> None:
-        """(Re)define the views over the segments there are now (``sql()`` does it before each query)."""
-        content = self._rows_once(CONTENT, "mid", CONTENT_SCHEMA)
-        mailbox = self._rows_once(MAILBOX, "owner_uid, mid", MAILBOX_SCHEMA)
+        """(Re)define the views when the lake's tables changed (a plugin's first rows, a new
+        column, the first deletion); ``sql()`` does it before each query."""
+        columns = self.db.execute(
+            "SELECT table_name, list(column_name ORDER BY column_index) FROM duckdb_columns() "
+            "WHERE database_name = $lake AND schema_name = 'main' GROUP BY 1 ORDER BY 1", {"lake": LAKE}).fetchall()
+        tables = self._tables = {name for name, _ in columns}
+        deleted = DELETIONS in tables and bool(self.db.execute(f"SELECT 1 FROM {LAKE}.main.{DELETIONS} LIMIT 1").fetchall())
+        shape = (columns, deleted)
+        if shape == self._shape:
+            return
+        content = _once(CONTENT) if CONTENT in tables else f"({_empty(CONTENT_SCHEMA)})"
+        mailbox = _once(MAILBOX) if MAILBOX in tables else f"({_empty(MAILBOX_SCHEMA)})"
         self.db.execute(f"""
             CREATE OR REPLACE VIEW im_msg_content AS
             SELECT *, epoch_ms(created_at_ms) AS created_at, epoch_ms(sent_at_ms) AS sent_at FROM {content}
         """)
-        if self.layout.files(DELETIONS):
-            deletions = self._rows_once(DELETIONS, None, DELETIONS_SCHEMA)
+        if deleted:
             self.db.execute(f"""
                 CREATE OR REPLACE VIEW im_user_msg_box AS
                 SELECT box.*, epoch_ms(box.created_at_ms) AS created_at, deleted.mid IS NOT NULL AS deleted
-                FROM {mailbox} AS box LEFT JOIN (SELECT DISTINCT owner_uid, mid FROM {deletions}) AS deleted USING (owner_uid, mid)
+                FROM {mailbox} AS box LEFT JOIN (SELECT DISTINCT owner_uid, mid FROM {LAKE}.main.{DELETIONS}) AS deleted
+                USING (owner_uid, mid)
             """)
         else:  # nobody deleted anything: no join over every mailbox row
             self.db.execute(f"""
                 CREATE OR REPLACE VIEW im_user_msg_box AS
                 SELECT *, epoch_ms(created_at_ms) AS created_at, false AS deleted FROM {mailbox}
             """)
-        core = {CONTENT, MAILBOX, DELETIONS}  # and folders starting with '.' (compaction's trash)
-        for folder in sorted(p for p in self.root.glob("*") if p.is_dir() and p.name not in core):
-            rows = self._rows_once(folder.name, None)
-            if rows and folder.name.isidentifier():
-                self.db.execute(f"CREATE OR REPLACE VIEW {folder.name} AS SELECT * FROM {rows}")
+        for table in sorted(tables - {CONTENT, MAILBOX, DELETIONS}):
+            if table.isidentifier():
+                self.db.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM {_once(table)}")
         for table, schema in SOCIAL_SCHEMAS.items():
-            if not self.layout.files(table):
+            if table not in tables:
                 self.db.execute(f"CREATE OR REPLACE VIEW {table} AS {_empty(schema)}")
+        self._shape = shape
 
     def tables(self) -> list[str]:
-        return [row[0] for row in self.db.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()]
+        """The views there are, sorted."""
+        self.refresh()
+        return [row[0] for row in self.db.execute(
+            "SELECT view_name FROM duckdb_views() WHERE NOT internal AND database_name = 'memory' ORDER BY 1").fetchall()]
 
     def sql(self, query: str) -> duckdb.DuckDBPyRelation:
         """Any SQL over the views; ``.df()`` on the result gives a DataFrame, ``.pl()`` polars.
-        The views are brought up to date first: segments sealed or compacted since are seen."""
+        Every query reads the lake's latest commit (or the snapshot of ``at``)."""
         self.refresh()
         return self.db.sql(query)
 
     def scalar(self, query: str) -> object:
         """The single value a query returns (a count, a maximum)."""
         return self.sql(query).fetchall()[0][0]
+
+    def stored_rows(self, table: str = CONTENT) -> int:
+        """Rows a lake table holds as written, replays included (cheap: no de-duplication, the
+        counts come from the files' metadata); 0 for a table nothing was written to yet."""
+        self.refresh()
+        if table not in self._tables:
+            return 0
+        return self.db.execute(f"SELECT count(*) FROM {LAKE}.main.{table}").fetchall()[0][0]
+
+    def snapshots(self) -> pd.DataFrame:
+        """The lake's snapshots, oldest first: snapshot_id (a version for ``at``),
+        snapshot_time (with time zone), schema_version, changes (what each commit did: tables
+        created, inserted into, deleted from), author, commit_message, commit_extra_info.
+        Snapshots older than ``IMFLOW_ARCHIVE_SNAPSHOT_DAYS`` are expired by maintenance."""
+        snapshots = self.db.sql(f"SELECT * FROM ducklake_snapshots('{LAKE}') ORDER BY snapshot_id")
+        # through Arrow: DuckDB's own .df() of a time zone column calls a pandas API pandas 3.1 deprecates
+        return snapshots.to_arrow_table().to_pandas()
 
     # -- the questions analysts ask first
 

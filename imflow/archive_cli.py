@@ -1,26 +1,50 @@
-"""``imflow simulate`` and ``imflow archive stats|compact|retention|reshard``."""
+"""``imflow simulate`` and ``imflow archive stats|maintain|import``: the archive's command line."""
 
 from __future__ import annotations
 
 import asyncio
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-DataOpt = Annotated[Path | None, typer.Option("--data-dir", help="Archive and state folder (default: IMFLOW_DATA_DIR)")]
-GraceOpt = Annotated[float, typer.Option("--grace", help="Seconds replaced segments stay in .trash for readers mid-query")]
+if TYPE_CHECKING:
+    import duckdb
 
-archive_cli = typer.Typer(help="Look after the history archive: statistics, compaction, retention, sharding.", no_args_is_help=True)
+DataOpt = Annotated[Path | None, typer.Option("--data-dir", help="Archive and state folder (default: IMFLOW_DATA_DIR)")]
+
+archive_cli = typer.Typer(help="Look after the history archive (a DuckLake): statistics, maintenance, importing an old archive.",
+                          no_args_is_help=True)
+
+# rows one import transaction takes at most (each chunk: one pass over the old files, one commit)
+IMPORT_CHUNK_ROWS = 4_000_000
 
 
 def _settings(data_dir: Path | None):
     from imflow.cli import load_settings
 
     return load_settings(data_dir=data_dir)
+
+
+def _lake(data_dir: Path | None):
+    """The configured lake, attached (made if new): IMFLOW_ARCHIVE_CATALOG and friends."""
+    from imflow.core.storage.lake import LakeConfig, connect
+
+    config = LakeConfig.from_settings(_settings(data_dir))
+    return config, connect(config)
+
+
+def _where(config) -> str:
+    """Where the lake is, for messages: its catalog (a password in it masked) and data path."""
+    catalog = re.sub(r"password=\S+", "password=********", config.catalog)
+    return f"{catalog} (data {config.data_path})"
 
 
 def _bar() -> Progress:
@@ -37,18 +61,17 @@ def simulate(
     data_dir: DataOpt = None,
 ) -> None:
     """Generate realistic traffic: Zipf-active users, a daily rhythm, groups of 3 to 10,000, reads,
-    red packets, live-room bursts and a growing contact graph; straight into the archive
-    (millions of messages a minute) or through a running imflow's gateway (with
-    IMFLOW_ADMIN_SECRET set, its users are registered through the gateway's admin API first;
-    without, the server must run with IMFLOW_ACCOUNTS=open)."""
+    red packets, live-room bursts and a growing contact graph; straight into the archive's
+    lake (IMFLOW_ARCHIVE_CATALOG, else the embedded one under --data-dir; about a million
+    messages in ten seconds) or through a running imflow's gateway (with IMFLOW_ADMIN_SECRET
+    set, its users are registered through the gateway's admin API first; without, the server
+    must run with IMFLOW_ACCOUNTS=open)."""
     from imflow.core import tokens
     from imflow.simulate import Scenario, through_gateway, to_archive
 
     settings = _settings(data_dir)
     scenario = Scenario(users=users, messages=messages, days=days, seed=seed,
-                        read_fan_out_threshold=settings.read_fan_out_threshold,
-                        content_shards=settings.archive_content_shards, shards=settings.archive_mailbox_shards,
-                        chunk=min(1_000_000, max(1, messages)))
+                        read_fan_out_threshold=settings.read_fan_out_threshold, chunk=min(1_000_000, max(1, messages)))
     if via:
         secret = settings.secret_key.get_secret_value()
         admin_secret = settings.admin_secret.get_secret_value() if settings.admin_secret else None
@@ -63,17 +86,21 @@ def simulate(
             counts = asyncio.run(through_gateway(via, token, scenario, lambda n: bar.advance(task, n)))
         typer.echo(", ".join(f"{value} {name.replace('_', ' ')}" for name, value in counts.items()))
         return
-    root = settings.archive_dir
-    if any(root.glob("im_msg_content/*/*.parquet")):
-        # simulated segments are taken as holding each row once: a second run would repeat ids
-        typer.secho(f"{root} holds messages already; simulate into an empty --data-dir", fg="red", err=True)
+    config, db = _lake(data_dir)
+    try:
+        # simulated rows go in once each: a second run would repeat ids and seqs
+        held = db.execute("SELECT count(*) FROM (SELECT 1 FROM im_msg_content LIMIT 1)").fetchall()[0][0]
+    finally:
+        db.close()
+    if held:
+        typer.secho(f"{_where(config)} holds messages already; simulate into an empty --data-dir or lake", fg="red", err=True)
         raise typer.Exit(2)
     with _bar() as bar:
-        task = bar.add_task(f"simulating into {root}", total=messages)
-        written = to_archive(root, scenario, lambda n: bar.advance(task, n))
+        task = bar.add_task("simulating", total=messages)
+        written = to_archive(config, scenario, lambda n: bar.advance(task, n))
     rate = written.messages / written.seconds
     typer.echo(f"{written.messages:,} messages, {written.mailbox_rows:,} mailbox rows, {written.other_rows:,} other rows "
-               f"in {written.seconds:.1f} s ({rate:,.0f} messages/s) into {root}")
+               f"in {written.seconds:.1f} s ({rate:,.0f} messages/s) into {_where(config)}")
 
 
 def _register(via: str, admin_secret: str, user: str) -> None:
@@ -91,76 +118,137 @@ def _register(via: str, admin_secret: str, user: str) -> None:
 
 @archive_cli.command("stats")
 def stats(data_dir: DataOpt = None) -> None:
-    """Segments, rows and bytes per table and shard."""
-    from imflow.core.storage.archive_housekeeping import stats as archive_stats
+    """Data files, rows and bytes per table (from the lake's catalog)."""
+    from imflow.core.storage.archive_maintenance import stats as lake_stats
 
-    root = _settings(data_dir).archive_dir
-    table = Table("table", "shard", "segments", "rows", "MB", title=str(root))
-    for row in archive_stats(root):
-        table.add_row(row["table"], row["shard"], str(row["segments"]), f"{row['rows']:,}", f"{row['bytes'] / 1e6:,.1f}")
+    config, db = _lake(data_dir)
+    try:
+        rows = lake_stats(db)
+    finally:
+        db.close()
+    table = Table("table", "files", "rows", "MB", title=_where(config))
+    for row in rows:
+        table.add_row(row["table"], f"{row['files']:,}", f"{row['rows']:,}", f"{row['bytes'] / 1e6:,.1f}")
     Console().print(table)
 
 
-def _report(what: str, report) -> None:
-    typer.echo(f"{what}: {report.segments_in} segment(s), {report.rows_in:,} rows in; "
-               f"{report.segments_out} segment(s), {report.rows_out:,} rows out")
+@archive_cli.command("maintain")
+def maintain(data_dir: DataOpt = None) -> None:
+    """Maintain the lake now, as the workers' timer does every IMFLOW_ARCHIVE_MAINTENANCE_SECONDS:
+    inlined rows to files, retention (IMFLOW_ARCHIVE_RETENTION_DAYS), small files merged,
+    snapshots older than IMFLOW_ARCHIVE_SNAPSHOT_DAYS expired and their files deleted. Safe
+    while workers write and notebooks read."""
+    from imflow.core.storage.archive_maintenance import maintain as run
 
-
-def _spinner(description: str):
+    settings = _settings(data_dir)
+    config, db = _lake(data_dir)
     progress = Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-    task = progress.add_task(description, total=None)
-    return progress, lambda text: progress.update(task, description=f"{description}: {text}")
+    task = progress.add_task("maintaining", total=None)
+    try:
+        with progress:
+            report = run(db, settings, progress=lambda text: progress.update(task, description=f"maintaining: {text}"))
+    finally:
+        db.close()
+    typer.echo(f"maintained {_where(config)} in {report.seconds:.1f} s: {report.rows_flushed:,} inlined rows written "
+               f"to files, {report.rows_expired:,} rows past retention deleted, {report.files_merged:,} files merged "
+               f"into {report.files_created:,}, {report.snapshots_expired:,} snapshots expired, "
+               f"{report.files_deleted:,} files deleted")
 
 
-@archive_cli.command("compact")
-def compact(
+@dataclass(frozen=True)
+class Imported:
+    """What ``import_old`` did to one table: rows in the old files, rows added to the lake."""
+
+    table: str
+    files: int
+    rows_read: int
+    rows_added: int
+
+
+def old_tables(root: Path) -> dict[str, list[str]]:
+    """The tables of an archive in the Parquet-segment layout (``<root>/<table>/shard=NNN/
+    {seg-,cmp-}*.parquet``) and their files; folders of no table (``.trash``, a lake's
+    ``data/``) have none and are left out."""
+    tables = {}
+    for folder in sorted(path for path in Path(root).iterdir() if path.is_dir() and path.name.isidentifier()):
+        files = sorted(str(path) for path in folder.glob("shard=*/*.parquet"))
+        if files:
+            tables[folder.name] = files
+    return tables
+
+
+def import_old(db: duckdb.DuckDBPyConnection, root: Path,
+               progress: Callable[[str, int, int], None] | None = None) -> list[Imported]:
+    """Copy an archive in the Parquet-segment layout into the lake attached to ``db``,
+    de-duplicated by the archive's rule (a message once per mid, a mailbox row once per
+    (owner_uid, mid), any other row once) against itself and against what the lake holds
+    already, so running it twice adds nothing the second time. A table the lake lacks is
+    made from the files' columns, and columns it lacks are added. Each table goes in chunks
+    of about IMPORT_CHUNK_ROWS rows (the rows whose key hashes to the chunk), one commit each:
+    an import stopped halfway goes on where it stopped when run again. ``progress(table,
+    rows_done, rows_total)`` after each chunk. Returns one Imported per table."""
+    import pyarrow.parquet as pq
+
+    from imflow.core.storage import archive
+    from imflow.core.storage.lake import DEDUP_KEYS, retrying
+
+    done = []
+    for table, files in old_tables(root).items():
+        total = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+        source = f"read_parquet({files!r}, union_by_name = true, hive_partitioning = false)"
+        # the lake's table, made or widened to the old columns (an empty insert)
+        old_columns = db.execute(f"SELECT * FROM {source} LIMIT 0").to_arrow_table()
+        archive.insert_table(db, table, old_columns)
+        columns = ", ".join(f'"{name}"' for name in old_columns.column_names)
+        chunks = max(1, math.ceil(total / IMPORT_CHUNK_ROWS))
+        added = 0
+        for chunk in range(chunks):
+            if key := DEDUP_KEYS.get(table):
+                mine = f"hash({key}) % {chunks} = {chunk}"
+                query = f"""
+                    INSERT INTO {table} ({columns})
+                    SELECT {columns} FROM (SELECT {columns} FROM {source} WHERE {mine}
+                                           QUALIFY row_number() OVER (PARTITION BY {key}) = 1)
+                    ANTI JOIN (SELECT {key} FROM {table} WHERE {mine}) USING ({key})"""
+            else:  # EXCEPT: each row once, nulls equal to nulls
+                mine = f"hash({columns}) % {chunks} = {chunk}"
+                query = f"""
+                    INSERT INTO {table} ({columns})
+                    SELECT {columns} FROM {source} WHERE {mine} EXCEPT SELECT {columns} FROM {table} WHERE {mine}"""
+            # one commit; lost to a live writer's commit, it is run again against what is there then
+            added += retrying(lambda query=query: db.execute(query).fetchall()[0][0])
+            if progress:
+                progress(table, min(total, (chunk + 1) * math.ceil(total / chunks)), total)
+        done.append(Imported(table, len(files), total, added))
+    return done
+
+
+@archive_cli.command("import")
+def import_command(
+    old_root: Annotated[Path, typer.Argument(
+        help="An archive folder in the old Parquet-segment layout (<table>/shard=NNN/*.parquet)", exists=True, file_okay=False)],
     data_dir: DataOpt = None,
-    grace: GraceOpt = 300,
-    min_age: Annotated[float, typer.Option("--min-age", help="Only segments older than this many seconds (a crashed writer re-seals within 60 s)")] = 600,
 ) -> None:
-    """Merge each shard's small segments into one (de-duplicated, sorted for fast history
-    pages). Safe while workers write and notebooks read; run it every few minutes (cron)."""
-    from imflow.core.storage.archive_housekeeping import compact as run
+    """Import an archive of Parquet segments (imflow before the lake) into the configured lake:
+    de-duplicated, in chunks, safe to run again (a second run adds nothing) and while imflow
+    writes (the old folder is only read)."""
+    config, db = _lake(data_dir)
+    try:
+        with _bar() as bar:
+            tasks: dict[str, object] = {}
 
-    progress, say = _spinner("compacting")
-    with progress:
-        report = run(_settings(data_dir).archive_dir, grace, min_age_seconds=min_age, progress=say)
-    _report("compacted", report)
+            def show(table: str, done: int, total: int) -> None:
+                if table not in tasks:
+                    tasks[table] = bar.add_task(f"importing {table}", total=total)
+                bar.update(tasks[table], completed=done)
 
-
-@archive_cli.command("retention")
-def retention(
-    keep_days: Annotated[float, typer.Option("--keep-days", help="Keep this many days of messages, events and reads")],
-    data_dir: DataOpt = None,
-    grace: GraceOpt = 300,
-) -> None:
-    """Drop what is older than --keep-days (the group membership record is kept). Safe while
-    workers write and notebooks read."""
-    from imflow.core.storage.archive_housekeeping import retention as run
-
-    if keep_days <= 0:
-        typer.secho("--keep-days must be above 0", fg="red", err=True)
+            imported = import_old(db, old_root, show)
+    finally:
+        db.close()
+    if not imported:
+        typer.secho(f"{old_root} holds no <table>/shard=NNN/*.parquet files", fg="red", err=True)
         raise typer.Exit(2)
-    progress, say = _spinner("applying retention")
-    with progress:
-        report = run(_settings(data_dir).archive_dir, keep_days, grace_seconds=grace, progress=say)
-    _report(f"older than {keep_days:g} days dropped", report)
-
-
-@archive_cli.command("reshard")
-def reshard(
-    content_shards: Annotated[int, typer.Option(min=1, help="Shards of im_msg_content (by mid)")],
-    mailbox_shards: Annotated[int, typer.Option(min=1, help="Shards of im_user_msg_box (by owner_uid)")],
-    data_dir: DataOpt = None,
-    grace: GraceOpt = 300,
-) -> None:
-    """Rewrite the message tables with new shard counts. Stop workers and gateways first, and
-    start them again with IMFLOW_ARCHIVE_CONTENT_SHARDS / IMFLOW_ARCHIVE_MAILBOX_SHARDS set to
-    the new counts."""
-    from imflow.core.storage.archive_housekeeping import reshard as run
-
-    progress, say = _spinner("resharding")
-    with progress:
-        report = run(_settings(data_dir).archive_dir, content_shards, mailbox_shards, grace, progress=say)
-    _report("resharded", report)
-    typer.echo(f"now set IMFLOW_ARCHIVE_CONTENT_SHARDS={content_shards} IMFLOW_ARCHIVE_MAILBOX_SHARDS={mailbox_shards}")
+    table = Table("table", "files", "rows read", "rows added", title=f"{old_root} → {_where(config)}")
+    for row in imported:
+        table.add_row(row.table, f"{row.files:,}", f"{row.rows_read:,}", f"{row.rows_added:,}")
+    Console().print(table)

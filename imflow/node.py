@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from imflow.core import archiving
 from imflow.core.agents import AgentContext, AgentSpec, TimerSpec, topic_name
 from imflow.core.services import Services
-from imflow.core.storage.archive import ArchiveLayout, ArchiveReader
+from imflow.core.storage import lake
+from imflow.core.storage.archive import ArchiveReader
 from imflow.core.storage.redis_client import connect
 from imflow.plugin_manager import make_hooks
 from imflow.streams.agents import all_agents, run_body, run_timer
@@ -56,9 +57,10 @@ class Node:
         self.services: Services  # what the gateway's services get (built once Redis is connected)
         self.redis: Redis
         self.producer: Producer
-        self.archive = ArchiveReader(
-            ArchiveLayout(settings.archive_dir, settings.archive_content_shards, settings.archive_mailbox_shards)
-        )
+        self.lake_config = lake.LakeConfig.from_settings(settings)
+        # the process's one lake connection (opened on first use): history pages and, with the
+        # agents here, the archive's writes and maintenance
+        self.archive = ArchiveReader(self.lake_config)
         self.bus: LocalBus | None = None
         self._kafka: KafkaProducer | None = None
         self._faust: faust.App | None = None
@@ -70,12 +72,18 @@ class Node:
         s = self.settings
         await self.hooks.call.configure(settings=s)
         self.redis = connect(s.redis_url)
+        try:  # open the lake now, not on the first history page; /readyz tells if it is away
+            await asyncio.to_thread(self.archive.cursor)
+        except Exception as exc:
+            log.warning("the archive is not reachable yet (%s); history older than Redis's log waits for it", exc)
         self.services = Services(settings=s, redis=self.redis, node=s.node_name, archive=self.archive, hooks=self.hooks)
         await self.hooks.call.startup(services=self.services, role=self.role)
         if s.embedded_transport:
             self.bus = self.producer = LocalBus(s.topic_partitions, batch_max=s.agent_batch_max)
             if self.run_agents:
-                self._context = AgentContext(settings=s, redis=self.redis, node=s.node_name, hooks=self.hooks, producer=self.bus)
+                self._context = AgentContext(
+                    settings=s, redis=self.redis, node=s.node_name, hooks=self.hooks, producer=self.bus, archive=self.archive
+                )
                 for spec in self.agents:
                     self.bus.subscribe(topic_name(s.app_id, spec.topic), partial(_local_consumer, spec, self._context))
                 self._timers = [asyncio.create_task(self._tick(timer, self._context)) for timer in self.timers]
@@ -168,6 +176,8 @@ class Node:
             checks["transport"] = await self.bus.ready()
         elif self._kafka is not None:
             checks["kafka"] = await self._kafka.ready()
+        # the archive's catalog and data files (history older than Redis's log comes from there)
+        checks.update(await asyncio.to_thread(lake.check, self.lake_config))
         return checks
 
     async def _redis_answers(self) -> bool:

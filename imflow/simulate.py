@@ -18,9 +18,9 @@ The model, with a seed for repeatability:
   some contacts are removed or blocked later, and some blocks lifted. The rows are those a live
   server writes (core/storage/social_records.py), event for event.
 
-``to_archive`` writes sealed segments vectorised (numpy and pyarrow), time slice by time slice,
-so seqs follow time and ten million messages take seconds; ``through_gateway`` drives a running
-imflow with real clients, for small scales.
+``to_archive`` makes the traffic vectorised (numpy and pyarrow), time slice by time slice, so
+seqs follow time, and inserts each slice into the archive's DuckLake as Arrow tables in one
+transaction; ``through_gateway`` drives a running imflow with real clients, for small scales.
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from imflow.core.storage.archive import CONTENT, MAILBOX, COMPACTED, READ_EVENTS, ROW_GROUP, ArchiveLayout, content_shard, segment_path, mailbox_shard
 from imflow.core.groups import EVENTS_TABLE
 from imflow.core.ids import EPOCH_MS, NODE_BITS, SEQUENCE_BITS
 from imflow.core.models import group_id
+from imflow.core.storage import archive
+from imflow.core.storage.lake import CONTENT, LAKE, MAILBOX, READ_EVENTS, LakeConfig, connect
 from imflow.core.storage.social_records import ACCOUNT_EVENTS, BLOCK_EVENTS, CONTACT_EVENTS
 from imflow.plugins.red_packets import EVENTS_TABLE as GRAB_EVENTS_TABLE
 from imflow.plugins.red_packets import PACKETS_TABLE
@@ -74,9 +74,7 @@ class Scenario:
     read_probability: float = 0.15  # of the messages a receiver gets, the share they report reading
     red_packet_share: float = 0.004
     live_rooms: int = 12
-    chunk: int = 1_000_000  # messages per time slice
-    content_shards: int = 4  # the archive's shard counts (IMFLOW_ARCHIVE_*_SHARDS)
-    shards: int = 4
+    chunk: int = 1_000_000  # messages per time slice (and per insert transaction)
     # the social graph
     social_days: int = 60  # accounts sign up (and make contacts) over these days before the messages start
     late_account_share: float = 0.05  # of users: more accounts signing up while the messages run (none sends yet)
@@ -167,11 +165,10 @@ def _rank_within(keys: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Slice:
-    """One time slice of traffic as Arrow tables, ready to be sealed."""
+    """One time slice of traffic as Arrow tables, ready to be inserted."""
 
     content: pa.Table
-    mailbox: pa.Table  # sorted by shard
-    mailbox_starts: np.ndarray  # where each shard's rows start, and the end
+    mailbox: pa.Table  # sorted by conversation and seq
     reads: pa.Table
     packets: pa.Table
     grabs: pa.Table
@@ -188,7 +185,6 @@ class Generator:
         # mailbox owners: the users, then the groups (a read fan-out row is owned by its group)
         self.owner_names = pa.concat_arrays([self.pop.names, self.pop.conversations[len(self.pop.pairs):]])
         self.peer_names = pa.concat_arrays([self.pop.names, self.pop.conversations])
-        self.owner_shard = np.array([mailbox_shard(o, scenario.shards) for o in self.owner_names.to_pylist()], dtype=np.int64)
 
     def _times(self) -> tuple[np.ndarray, np.ndarray]:
         """Every message's time, sorted: a day (weekends a little busier), an hour of the daily
@@ -246,17 +242,16 @@ class Generator:
             "sent_at_ms": sent,
             "created_at_ms": t,
         })
-        mailbox, starts, receivers = self._mailbox(mid, seq, t, conversation, sender, in_group, group, pair)
+        mailbox, receivers = self._mailbox(mid, seq, t, conversation, sender, in_group, group, pair)
         packets, grabs = self._red_packets(red, mid, t, conversation, sender, in_group, group, totals, counts)
         # content sorted by conversation and seq: a history page reads few row groups
         content = content.take(pa.array(np.lexsort((seq, conversation))))
-        return Slice(content, mailbox, starts, self._reads(receivers), packets, grabs)
+        return Slice(content, mailbox, self._reads(receivers), packets, grabs)
 
     def _mailbox(self, mid, seq, t, conversation, sender, in_group, group, pair):
         """Rows per message: 2 for one-to-one, one per member below the threshold, one owned by
-        the group above it (read fan-out). Sorted by (shard, owner, conversation, seq), so each
-        shard is a slice and a history page reads few row groups; returns the table, where
-        each shard starts, and (is 'in', owner, conversation, seq, time) per row for the reads."""
+        the group above it (read fan-out). Sorted by (conversation, seq), as the lake keeps
+        them (core/storage/lake.py LAYOUT); returns the table and (is 'in', owner, conversation, seq, time) per row for the reads."""
         pop, s = self.pop, self.s
         users = len(pop.activity)
         size = pop.group_sizes[group]
@@ -270,10 +265,9 @@ class Generator:
         message = np.concatenate([np.repeat(direct, 2), np.repeat(small, sizes), big])
         owner = np.concatenate([pop.pairs[pair[direct]].ravel(), small_owner, users + group[big]])
         conv = conversation[message]
-        shard = self.owner_shard[owner]
         # rows of one conversation already come in seq order: a stable sort keeps it
-        order = np.argsort((shard << 60) | (owner << 30) | conv, kind="stable")
-        message, owner, conv, shard = message[order], owner[order], conv[order], shard[order]
+        order = np.argsort(conv, kind="stable")
+        message, owner, conv = message[order], owner[order], conv[order]
         box = np.where(owner >= users, 2, np.where(owner == sender[message], 0, 1))  # out, in, group
         rows = {
             "owner_uid": _strings(owner, self.owner_names),
@@ -285,9 +279,8 @@ class Generator:
             "peer": _strings(np.where(box == 0, users + conv, sender[message]), self.peer_names),
             "created_at_ms": t[message],
         }
-        starts = np.searchsorted(shard, np.arange(s.shards + 1))
         receivers = (box == 1, owner, conv, seq[message], t[message])
-        return pa.table(rows), starts, receivers
+        return pa.table(rows), receivers
 
     def _reads(self, receivers) -> pa.Table:
         """Some receivers read a while later, up to the message they saw (read positions)."""
@@ -566,16 +559,6 @@ def social_graph(s: Scenario, pop: Population) -> SocialGraph:
     return SocialGraph(accounts.sort_by(by_time), contacts.sort_by(by_time), blocks.sort_by(by_time))
 
 
-def _seal(folder: Path, table: pa.Table) -> None:
-    if table.num_rows == 0:
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    final = segment_path(folder, COMPACTED)  # each row once: readers need not de-duplicate
-    temporary = final.with_suffix(".parquet.tmp")
-    pq.write_table(table, temporary, row_group_size=ROW_GROUP)
-    temporary.replace(final)
-
-
 @dataclass(frozen=True)
 class Written:
     messages: int
@@ -584,40 +567,41 @@ class Written:
     seconds: float
 
 
-def to_archive(root: Path, scenario: Scenario, progress: Callable[[int], None] | None = None) -> Written:
-    """Simulate into an archive folder (new or existing); returns what was written and how fast.
-    Segments of a slice are sealed by two threads (pyarrow writes without the GIL)."""
+def to_archive(lake: LakeConfig | str | Path, scenario: Scenario, progress: Callable[[int], None] | None = None) -> Written:
+    """Simulate into a lake (a LakeConfig, a catalog string, or a folder for the embedded
+    layout; made if new); returns what was written and how fast. Each time slice is one
+    transaction; the next slice is made while a second thread inserts the last one (DuckDB
+    works without the GIL). The rows go in once each: simulate into a lake without messages."""
     started = time.perf_counter()
-    s = scenario
-    layout = ArchiveLayout(Path(root), s.content_shards, s.shards)
+    config = lake if isinstance(lake, LakeConfig) else LakeConfig.from_url(lake)
     generator = Generator(scenario)
     mailbox_rows = other = 0
-    with ThreadPoolExecutor(2) as pool:
-        writing: list = []  # the previous slice's segments are written while this one is made
-        for k in range(generator.slices()):
-            part = generator.slice(k)
-            for job in writing:
-                job.result()
-            content, box, starts = part.content, part.mailbox, part.mailbox_starts
-            shard_of = content_shard(content["mid"].to_numpy(), s.content_shards)
-            jobs = [(layout.shard_dir(CONTENT, shard), content.filter(pa.array(shard_of == shard))) for shard in range(s.content_shards)]
-            jobs += [(layout.shard_dir(MAILBOX, shard), box.slice(starts[shard], starts[shard + 1] - starts[shard])) for shard in range(s.shards)]
-            jobs += [(layout.shard_dir(name, 0), table) for name, table in ((READ_EVENTS, part.reads), (PACKETS_TABLE, part.packets), (GRAB_EVENTS_TABLE, part.grabs))]
-            writing = [pool.submit(_seal, *job) for job in jobs]
-            mailbox_rows += box.num_rows
-            other += part.reads.num_rows + part.packets.num_rows + part.grabs.num_rows
-            if progress:
-                progress(content.num_rows)
-        for job in writing:
-            job.result()
-    events, rooms = generator.group_events(), generator.live_rooms()
-    _seal(layout.shard_dir(EVENTS_TABLE, 0), events)
-    _seal(layout.shard_dir(ROOMS, 0), rooms)
-    social = social_graph(s, generator.pop).tables()
-    for name, table in social.items():
-        _seal(layout.shard_dir(name, 0), table)
-    other += sum(table.num_rows for table in social.values())
-    return Written(scenario.messages, mailbox_rows, other + events.num_rows + rooms.num_rows, time.perf_counter() - started)
+    db = connect(config)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            writer = db.cursor()  # a connection is one thread's
+            writer.execute(f"USE {LAKE}")  # a cursor starts in the default database
+            writing = None  # the previous slice, inserted while this one is made
+            for k in range(generator.slices()):
+                part = generator.slice(k)
+                if writing:
+                    writing.result()
+                tables = {CONTENT: part.content, MAILBOX: part.mailbox, READ_EVENTS: part.reads,
+                          PACKETS_TABLE: part.packets, GRAB_EVENTS_TABLE: part.grabs}
+                writing = pool.submit(archive.write_tables, writer, tables)
+                mailbox_rows += part.mailbox.num_rows
+                other += part.reads.num_rows + part.packets.num_rows + part.grabs.num_rows
+                if progress:
+                    writing.add_done_callback(lambda _, n=part.content.num_rows: progress(n))
+            if writing:
+                writing.result()
+            writer.close()
+        rest = {EVENTS_TABLE: generator.group_events(), ROOMS: generator.live_rooms(),
+                **social_graph(scenario, generator.pop).tables()}
+        other += archive.write_tables(db, rest)
+    finally:
+        db.close()
+    return Written(scenario.messages, mailbox_rows, other, time.perf_counter() - started)
 
 
 CONTACT_OPS = {"requested": "contact_request", "accepted": "contact_accept", "declined": "contact_decline",

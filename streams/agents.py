@@ -58,6 +58,7 @@ async def run_body(spec: AgentSpec, ctx: AgentContext, records: Records) -> None
 
 TIMERS: tuple[TimerSpec, ...] = (
     TimerSpec("archive", lambda s: s.archive_flush_seconds, archiving.seal),
+    TimerSpec("archive_maintenance", lambda s: s.archive_maintenance_seconds, archiving.maintain),
     TimerSpec("group_unread", lambda s: s.group_unread_flush_seconds, unread.flush_read_fan_out),
 )
 

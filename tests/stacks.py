@@ -4,6 +4,7 @@ worker on the real Kafka and Redis. Both are driven through the real WebSocket p
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from imflow.client import Client, ClientError
 from imflow.core import tokens
 from imflow.testing import ImflowProcess, start_listening
 
+REQUIRE_SERVICES = os.environ.get("CI") == "true" or os.environ.get("IMFLOW_REQUIRE_SERVICES") == "1"
 SECRET = "test-secret-" + uuid.uuid4().hex
 # small enough that history pages cross from Redis into the archive in ordinary tests, and
 # that groups of the tests switch between write and read fan-out
@@ -40,6 +42,65 @@ STACK_ENV = {
 }
 
 
+def archive_env(stack_id: str) -> dict[str, str]:
+    """The archive settings of a real stack: a PostgreSQL catalog schema of its own and data under
+    ``s3://<bucket>/<stack_id>/`` when IMFLOW_TEST_ARCHIVE_CATALOG is set (scripts/test sets it and
+    IMFLOW_TEST_ARCHIVE_DATA_PATH, IMFLOW_TEST_S3_*); without it, nothing (the SQLite default
+    under each process's IMFLOW_DATA_DIR). Under IMFLOW_REQUIRE_SERVICES=1 (or CI) a missing
+    catalog setting or object store setting fails instead."""
+    catalog = os.environ.get("IMFLOW_TEST_ARCHIVE_CATALOG")
+    data = os.environ.get("IMFLOW_TEST_ARCHIVE_DATA_PATH")
+    if not catalog:
+        if REQUIRE_SERVICES:
+            pytest.fail("IMFLOW_TEST_ARCHIVE_CATALOG is not set: run the tests with scripts/test (PostgreSQL + S3 archive)")
+        return {}
+    if not data or not os.environ.get("IMFLOW_TEST_S3_ENDPOINT"):
+        pytest.fail("IMFLOW_TEST_ARCHIVE_CATALOG is set but IMFLOW_TEST_ARCHIVE_DATA_PATH or IMFLOW_TEST_S3_ENDPOINT is not")
+    bucket = data.removeprefix("s3://").split("/", 1)[0]
+    env = {
+        "IMFLOW_ARCHIVE_CATALOG": catalog,
+        "IMFLOW_ARCHIVE_SCHEMA": f"stack_{stack_id}".lower(),
+        "IMFLOW_ARCHIVE_DATA_PATH": f"s3://{bucket}/{stack_id}/",
+    }
+    for name in ("ENDPOINT", "KEY_ID", "SECRET", "REGION", "USE_SSL"):
+        if value := os.environ.get(f"IMFLOW_TEST_S3_{name}"):
+            env[f"IMFLOW_S3_{name}"] = value
+    return env
+
+
+def archive_lake_config(folder: Path, name: str):
+    """A LakeConfig for a test of the archive itself: the stacks' PostgreSQL + S3 archive (a schema
+    and prefix of its own, ``name`` unique) when IMFLOW_TEST_ARCHIVE_CATALOG is set, else the
+    embedded layout in ``folder``."""
+    from imflow.core.storage.lake import LakeConfig
+
+    env = archive_env(name)
+    if not env:
+        return LakeConfig.from_url(folder)
+    s3 = {name.removeprefix("IMFLOW_").lower(): value for name, value in env.items() if name.startswith("IMFLOW_S3_")}
+    if "s3_use_ssl" in s3:
+        s3["s3_use_ssl"] = s3["s3_use_ssl"].lower() in ("1", "true", "yes")
+    return LakeConfig(
+        catalog=env["IMFLOW_ARCHIVE_CATALOG"], schema=env["IMFLOW_ARCHIVE_SCHEMA"], data_path=env["IMFLOW_ARCHIVE_DATA_PATH"],
+        **s3,
+    )
+
+
+def drop_archive(config) -> None:
+    """Drop a test lake's PostgreSQL catalog schema (its S3 files stay: a prefix of their own).
+    Nothing to do for a folder lake (pytest removes its tmp_path)."""
+    if config.catalog_kind != "postgres" or not config.schema:
+        return
+    from imflow.core.storage import lake
+
+    db = lake._open(config)
+    try:
+        db.execute(f"ATTACH {lake._quote(config.catalog.split(':', 1)[1])} AS catalog_db (TYPE postgres)")
+        db.execute(f"""CALL postgres_execute('catalog_db', 'DROP SCHEMA IF EXISTS "{config.schema}" CASCADE')""")
+    finally:
+        db.close()
+
+
 @dataclass
 class Stack:
     kind: str
@@ -47,7 +108,8 @@ class Stack:
     env: dict[str, str]
     gateways: list[ImflowProcess] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
-    worker: ImflowProcess | None = None
+    worker: ImflowProcess | None = None  # the newest worker
+    workers: list[ImflowProcess] = field(default_factory=list)  # every running worker
     workers_started: int = 0
 
     def url(self, gateway: int = 0) -> str:
@@ -60,45 +122,67 @@ class Stack:
     def token(user: str, ttl: int = 3600) -> str:
         return tokens.issue(SECRET, user, ttl)
 
-    def start_gateway(self, command: list[str]) -> None:
+    def lake_config(self, env: dict[str, str] | None = None):
+        """The LakeConfig the stack's processes (or one with ``env``) use for the archive."""
+        from imflow.core.settings import Settings
+        from imflow.core.storage.lake import LakeConfig
+
+        given = {name.removeprefix("IMFLOW_").lower(): value for name, value in (env or self.env).items()}
+        return LakeConfig.from_settings(Settings(**{name: value for name, value in given.items() if name in Settings.model_fields}))
+
+    def start_gateway(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        """Start a gateway (``command``: serve or gateway) with the stack's env, or ``env`` over it."""
         index = len(self.gateways)
         # a free port, and another one if something takes it before the gateway binds it
-        process, port, ready = start_listening(command, self.env, self.folder / f"{command[0]}{index}.log", self.folder)
+        log = self.folder / f"{command[0]}{index}.log"
+        process, port, ready = start_listening(command, {**self.env, **(env or {})}, log, self.folder)
         self.gateways.append(process)
         self.ports.append(port)
         assert ready.status_code == 200, process.output()
 
-    def start_worker(self) -> None:
+    def start_worker(self, env: dict[str, str] | None = None) -> None:
+        """Start one more worker with the stack's env, or ``env`` over it."""
         self.workers_started += 1
         log = self.folder / f"worker{self.workers_started}.log"
         # info level: the worker says "Worker ready" once it has its partitions
-        self.worker = ImflowProcess(["worker"], {**self.env, "IMFLOW_LOG_LEVEL": "info"}, log, self.folder)
+        self.worker = ImflowProcess(["worker"], {**self.env, **(env or {}), "IMFLOW_LOG_LEVEL": "info"}, log, self.folder)
+        self.workers.append(self.worker)
         self.worker.wait_output("Worker ready", timeout=90)
 
     def restart_worker(self) -> None:
         assert self.worker is not None, "the embedded stack has no separate worker"
         self.worker.stop_gracefully()
+        self.workers.remove(self.worker)
         self.start_worker()
 
+    @property
+    def processes(self) -> list[ImflowProcess]:
+        return [*self.gateways, *self.workers]
+
     def assert_alive(self) -> None:
-        for process in [*self.gateways, *([self.worker] if self.worker else [])]:
+        for process in self.processes:
             assert process.proc.poll() is None, f"a process died:\n{process.output()}"
 
     def kill(self) -> None:
         """Stop whatever started, without judging how (a failed start-up)."""
-        for process in [*self.gateways, *([self.worker] if self.worker else [])]:
+        for process in self.processes:
             process.terminate()
 
     def stop(self) -> None:
         """Stop every process gracefully, then delete the stack's Kafka topics; fails (after
         stopping them all) if one did not stop."""
         failures = []
-        for process in [*self.gateways, *([self.worker] if self.worker else [])]:
+        for process in self.processes:
             try:
                 process.stop_gracefully()
             except AssertionError as failure:  # the others are stopped all the same
                 failures.append(failure)
         self.delete_topics()
+        if self.kind == "real" and "IMFLOW_ARCHIVE_SCHEMA" in self.env:  # its PostgreSQL catalog schema
+            try:
+                drop_archive(self.lake_config())
+            except Exception as exc:  # noqa: BLE001 - cleanup only
+                print(f"could not drop the archive schema {self.env['IMFLOW_ARCHIVE_SCHEMA']}: {exc!r}")
         if failures:
             raise failures[0]
 
@@ -143,12 +227,14 @@ def embedded_stack(folder: Path, extra_env: dict[str, str] | None = None) -> Sta
 
 
 def real_stack(folder: Path, kafka_url: str, redis_url: str, gateways: int = 2, extra_env: dict[str, str] | None = None) -> Stack:
+    app_id = f"t{uuid.uuid4().hex[:10]}"
     env = {
         **STACK_ENV,
         "IMFLOW_KAFKA_URL": kafka_url,
         "IMFLOW_REDIS_URL": redis_url,
-        "IMFLOW_APP_ID": f"t{uuid.uuid4().hex[:10]}",
+        "IMFLOW_APP_ID": app_id,
         "IMFLOW_DATA_DIR": str(folder / "data"),
+        **archive_env(app_id),  # PostgreSQL + S3 under scripts/test
         **(extra_env or {}),
     }
     stack = Stack("real", folder, env)

@@ -1,20 +1,23 @@
-"""imflow.analytics over an archive written by the real writer (core.archive.write_segments)."""
+"""imflow.analytics over a lake written by the real writer (core.storage.archive.write_records)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
+import duckdb
 import orjson
 import pandas as pd
-import pyarrow.parquet as pq
+import pytest
 
 from imflow.analytics import SOCIAL_SCHEMAS, Archive
 from imflow.core.ids import EPOCH_MS, NODE_BITS, SEQUENCE_BITS
-from imflow.core.storage import archive_queue, keys, social_records
-from imflow.core.storage.archive import ArchiveLayout, write_segments
+from imflow.core.storage import archive_queue, keys, lake, social_records
+from imflow.core.storage.archive import write_records
 from imflow.core.storage.redis_client import connect
 
 HOUR = 3_600_000
@@ -30,15 +33,30 @@ def record(conversation: str, seq: int, sender: str, members: list[str], at_ms: 
     return {"kind": "message", "message": message, "members": members}
 
 
+@contextlib.contextmanager
+def writer(root: Path):
+    """A connection to the embedded lake in ``root``, as the archive agent has one."""
+    db = lake.connect(lake.LakeConfig.from_url(root))
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def write(root: Path, *batches: list[dict]) -> None:
+    """Write each batch of records into the lake in ``root``, one commit each."""
+    with writer(root) as db:
+        for batch in batches:
+            write_records(db, batch)
+
+
 def test_views_deduplicate_and_answer_the_usual_questions(tmp_path: Path) -> None:
-    layout = ArchiveLayout(tmp_path)
     start = EPOCH_MS + 1000 * HOUR
     batch = [record("p:alice:bob", i + 1, "alice" if i % 2 else "bob", ["alice", "bob"], start + (i // 5) * HOUR + i) for i in range(15)]
     batch += [record("p:alice:carol", i + 1, "carol", ["alice", "carol"], start + i, n=32) for i in range(3)]
-    write_segments(layout, batch)
-    write_segments(layout, batch[:4])  # replayed after a crash
-    write_segments(layout, [{"kind": "delete", "owner": "bob", "mid": batch[0]["message"]["mid"], "at_ms": start}])
-    write_segments(layout, [{"kind": "rows", "table": "red_packets", "rows": [{"mid": 1, "total_cents": 100}]}] * 2)
+    write(tmp_path, batch, batch[:4],  # the second replayed after a crash
+          [{"kind": "delete", "owner": "bob", "mid": batch[0]["message"]["mid"], "at_ms": start}],
+          [{"kind": "rows", "table": "red_packets", "rows": [{"mid": 1, "total_cents": 100}]}] * 2)
 
     with Archive(tmp_path) as archive:
         assert {"im_msg_content", "im_user_msg_box", "red_packets"} <= set(archive.tables())
@@ -61,27 +79,28 @@ def test_an_empty_archive_has_empty_views(tmp_path: Path) -> None:
         assert archive.scalar("SELECT count(*) FROM im_user_msg_box") == 0
 
 
-def test_open_while_a_writer_seals_segments(tmp_path: Path) -> None:
-    layout = ArchiveLayout(tmp_path)
+def test_open_while_a_writer_commits(tmp_path: Path) -> None:
     done = threading.Event()
-    halfway = threading.Event()  # the writer has sealed half of its segments
+    halfway = threading.Event()  # the writer has committed half of its batches
     read_halfway = threading.Event()  # the reader has read twice since: the writer may go on
+    archive = Archive(tmp_path)  # the lake made first: the writer's first commit is not a table's creation
 
-    def writer() -> None:
+    def write_batches() -> None:
         try:
-            for n in range(40):
-                if n == 20:
-                    # not left to luck: a slow start of the reader must not find the writer done
-                    halfway.set()
-                    assert read_halfway.wait(60), "the reader never read"
-                write_segments(layout, [record("p:a:b", n * 10 + i + 1, "a", ["a", "b"], EPOCH_MS + HOUR + n * 10 + i) for i in range(10)])
-                time.sleep(0.005)  # a writer seals now and then, not all at once
+            with writer(tmp_path) as db:
+                for n in range(40):
+                    if n == 20:
+                        # not left to luck: a slow start of the reader must not find the writer done
+                        halfway.set()
+                        assert read_halfway.wait(60), "the reader never read"
+                    batch = [record("p:a:b", n * 10 + i + 1, "a", ["a", "b"], EPOCH_MS + HOUR + n * 10 + i) for i in range(10)]
+                    write_records(db, batch)
+                    time.sleep(0.005)  # a writer commits now and then, not all at once
         finally:
             done.set()
 
-    thread = threading.Thread(target=writer)
+    thread = threading.Thread(target=write_batches)
     thread.start()
-    archive = Archive(tmp_path)
     counts = []
     since_halfway = 0
     while not done.is_set():
@@ -95,12 +114,13 @@ def test_open_while_a_writer_seals_segments(tmp_path: Path) -> None:
     archive.refresh()
     assert archive.scalar("SELECT count(*) FROM im_msg_content") == 400
     assert len(counts) >= 2 and counts[0] < 400, "the reader read while the writer was still writing"
-    assert counts == sorted(counts), "a reader never loses rows it saw: segments are only added, whole"
+    assert counts == sorted(counts), "a reader never loses rows it saw"
+    assert all(count % 10 == 0 for count in counts), "a reader sees whole commits only"
     archive.close()
 
 
 # -- the social graph, recorded as a live server records it: social_records onto the archive
-# queue (fakeredis), sealed by archive_queue.flush as the archive agent does
+# queue (fakeredis), written by archive_queue.flush as the archive agent does
 
 MINUTE = 60_000
 T0 = EPOCH_MS + 2000 * HOUR  # on the hour: minute buckets start at T0 + k minutes
@@ -111,9 +131,9 @@ def at(minute: int) -> int:
 
 
 async def record_history(root: Path, history: list[tuple]) -> list[dict]:
-    """Record each (table, user, peer_or_kind, ...) change through social_records, then seal the
-    queue as the archive agent does and seal the first records once more (a replay after a
-    crash); returns the records sealed."""
+    """Record each (table, user, peer_or_kind, ...) change through social_records, then write the
+    queue into the lake as the archive agent does and the first records once more (a replay
+    after a crash); returns the records written."""
     redis = connect(None)
     services = SimpleNamespace(redis=redis, settings=SimpleNamespace(app_id="social", topic_partitions=3))
     for change in history:
@@ -129,9 +149,9 @@ async def record_history(root: Path, history: list[tuple]) -> list[dict]:
             await social_records.record_block(services, user, peer, kind, at(minute))
     queues = [keys.archive_pending("social", partition) for partition in range(3)]
     records = [orjson.loads(entry) for queue in queues for entry in await redis.lrange(queue, 0, -1)]
-    layout = ArchiveLayout(root)
-    await archive_queue.flush(redis, "social", layout, range(3))
-    write_segments(layout, records[: len(records) // 2])  # sealed again after a crash
+    with writer(root) as db:
+        await archive_queue.flush(redis, "social", lambda batch: write_records(db, batch), range(3))
+        write_records(db, records[: len(records) // 2])  # written again after a crash
     await redis.aclose()
     return records
 
@@ -215,8 +235,8 @@ async def test_the_event_tables_are_what_social_records_writes(tmp_path: Path) -
     with Archive(tmp_path) as archive:
         for table, schema in SOCIAL_SCHEMAS.items():
             assert schema.names == written[table], table
-            sealed = pq.read_schema(ArchiveLayout(tmp_path).files(table)[0])
-            assert sealed.remove_metadata() == schema, table
+            stored = archive.db.execute(f"SELECT * FROM {lake.LAKE}.main.{table} LIMIT 0").to_arrow_table().schema
+            assert stored.remove_metadata() == schema, table
         accounts = archive.account_events()
         assert accounts["kind"].tolist()[:6] == ["created"] * 5 + ["updated"]
         assert accounts.loc[0, "custom"] == '{"n":1}' and accounts.loc[0, "display_name"] == "Alice"
@@ -228,8 +248,45 @@ async def test_the_event_tables_are_what_social_records_writes(tmp_path: Path) -
 
 
 def test_an_archive_without_social_records_has_an_empty_graph(tmp_path: Path) -> None:
-    write_segments(ArchiveLayout(tmp_path), [record("p:a:b", 1, "a", ["a", "b"], EPOCH_MS + HOUR)])
+    write(tmp_path, [record("p:a:b", 1, "a", ["a", "b"], EPOCH_MS + HOUR)])
     with Archive(tmp_path) as archive:
         assert {"im_account_events", "im_contact_events", "im_block_events"} <= set(archive.tables())
         assert archive.contact_graph().empty and archive.degree_distribution().empty and archive.contact_graph_growth().empty
         assert list(archive.contact_events().columns) == ["user", "peer", "kind", "note", "at_ms", "at"]
+
+
+# -- opening a lake, and time travel
+
+
+def test_time_travel_reads_the_archive_as_it_was(tmp_path: Path) -> None:
+    first = [record("p:a:b", seq, "a", ["a", "b"], EPOCH_MS + HOUR + seq) for seq in range(1, 6)]
+    second = [record("p:a:b", seq, "b", ["a", "b"], EPOCH_MS + HOUR + seq) for seq in range(6, 9)]
+    with writer(tmp_path) as db:
+        write_records(db, first)
+        version = db.execute(f"FROM ducklake_current_snapshot('{lake.LAKE}')").fetchall()[0][0]
+        between = datetime.now(UTC)
+        write_records(db, second)
+    with Archive.open(tmp_path) as now:
+        assert now.scalar("SELECT count(*) FROM im_msg_content") == 8
+        snapshots = now.snapshots()
+        assert list(snapshots["snapshot_id"]) == sorted(snapshots["snapshot_id"]) and version in set(snapshots["snapshot_id"])
+        assert snapshots["snapshot_id"].iloc[-1] > version
+    for at in (version, between):
+        with Archive.open(tmp_path, at=at) as then:
+            assert then.scalar("SELECT count(*) FROM im_msg_content") == 5, at
+            assert then.messages_per("day")["messages"].tolist() == [5]
+            with pytest.raises(duckdb.Error):  # the past is read-only
+                then.db.execute(f"INSERT INTO {lake.LAKE}.main.im_user_msg_deleted VALUES ('a', 1, 1)")
+
+
+def test_open_names_a_lake_by_folder_catalog_string_or_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "archive"
+    write(folder, [record("p:a:b", 1, "a", ["a", "b"], EPOCH_MS + HOUR)])
+    catalog = f"sqlite:{folder / 'catalog.sqlite'}"
+    monkeypatch.setenv("IMFLOW_DATA_DIR", str(tmp_path))  # the default lake: {data_dir}/archive
+    monkeypatch.delenv("IMFLOW_ARCHIVE_CATALOG", raising=False)
+    monkeypatch.delenv("IMFLOW_ARCHIVE_DATA_PATH", raising=False)
+    named = (Archive(folder), Archive.open(folder), Archive.open(catalog, data_path=f"{folder / 'data'}/"), Archive.open())
+    for archive in named:
+        with archive:
+            assert archive.scalar("SELECT count(*) FROM im_msg_content") == 1, archive.config

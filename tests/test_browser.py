@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-import redis as redis_sync
 from pydantic import SecretStr
 from stacks import SECRET, STACK_ENV, Stack
 from starlette.applications import Starlette
@@ -35,6 +34,7 @@ from imflow.client import Client
 from imflow.core import accounts, tokens
 from imflow.core.services import Services
 from imflow.core.settings import Settings
+from imflow.core.storage import redis_client
 from imflow.core.storage.redis_client import connect
 from imflow.gateway import dev_login
 from imflow.testing import start_listening, wait_until
@@ -99,8 +99,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, kafka_url: str, redis_url: st
     # the session's test database (IMFLOW_TEST_REDIS_URL): modules run one after the other, so
     # no other stack of this session uses it meanwhile, and a session beside this one (another
     # developer's, another checkout's) has a database of its own rather than one fixed here
-    with redis_sync.Redis.from_url(redis_url) as client:
-        client.flushdb()
+    redis_client.flush_sync(redis_url)
     folder = tmp_path_factory.mktemp("browser-stack")
     env = {
         **STACK_ENV,

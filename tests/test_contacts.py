@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -517,9 +516,9 @@ COMMANDS = {
 
 
 async def run_steps(redis_url: str, steps: list[tuple[str, str, str]]) -> None:
-    redis = aioredis.Redis.from_url(redis_url)
+    redis = redis_client.connect(redis_url)
     try:
-        await redis.flushdb()
+        await redis_client.flush(redis)
         services, model = services_of(redis), Model()
         for step, (op, a, b, *c) in enumerate(steps):
             if op == "privacy":  # stored as core/accounts.py stores it (set_privacy)

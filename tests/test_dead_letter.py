@@ -16,7 +16,7 @@ import orjson
 from imflow.core.agents import AgentContext, AgentSpec
 from imflow.core.sending import ingest
 from imflow.core.settings import Settings
-from imflow.core.storage import keys
+from imflow.core.storage import keys, redis_client
 from imflow.gateway import frames
 from imflow.streams.agents import run_body
 
@@ -48,9 +48,7 @@ async def test_malformed_and_failing_records_are_set_aside_once_and_the_sender_t
     settings = Settings(data_dir=tmp_path, kafka_url=None, redis_url=None, app_id="dlq-test")
     producer = KeptProducer()
     ctx = AgentContext(settings=settings, redis=any_redis, producer=producer)
-    pubsub = any_redis.pubsub()
-    await pubsub.subscribe(keys.gateway_channel("gw-1"))
-    assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"  # type: ignore[index]
+    pubsub = await redis_client.subscribe(any_redis, keys.gateway_channel("gw-1"))  # returns once subscribed
     poison = orjson.dumps({
         "sender": "alice", "client_msg_id": "c-1", "conversation": "p:alice:bob", "type": "text",
         "body": {"text": "hi", "n": deep(100)}, "sent_at_ms": 1, "gateway": "gw-1", "origin": "",

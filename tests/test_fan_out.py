@@ -18,7 +18,7 @@ from imflow.core.plugin_calls import Hooks, empty_manager
 from imflow.core.sending import handle_sends
 from imflow.core.services import Services
 from imflow.core.settings import Settings
-from imflow.core.storage import fan_out, inbox, keys, presence
+from imflow.core.storage import fan_out, inbox, keys, presence, redis_client
 
 SETTINGS = Settings(read_fan_out_threshold=5, accounts="open")  # users here have no accounts
 IDS = IdGenerator(0)  # partition 0 is node 0
@@ -70,17 +70,13 @@ async def published(redis, node: str):
     call (by a send that has returned) is in by then, and nothing later is waited for.
     """
     channel = keys.gateway_channel(node)
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(channel)
-    async with asyncio.timeout(30):
-        while (await pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
-            pass
+    pubsub = await redis_client.subscribe(redis, channel)  # returns once subscribed (sharded on a cluster)
     seen: list[dict] = []
     markers = itertools.count()
 
     async def events() -> list[dict]:
         marker = f"end of events {next(markers)}".encode()
-        await redis.publish(channel, marker)
+        await redis_client.publish_sharded(redis, channel, marker)
         async with asyncio.timeout(30):
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)

@@ -15,9 +15,8 @@ import signal
 import uuid
 
 import pytest
-import redis.asyncio as aioredis
 
-from imflow.core.storage import gateway_liveness, keys, presence
+from imflow.core.storage import gateway_liveness, keys, presence, redis_client
 from imflow.core.storage.gateway_liveness import Beat
 from imflow.core.storage.scripts import script
 from imflow.gateway.hub import Hub
@@ -214,8 +213,8 @@ async def test_a_killed_gateways_clients_move_and_its_entries_are_swept(kafka_ur
     from stacks import real_stack
     from test_faults_redis import Traffic
 
-    async with aioredis.Redis.from_url(redis_url) as redis:
-        await redis.flushdb()
+    async with redis_client.connect(redis_url) as redis:
+        await redis_client.flush(redis)
         stack = await asyncio.to_thread(real_stack, tmp_path, kafka_url, redis_url, 2)
         try:
             traffic = Traffic(stack, uuid.uuid4().hex[:6])

@@ -66,7 +66,7 @@ async def test_a_stopped_broker_gets_unavailable_answers_and_the_flow_resumes_by
     assert all("no answer" not in line for line in during), during
     for gateway in ("gateway0", "gateway1"):
         said = [line for line in during if f"{gateway}:" in line]
-        assert any('503 {"gateway_channel": true, "kafka": false, "redis": true}' in line for line in said), said
+        assert any("503 {" in line and '"kafka": false' in line and '"redis": true' in line for line in said), said
     assert all(" 200 " in line for line in run.readyz if line.startswith("after")), run.readyz
     # and the flow resumed by itself soon after the broker was back
     assert back.longest_ack_gap_s < 30, broker_faults.summary(run)

@@ -9,11 +9,10 @@ import asyncio
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 from imflow.client import Client, ClientError
 from imflow.testing import UNCHANGED_SETTINGS, eventually
 
-from imflow.core.storage import keys
+from imflow.core.storage import keys, redis_client
 from stacks import READ_FAN_OUT_THRESHOLD, connect
 
 
@@ -63,7 +62,7 @@ async def test_a_big_group_reaches_every_online_member_once_and_counts_right(sta
         assert [m["seq"] for m in history["messages"]] == list(range(12, 0, -1))
 
         if stack.kind == "real":  # the flush reaches every member without anyone asking
-            redis = aioredis.Redis.from_url(stack.env["IMFLOW_REDIS_URL"])
+            redis = redis_client.connect(stack.env["IMFLOW_REDIS_URL"])
             try:
                 async def flushed() -> bool:
                     async with redis.pipeline(transaction=False) as pipe:

@@ -6,7 +6,7 @@ pages cross into the archive, which seals every 0.2 s.
 
 from __future__ import annotations
 
-from pathlib import Path
+import asyncio
 
 from test_model import LOG_LIMIT, STACK_EXTRA_ENV as MODEL_ENV, Device
 
@@ -14,7 +14,8 @@ from test_model import LOG_LIMIT, STACK_EXTRA_ENV as MODEL_ENV, Device
 STACK_EXTRA_ENV = {**MODEL_ENV, "IMFLOW_ACCOUNTS": "open"}
 
 from imflow.client import Client
-from imflow.core.storage.archive import DELETIONS, ArchiveLayout
+from imflow.core.storage import lake
+from imflow.core.storage.archive import DELETIONS
 from imflow.testing import eventually
 
 from stacks import READ_FAN_OUT_THRESHOLD
@@ -54,14 +55,21 @@ async def test_a_deletion_hides_the_same_messages_before_and_after_the_archive_s
         sent = await send_many(alice, f"p:{users.alice}:{users.bob}", LOG_LIMIT + 3)
         conversation = sent[0]["conversation"]
         await archived(alice, conversation, [1, 2, 3])
-        layout = ArchiveLayout(Path(stack.env["IMFLOW_DATA_DIR"]) / "archive")
-        sealed_before = len(layout.files(DELETIONS))
+        config = stack.lake_config()
+
+        def deletions() -> int:  # the archive's rows of this deletion (it has the only one of the test's users)
+            with lake.connect(config) as db:
+                sql = f"SELECT count(*) FROM {DELETIONS} WHERE owner_uid = $owner"
+                found = db.execute(sql, {"owner": users.alice}).fetchone()
+            return found[0] if found else 0
+
+        assert deletions() == 0
         await alice.delete(conversation, sent[1]["mid"])  # seq 2, in the archive only
         page = await alice.history(conversation, before_seq=4, limit=2)
         assert ([m["seq"] for m in page["messages"]], page["next_before_seq"]) == ([3], 2)
 
         async def deletion_sealed() -> bool:
-            return len(layout.files(DELETIONS)) > sealed_before
+            return await asyncio.to_thread(deletions) > 0
 
         await eventually(deletion_sealed)
         page = await alice.history(conversation, before_seq=4, limit=2)

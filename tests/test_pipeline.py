@@ -6,7 +6,6 @@ redis-server; embedded it runs on the in-process transport and fakeredis.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from imflow.testing import ImflowProcess, eventually
 
-from imflow.core.storage import keys
+from imflow.core.storage import keys, redis_client
 from imflow.core.models import SendCommand
 from imflow.core.settings import Settings
 from imflow.node import Node
@@ -83,11 +82,8 @@ def command(i: int) -> SendCommand:
 
 
 async def test_ingest_assigns_gap_free_seqs_once_per_client_message(pipeline: Pipeline) -> None:
-    acks = pipeline.redis.pubsub()
-    await acks.subscribe(keys.gateway_channel(GATEWAY))
-    async with asyncio.timeout(30):  # subscribed for sure before anything is sent
-        while (await acks.get_message(timeout=1.0) or {}).get("type") != "subscribe":
-            pass
+    # returns once subscribed, so for sure before anything is sent
+    acks = await redis_client.subscribe(pipeline.redis, keys.gateway_channel(GATEWAY))
 
     originals = [command(i) for i in range(20)]
     resends = originals[:10]  # a client that timed out sends the same client message id again

@@ -19,7 +19,7 @@ import pytest
 
 from imflow.client import Client, ClientError
 from imflow.core import presence as presence_service
-from imflow.core.storage import gateway_events, gateway_liveness, keys, presence
+from imflow.core.storage import gateway_events, gateway_liveness, keys, presence, redis_client
 from imflow.testing import eventually
 
 BEAT_S, TTL_S = 0.5, 2.0  # the gateways of these stacks: a dead one is swept within ~3 s
@@ -125,8 +125,8 @@ async def test_changes_go_to_the_contacts_gateways_only_and_not_for_a_hidden_use
     await any_redis.hset(keys.contacts("ann"), mapping={"bob": 1, "cid": 1})
     await presence.connected(any_redis, "bob", "gw-b")  # cid is connected nowhere; eve is no contact
     await presence.connected(any_redis, "eve", "gw-e")
-    pubsub = any_redis.pubsub()
-    await pubsub.subscribe(gateway_events.own_channel("gw-b"), gateway_events.own_channel("gw-e"))
+    # one subscription per gateway channel: on a cluster each is sharded, perhaps on another node
+    pubsubs = [await redis_client.subscribe(any_redis, gateway_events.own_channel(node)) for node in ("gw-b", "gw-e")]
     try:
         await presence_service.connected(any_redis, "ann", "gw-a")
         await any_redis.hset(keys.account("ann"), "presence", "hidden")
@@ -138,9 +138,10 @@ async def test_changes_go_to_the_contacts_gateways_only_and_not_for_a_hidden_use
         heard = []
 
         async def both() -> bool:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-            if message is not None:
-                heard.append((message["channel"].decode(), message["data"]))
+            for pubsub in pubsubs:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+                if message is not None:
+                    heard.append((message["channel"].decode(), message["data"]))
             return len(heard) >= 2
 
         await eventually(both, timeout=5, interval=0)
@@ -149,9 +150,11 @@ async def test_changes_go_to_the_contacts_gateways_only_and_not_for_a_hidden_use
         (online,), (visible,) = (batch for _, batch in events)
         assert online["users"] == ["bob"] and online["push"]["users"][0]["online"] is True
         assert visible["push"]["users"][0]["online"] is False and visible["push"]["users"][0]["last_seen_ms"] > 0
-        assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3) is None
+        for pubsub in pubsubs:
+            assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3) is None
     finally:
-        await pubsub.aclose()
+        for pubsub in pubsubs:
+            await pubsub.aclose()
 
 
 # -- a gateway killed with SIGKILL, on a real stack of its own

@@ -8,12 +8,12 @@ import random
 
 import fakeredis
 import pytest
-import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imflow.client import ClientError
 from imflow.core.models import direct_conversation
+from imflow.core.storage import redis_client
 from imflow.plugins import red_packets
 from imflow.testing import eventually
 
@@ -56,7 +56,7 @@ async def test_a_thousand_concurrent_grabs_on_the_real_redis(redis_url: str, rea
     await real_redis.register_script(red_packets.lua_source("open"))(
         keys=[red_packets.packet_key(7)], args=[10_000, 500, "s", "p:a:b", 1 << 50]
     )
-    clients = [aioredis.Redis.from_url(redis_url) for _ in range(50)]
+    clients = [redis_client.connect(redis_url) for _ in range(50)]
     scripts = [c.register_script(red_packets.lua_source("grab")) for c in clients]
 
     async def grabber(i: int) -> tuple[str, int, int]:

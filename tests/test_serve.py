@@ -15,7 +15,7 @@ def test_serve_embedded_needs_no_servers(tmp_path: Path) -> None:
         assert home.status_code == 200 and "imflow is running" in home.text and "/ws" in home.text
         ready = serve.wait_http(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 200
-        assert ready.json()["checks"] == {"redis": True, "transport": True, "gateway_channel": True}
+        assert ready.json()["checks"] == {"redis": True, "transport": True, "gateway_channel": True, "archive_catalog": True, "archive_storage": True}
     finally:
         serve.stop_gracefully()
     assert "Application shutdown complete" in serve.output()
@@ -29,7 +29,7 @@ def test_gateway_on_real_servers_is_ready(tmp_path: Path, kafka_url: str, redis_
     gateway, _, ready = start_listening(["gateway", "--kafka", kafka_url, "--redis", redis_url], env, tmp_path / "gw.log", tmp_path)
     try:
         assert ready.status_code == 200, ready.text
-        assert ready.json()["checks"] == {"redis": True, "kafka": True, "gateway_channel": True}
+        assert ready.json()["checks"] == {"redis": True, "kafka": True, "gateway_channel": True, "archive_catalog": True, "archive_storage": True}
     finally:
         gateway.stop_gracefully()
 
@@ -62,7 +62,7 @@ async def test_serve_with_real_kafka_and_redis_runs_faust_in_process(tmp_path: P
     env = {"IMFLOW_APP_ID": app_id, "IMFLOW_SECRET_KEY": secret, "IMFLOW_DATA_DIR": str(tmp_path / "data"), "IMFLOW_ACCOUNTS": "open"}
     serve, port, ready = start_listening(["serve", "--kafka", kafka_url, "--redis", redis_url], env, tmp_path / "serve.log", tmp_path)
     try:
-        assert ready.json()["checks"] == {"redis": True, "kafka": True, "gateway_channel": True}
+        assert ready.json()["checks"] == {"redis": True, "kafka": True, "gateway_channel": True, "archive_catalog": True, "archive_storage": True}
         url = f"ws://127.0.0.1:{port}/ws"
         a, b = f"alice-{app_id}", f"bob-{app_id}"  # users of this test only: the database is shared
         async with await Client.connect(url, tokens.issue(secret, a, 60)) as alice, await Client.connect(url, tokens.issue(secret, b, 60)) as bob:

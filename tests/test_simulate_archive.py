@@ -1,26 +1,28 @@
-"""The traffic simulator and archive housekeeping: what analysts and operators rely on."""
+"""The traffic simulator and the archive's commands: what analysts and operators rely on."""
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 from pathlib import Path
 
 import orjson
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from imflow import archive_cli
 from imflow.analytics import SOCIAL_SCHEMAS, Archive
 from imflow.cli import cli
 from imflow.core import accounts, contacts
+from imflow.core.ids import EPOCH_MS, NODE_BITS, SEQUENCE_BITS
 from imflow.core.services import Services
 from imflow.core.settings import Settings
-from imflow.core.storage import archive_housekeeping as housekeeping
 from imflow.core.storage import contacts as contacts_store
 from imflow.core.storage import keys, social_records
-from imflow.core.storage.redis_client import connect
-from imflow.core.storage.archive import COMPACTED, CONTENT, MAILBOX, SEALED, ArchiveLayout, ArchiveReader
+from imflow.core.storage.lake import CONTENT, DELETIONS, LAKE, MAILBOX, LakeConfig, connect
+from imflow.core.storage.redis_client import connect as connect_redis
 from imflow.simulate import Generator, Scenario, social_graph, through_gateway, to_archive
 from imflow.testing import eventually
 
@@ -34,19 +36,31 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def copy(root: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "archive"
-    shutil.copytree(root, target)
-    return target
+@contextlib.contextmanager
+def lake(root: Path):
+    """A connection to the embedded lake in ``root``."""
+    db = connect(LakeConfig.from_url(root))
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 def truths(archive: Archive) -> dict[str, object]:
     return {
         "messages": archive.scalar("SELECT count(*) FROM im_msg_content"),
         "mailbox": archive.scalar("SELECT count(*) FROM im_user_msg_box"),
+        "deleted": archive.scalar("SELECT count(*) FROM im_user_msg_box WHERE deleted"),
         "reads": archive.scalar("SELECT count(*) FROM im_read_events"),
         "per_day": archive.messages_per("day")["messages"].tolist(),
+        "edges": len(archive.contact_graph()),
+        "packets": archive.scalar("SELECT count(*) FROM red_packets"),
     }
+
+
+def lake_schema(archive: Archive, table: str) -> pa.Schema:
+    """The columns and types of a table as the lake stores it."""
+    return archive.db.execute(f"SELECT * FROM {LAKE}.main.{table} LIMIT 0").to_arrow_table().schema.remove_metadata()
 
 
 def test_the_simulated_archive_holds_what_the_real_one_would(simulated: Path) -> None:
@@ -96,62 +110,105 @@ def test_the_same_seed_gives_the_same_traffic(tmp_path: Path) -> None:
             assert a.sql(rows).fetchall() == b.sql(rows).fetchall(), table
 
 
-def test_compaction_merges_segments_and_keeps_every_row_once(simulated: Path, tmp_path: Path) -> None:
-    root = copy(simulated, tmp_path)
-    layout = ArchiveLayout(root)
-    # as the archive agent leaves them: sealed segments, one of them sealed twice after a crash
-    for path in map(Path, layout.files(CONTENT) + layout.files(MAILBOX)):
-        path.rename(path.with_name(path.name.replace(COMPACTED, SEALED)))
-    replayed = Path(layout.files(CONTENT)[0])
-    shutil.copy(replayed, replayed.with_name(f"{SEALED}replayed.parquet"))
-    replayed_rows = pq.ParquetFile(replayed).metadata.num_rows
+# -- importing an archive of Parquet segments (imflow before the lake)
+
+HOUR = 3_600_000
+
+
+def segment(root: Path, table: str, shard: int, name: str, rows: list[dict]) -> None:
+    """Write one segment file as the old archive agent (``seg-``) or compaction (``cmp-``) did."""
+    folder = root / table / f"shard={shard:03d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), folder / f"{name}.parquet")
+
+
+def old_archive(root: Path) -> dict[str, int]:
+    """An archive in the old layout with everything the old writers left: segments of several
+    shards, batches sealed twice after a crash, a plugin table whose columns grew, and
+    compaction's trash. Returns what each view must count."""
+    start = EPOCH_MS + 1000 * HOUR
+    mids = [((start + seq - EPOCH_MS) << (NODE_BITS + SEQUENCE_BITS)) for seq in range(1, 31)]
+    content = [{"mid": mid, "conversation": "p:a:b", "seq": seq, "sender": "a", "client_msg_id": f"c{seq}", "type": "text",
+                "body": '{"text":"hi"}', "sent_at_ms": start + seq - 2, "created_at_ms": start + seq}
+               for seq, mid in enumerate(mids, 1)]
+    mailbox = [{"owner_uid": owner, "conversation": "p:a:b", "mid": row["mid"], "seq": row["seq"], "box": box,
+                "peer": "p:a:b" if box == "out" else "a", "created_at_ms": row["created_at_ms"]}
+               for row in content for owner, box in (("a", "out"), ("b", "in"))]
+    segment(root, CONTENT, 0, "cmp-0", content[:20])
+    segment(root, CONTENT, 1, "seg-1", content[20:])
+    segment(root, CONTENT, 1, "seg-2", content[25:])  # sealed again after a crash
+    segment(root, MAILBOX, 0, "seg-1", [row for row in mailbox if row["owner_uid"] == "a"])
+    segment(root, MAILBOX, 1, "seg-2", [row for row in mailbox if row["owner_uid"] == "b"])
+    segment(root, MAILBOX, 1, "seg-3", [row for row in mailbox if row["owner_uid"] == "b"][:10])  # again
+    deletion = {"owner_uid": "b", "mid": mids[0], "deleted_at_ms": start + 100}
+    segment(root, DELETIONS, 1, "seg-1", [deletion])
+    segment(root, DELETIONS, 1, "seg-2", [deletion])
+    segment(root, "red_packets", 0, "seg-1", [{"mid": mids[0], "total_cents": 100}])
+    segment(root, "red_packets", 0, "seg-2", [{"mid": mids[1], "total_cents": 200, "greeting": "恭喜发财"}])  # a new column
+    segment(root, "red_packets", 0, "seg-3", [{"mid": mids[0], "total_cents": 100}])  # again
+    segment(root, social_records.CONTACT_EVENTS, 0, "seg-1",
+            [{"user": "a", "peer": "b", "kind": "requested", "note": "hi", "at_ms": start},
+             {"user": "b", "peer": "a", "kind": "accepted", "note": "", "at_ms": start + 1}])
+    segment(root, ".trash", 0, "cmp-old", content)  # compaction's leftovers: not a table
+    return {"messages": 30, "mailbox": 60, "deleted": 1, "packets": 2, "edges": 1}
+
+
+def counts(root: Path) -> dict[str, int]:
+    """What the views of the lake in ``root`` count of what old_archive wrote."""
     with Archive(root) as archive:
+        return {"messages": archive.scalar("SELECT count(*) FROM im_msg_content"),
+                "mailbox": archive.scalar("SELECT count(*) FROM im_user_msg_box"),
+                "deleted": archive.scalar("SELECT count(*) FROM im_user_msg_box WHERE deleted"),
+                "packets": archive.scalar("SELECT count(*) FROM red_packets"), "edges": len(archive.contact_graph())}
+
+
+@pytest.mark.parametrize("chunk_rows", [7, archive_cli.IMPORT_CHUNK_ROWS])
+def test_an_old_archive_imports_once_however_often_it_is_imported(tmp_path: Path, chunk_rows: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(archive_cli, "IMPORT_CHUNK_ROWS", chunk_rows)  # 7: many chunks a table
+    expected = old_archive(tmp_path / "old")
+    target = tmp_path / "lake"
+    seen: list[tuple[str, int, int]] = []
+    with lake(target) as db:
+        first = {row.table: row for row in archive_cli.import_old(db, tmp_path / "old", lambda *step: seen.append(step))}
+    assert set(first) == {CONTENT, MAILBOX, DELETIONS, "red_packets", social_records.CONTACT_EVENTS}
+    assert (first[CONTENT].files, first[CONTENT].rows_read, first[CONTENT].rows_added) == (3, 35, 30)
+    assert (first[MAILBOX].rows_read, first[MAILBOX].rows_added) == (70, 60)
+    assert first[DELETIONS].rows_added == 1 and first["red_packets"].rows_added == 2
+    assert counts(target) == expected
+    last = {table: (done, total) for table, done, total in seen}
+    assert all(done == total for done, total in last.values()) and last[MAILBOX] == (70, 70), "the bar ends full"
+    with lake(target) as db:
+        again = archive_cli.import_old(db, tmp_path / "old")
+    assert [row.rows_added for row in again] == [0] * len(again), "a second import adds nothing"
+    assert counts(target) == expected
+    with Archive(target) as archive:
+        assert archive.sql("SELECT greeting FROM red_packets ORDER BY total_cents").fetchall() == [(None,), ("恭喜发财",)]
+
+
+def test_a_simulated_archive_in_the_old_layout_imports_whole(simulated: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old layout of a realistic archive (content and mailboxes over shards, every other
+    table, a replayed segment), imported in many chunks, reads as the original."""
+    monkeypatch.setattr(archive_cli, "IMPORT_CHUNK_ROWS", 50_000)
+    old = tmp_path / "old"
+    with Archive(simulated) as archive:
         before = truths(archive)
-        assert housekeeping.compact(root, grace_seconds=0).segments_in == 0, "fresh segments wait (a replay may follow)"
-        report = housekeeping.compact(root, grace_seconds=0, min_age_seconds=0)
-        assert report.segments_in > report.segments_out > 0
-        assert report.rows_in - report.rows_out == replayed_rows, "the replayed rows went"
-        assert truths(archive) == before, "an open archive sees the same data after compaction"
-    for table in (CONTENT, MAILBOX):
-        for folder in housekeeping.shard_dirs(root, table):
-            assert [p.name[:4] for p in folder.glob("*.parquet")] == [COMPACTED]
-    assert housekeeping.compact(root, grace_seconds=0, min_age_seconds=0).segments_in == 0, "nothing left to do"
-
-
-def test_retention_drops_old_days_and_keeps_the_membership_record(simulated: Path, tmp_path: Path) -> None:
-    root = copy(simulated, tmp_path)
-    with Archive(root) as archive:
-        first_ms = archive.scalar("SELECT min(created_at_ms) FROM im_msg_content")
-        members = archive.scalar("SELECT count(*) FROM im_group_events")
-        now = first_ms + 4 * 86_400_000
-        report = housekeeping.retention(root, keep_days=2, now_ms=now, grace_seconds=0)
-        assert report.rows_in > report.rows_out
-        cutoff = now - 2 * 86_400_000
-        for table, column in (("im_msg_content", "created_at_ms"), ("im_user_msg_box", "created_at_ms"), ("im_read_events", "at_ms")):
-            assert archive.scalar(f"SELECT min({column}) FROM {table}") >= cutoff, table
-        assert archive.scalar("SELECT count(*) FROM im_msg_content") > 0
-        assert archive.scalar("SELECT count(*) FROM im_group_events") == members
-
-
-def test_resharding_moves_rows_and_history_reads_the_new_layout(simulated: Path, tmp_path: Path) -> None:
-    root = copy(simulated, tmp_path)
-    with Archive(root) as archive:
-        before = truths(archive)
-        user, conversation, top = archive.sql(
-            "SELECT owner_uid, conversation, max(seq) FROM im_user_msg_box WHERE conversation LIKE 'p:%' GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 1"
-        ).fetchall()[0]
-    report = housekeeping.reshard(root, content_shards=3, mailbox_shards=2, grace_seconds=0)
-    assert report.rows_in == report.rows_out
-    assert {p.name for p in housekeeping.shard_dirs(root, CONTENT)} == {"shard=000", "shard=001", "shard=002"}
-    assert {p.name for p in housekeeping.shard_dirs(root, MAILBOX)} == {"shard=000", "shard=001"}
-    with Archive(root) as archive:
+        tables = [table for table in archive.tables() if archive.stored_rows(table)]
+        for table in tables:
+            shard = {CONTENT: "mid % 3", MAILBOX: "hash(owner_uid) % 2"}.get(table, "0")
+            for n in range(3):
+                (old / table / f"shard={n:03d}").mkdir(parents=True, exist_ok=True)
+                archive.db.execute(f"COPY (SELECT * FROM {LAKE}.main.{table} WHERE {shard} = {n}) "
+                                   f"TO '{old / table / f'shard={n:03d}' / 'cmp-1.parquet'}' (FORMAT parquet)")
+        archive.db.execute(f"COPY (SELECT * FROM {LAKE}.main.{CONTENT} LIMIT 5000) "
+                           f"TO '{old / CONTENT / 'shard=000' / 'seg-replayed.parquet'}' (FORMAT parquet)")
+    with lake(tmp_path / "lake") as db:
+        imported = {row.table: row for row in archive_cli.import_old(db, old)}
+    assert set(imported) == set(tables)
+    assert imported[CONTENT].rows_read == SMALL.messages + 5000 and imported[CONTENT].rows_added == SMALL.messages
+    with Archive(tmp_path / "lake") as archive:
         assert truths(archive) == before
-    reader = ArchiveReader(ArchiveLayout(root, 3, 2))
-    try:
-        page = reader.history_page(user, conversation, top + 1, 20)
-    finally:
-        reader.close()
-    assert [m["seq"] for m in page] == list(range(top, max(top - 20, 0), -1))
 
 
 def test_the_commands(tmp_path: Path) -> None:
@@ -163,13 +220,19 @@ def test_the_commands(tmp_path: Path) -> None:
     again = runner.invoke(cli, ["simulate", "--messages", "100", "--users", "50", "--data-dir", data])
     assert again.exit_code == 2 and "empty --data-dir" in again.output
     shown = runner.invoke(cli, ["archive", "stats", "--data-dir", data])
-    assert shown.exit_code == 0 and "im_user_msg_box" in shown.output
-    for command in (["compact", "--min-age", "0"], ["retention", "--keep-days", "1"], ["reshard", "--content-shards", "2", "--mailbox-shards", "2"]):
-        done = runner.invoke(cli, ["archive", *command, "--data-dir", data, "--grace", "0"])
-        assert done.exit_code == 0, (command, done.output)
-        assert "rows in" in done.output
-    refused = runner.invoke(cli, ["archive", "retention", "--keep-days", "0", "--data-dir", data])
-    assert refused.exit_code == 2 and "above 0" in refused.output
+    assert shown.exit_code == 0 and "im_user_msg_box" in shown.output and "20,000" in shown.output, shown.output
+    maintained = runner.invoke(cli, ["archive", "maintain", "--data-dir", data])
+    assert maintained.exit_code == 0 and "maintained" in maintained.output, maintained.output
+    expected = old_archive(tmp_path / "old")
+    other = str(tmp_path / "other")
+    for _ in range(2):  # the second time adds nothing
+        imported = runner.invoke(cli, ["archive", "import", str(tmp_path / "old"), "--data-dir", other])
+        assert imported.exit_code == 0 and "im_msg_content" in imported.output, imported.output
+        assert counts(Path(other) / "archive") == expected
+    empty = runner.invoke(cli, ["archive", "import", data, "--data-dir", other])  # a lake's folder: no old segments
+    assert empty.exit_code == 2 and "no <table>/shard=NNN" in empty.output
+    for gone in ("compact", "retention", "reshard"):  # the maintenance timer's jobs now
+        assert runner.invoke(cli, ["archive", gone, "--data-dir", data]).exit_code == 2
 
 
 async def test_simulated_traffic_through_a_running_imflow_reaches_its_archive(stack, tmp_path: Path) -> None:
@@ -183,7 +246,7 @@ async def test_simulated_traffic_through_a_running_imflow_reaches_its_archive(st
                                                  USING ("user", peer, at_ms) WHERE b.kind = 'blocked'""")
         expected_graph = simulated.contact_graph()[["user_a", "user_b"]].values.tolist()
     assert counts["contact_changes"] == changes - removals_by_blocks > 10 and len(expected_graph) > 5
-    archive = Archive(Path(stack.env["IMFLOW_DATA_DIR"]) / "archive")
+    archive = Archive(stack.lake_config())  # the stack's own lake (PostgreSQL + S3 under scripts/test)
     try:
         async def graph_archived() -> bool:  # the server's own times, the same order: the same graph
             return archive.contact_graph()[["user_a", "user_b"]].values.tolist() == expected_graph
@@ -207,9 +270,9 @@ async def test_simulated_traffic_through_a_running_imflow_reaches_its_archive(st
 # -- the social graph
 
 def test_the_simulated_social_graph_grows_plausibly(simulated: Path) -> None:
-    for table, schema in SOCIAL_SCHEMAS.items():  # the columns and types the live server writes
-        assert {pq.read_schema(path).remove_metadata() for path in ArchiveLayout(simulated).files(table)} == {schema}, table
     with Archive(simulated) as archive:
+        for table, schema in SOCIAL_SCHEMAS.items():  # the columns and types the live server writes
+            assert lake_schema(archive, table) == schema, table
         # every sender has an account, created before the messages start and never deactivated
         late = archive.scalar("""
             WITH first AS (SELECT sender, min(created_at_ms) AS first_ms FROM im_msg_content GROUP BY 1),
@@ -283,7 +346,7 @@ async def test_the_simulated_social_graph_is_what_the_live_server_writes(tmp_pat
     assert most == scenario.contacts_max, "the simulator met the limit and kept to it"
     assert {"deactivated", "reactivated", "updated"} <= set(simulated[social_records.ACCOUNT_EVENTS]["kind"])
     assert {"unblocked"} <= set(simulated[social_records.BLOCK_EVENTS]["kind"])
-    redis = connect(None)
+    redis = connect_redis(None)
     services = Services(Settings(_env_file=None, topic_partitions=1, accounts="registered", contacts_max=8), redis)
     for change in social_graph(scenario, Generator(scenario).pop).changes():
         services.clock = lambda at_ms=change["at_ms"]: at_ms

@@ -1,8 +1,8 @@
-"""The way into the archive: records wait in Redis lists until a writer seals them as segments.
+"""The way into the archive: records wait in Redis lists until a writer commits them to the lake.
 
 Agents append (an RPUSH, part of the durable write before the sender's ACK); a periodic
-writer takes a batch under a lock, seals it, then trims what it sealed. A crash between
-sealing and trimming writes the batch again, which readers de-duplicate.
+writer takes a batch under a lock, commits it to the lake (one transaction), then trims what it
+wrote. A crash between the commit and the trim writes the batch again, which readers de-duplicate.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING
 import orjson
 
 from . import keys, locks
-from .archive import CONTENT, DELETIONS, MAILBOX, READ_EVENTS, ArchiveLayout, write_segments
+from .archive import CONTENT, DELETIONS, MAILBOX, READ_EVENTS
 from .scripts import queue_script, run_pipeline
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
 
@@ -65,16 +67,19 @@ async def enqueue_read(
 
 
 async def flush(
-    redis: Redis, app_id: str, layout: ArchiveLayout, partitions: range | list[int], max_records: int = 10_000,
+    redis: Redis, app_id: str, write: Callable[[list[dict]], int], partitions: range | list[int], max_records: int = 10_000,
     log_limit: int | None = None,
 ) -> bool:
-    """Seal what waits in these partitions' queues as one set of segments (at most
+    """Commit what waits in these partitions' queues to the archive in one write (at most
     ``max_records`` a partition); True if some partition gave that many, so more may wait.
 
-    One write per call, whatever the number of partitions, so segments stay few and large.
-    A partition whose lock another writer holds is skipped this time. With ``log_limit`` (the
-    conversation log's size), each sealed conversation's log is then trimmed to its newest
-    ``log_limit`` among what is sealed: a message leaves Redis only once the archive has it.
+    ``write(records)`` commits a batch (one lake transaction, ``archive.write_records`` on the
+    process's lake connection) and is run in a worker thread. One write per call, whatever the
+    number of partitions, so files stay few and large. A partition whose lock another writer
+    holds is skipped this time. The queues are trimmed only after the commit; then, with
+    ``log_limit`` (the conversation log's size), each written conversation's log is trimmed to
+    its newest ``log_limit`` among what is written: a message leaves Redis only once the
+    archive has it.
     """
     held: list[tuple[int, int]] = []  # (partition, records taken)
     records: list[dict] = []
@@ -86,7 +91,7 @@ async def flush(
             held.append((partition, len(entries)))
             records.extend(orjson.loads(entry) for entry in entries)
         if records:
-            await asyncio.to_thread(write_segments, layout, records)
+            await asyncio.to_thread(write, records)
             async with redis.pipeline(transaction=False) as pipe:
                 for partition, taken in held:
                     if taken:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import keys, presence
+from .redis_client import publish_sharded
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -31,12 +32,14 @@ if TYPE_CHECKING:
 
 
 def own_channel(node: str) -> str:
-    """The pub/sub channel gateway ``node`` listens on for its users' events."""
+    """The pub/sub channel gateway ``node`` listens on for its users' events (sharded on a Redis
+    Cluster: published with ``redis_client.publish_sharded``, reaching only its slot's shard)."""
     return keys.gateway_channel(node)
 
 
 def orders_channel() -> str:
-    """The pub/sub channel every gateway listens on for orders to all (revocations)."""
+    """The pub/sub channel every gateway listens on for orders to all (revocations): classic
+    PUBLISH, which a Redis Cluster forwards to every node, so it is heard on any of them."""
     return keys.gateways_channel()
 
 
@@ -69,7 +72,7 @@ class GatewayBatch:
 
     def queue(self, pipe: Pipeline) -> None:
         for node, events in self.by_node.items():
-            pipe.publish(keys.gateway_channel(node), orjson.dumps(events))
+            publish_sharded(pipe, keys.gateway_channel(node), orjson.dumps(events))
 
 
 async def publish(redis: Redis, batch: GatewayBatch) -> None:
@@ -82,12 +85,12 @@ async def publish(redis: Redis, batch: GatewayBatch) -> None:
 
 async def notify(redis: Redis, node: str, user: str, push: Notification) -> None:
     """One notification for every connection of ``user`` on gateway ``node``."""
-    await redis.publish(keys.gateway_channel(node), orjson.dumps([notice([user], push)]))
+    await publish_sharded(redis, keys.gateway_channel(node), orjson.dumps([notice([user], push)]))
 
 
 async def _to_user(redis: Redis, user: str, event: dict[str, Any]) -> None:
     for node in await presence.gateways_of(redis, user):
-        await redis.publish(keys.gateway_channel(node), orjson.dumps([event]))
+        await publish_sharded(redis, keys.gateway_channel(node), orjson.dumps([event]))
 
 
 async def notify_user(redis: Redis, user: str, push: Notification, skip: str = "") -> None:

@@ -92,6 +92,11 @@ def archive_lock(app_id: str, partition: int) -> str:
     return f"{PREFIX}:archive:{app_id}:lock:{partition}"
 
 
+def archive_maintenance_lock(app_id: str) -> str:
+    """Held by the worker that maintains the archive, for one maintenance interval (one at a time)."""
+    return f"{PREFIX}:archive:{app_id}:maintenance"
+
+
 def dead_letter_seen(app_id: str, digest: str) -> str:
     """Marks a record already set aside on the dead-letter topic (a replay sets it aside once)."""
     return f"{PREFIX}:dlq:{app_id}:{digest}"

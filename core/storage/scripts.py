@@ -93,13 +93,15 @@ _REPLIES = "_imflow_replies"
 
 def reply(pipe: Pipeline) -> Reply:
     """A handle on the reply of the command queued last on ``pipe``."""
-    return Reply(pipe, len(pipe.command_stack) - 1)
+    return Reply(pipe, len(pipe) - 1)  # len: a single server's and a cluster's pipelines alike
 
 
 def queue_script(pipe: Pipeline, name: str, keys: list[str], args: list[Any]) -> Reply:
     """Queue one script call in a pipeline run by ``run_pipeline``; returns a handle on its reply."""
-    pipe.evalsha(lua_sha(name), len(keys), *keys, *args)
-    return Reply(pipe, len(pipe.command_stack) - 1)  # reply(pipe), inlined: once per member and message
+    # execute_command, not pipe.evalsha: a cluster pipeline refuses the method (it routes the
+    # command itself by the slot of its keys, which must be one)
+    pipe.execute_command("EVALSHA", lua_sha(name), len(keys), *keys, *args)
+    return Reply(pipe, len(pipe) - 1)  # reply(pipe), inlined: once per member and message
 
 
 async def run_pipeline(redis: Redis, fill: Callable[[Pipeline], Awaitable[T] | T]) -> tuple[T, list[Any]]:
