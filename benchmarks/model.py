@@ -20,13 +20,14 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
-import redis as redis_sync
 from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from stacks import Stack, embedded_stack, real_stack  # noqa: E402
+
+from imflow.core.storage.redis_client import flush_sync  # noqa: E402
 from test_model import STACK_EXTRA_ENV, ProtocolMachine, run_model  # noqa: E402
 
 
@@ -34,8 +35,7 @@ def start(kind: str, kafka: str, redis_url: str) -> Stack:
     folder = Path(tempfile.mkdtemp(prefix=f"imflow-model-{kind}-"))
     if kind == "embedded":
         return embedded_stack(folder, STACK_EXTRA_ENV)
-    with redis_sync.Redis.from_url(redis_url) as client:
-        client.flushdb()
+    flush_sync(redis_url)  # every primary of a cluster
     return real_stack(folder, kafka, redis_url, extra_env=STACK_EXTRA_ENV)
 
 

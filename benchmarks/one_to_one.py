@@ -170,13 +170,12 @@ async def check_cost(redis_url: str, calls: int = 3000) -> dict[str, dict[str, f
     gateway) costs by itself, in µs per call, in this process on the real Redis: for a plain
     pair, for a ``social`` pair (contacts, contacts-only, each blocking a few others), and a
     bare PING round trip beside them for scale."""
-    from redis.asyncio import Redis
-
     from imflow.core import accounts, contacts
     from imflow.core.services import Services
     from imflow.core.settings import Settings
+    from imflow.core.storage.redis_client import connect
 
-    redis = Redis.from_url(redis_url)
+    redis = connect(redis_url)  # a single server or a cluster (redis+cluster://)
     services = Services(Settings(accounts="open"), redis, node="bench")
     tag = uuid.uuid4().hex[:6]
     plain, social = (f"cp-s-{tag}", f"cp-r-{tag}"), (f"cs-s-{tag}", f"cs-r-{tag}")

@@ -58,8 +58,6 @@ class WorkerResources:
         if self._context is not None and self._shared_redis is None:
             await self.hooks.call.shutdown(services=self._context, role="worker")
             await self._context.redis.aclose()
-        if self._context is not None and "lake" in self._context.__dict__ and self._context.archive is None:
-            self._context.lake.close()  # opened by this worker for its archive writes (not a shared reader)
         self._context = None
         if self._producer is not None:
             await self._producer.stop()
