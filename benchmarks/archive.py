@@ -61,18 +61,6 @@ def target(args: argparse.Namespace, folder: Path, name: str) -> LakeConfig:
     return LakeConfig.from_url(args.catalog, schema=tag, data_path=f"{data}/{tag}/")
 
 
-def drop(config: LakeConfig) -> None:
-    """Remove a --catalog lake's schema (its object-store prefix stays: a name of its own)."""
-    if config.catalog_kind != "postgres" or not config.schema:
-        return
-    db = lake._open(config)
-    try:
-        db.execute(f"ATTACH {lake._quote(config.catalog.split(':', 1)[1])} AS catalog_db (TYPE postgres)")
-        db.execute(f"""CALL postgres_execute('catalog_db', 'DROP SCHEMA IF EXISTS "{config.schema}" CASCADE')""")
-    finally:
-        db.close()
-
-
 def ingest(root: LakeConfig, scenario: Scenario) -> dict:
     print(f"ingest: {scenario.messages:,} messages, group share {scenario.group_share} ...", file=sys.stderr, flush=True)
     written = to_archive(root, scenario)
@@ -179,7 +167,7 @@ def main() -> None:
         if not args.skip_one_to_one:
             direct = target(args, folder, "direct")
             summary["ingest_one_to_one"] = ingest(direct, Scenario(users=args.users, messages=args.messages, group_share=0.0))
-            drop(direct)
+            lake.drop_catalog_schema(direct)
             shutil.rmtree(folder / "direct", ignore_errors=True)
         lakes.append(mixed := target(args, folder, "mixed"))
         summary["ingest_mixed"] = ingest(mixed, Scenario(users=args.users, messages=args.messages))
@@ -198,7 +186,7 @@ def main() -> None:
         summary["history"] = history_pages(mixed, args.pages)
     finally:
         for config in lakes:
-            drop(config)
+            lake.drop_catalog_schema(config)
         if args.folder is None:
             shutil.rmtree(folder, ignore_errors=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,11 @@ class Settings(BaseSettings):
     kafka_url: str | None = Field(
         None, description="Kafka bootstrap URL (kafka://host:port[,host:port]); unset = in-process transport"
     )
-    redis_url: str | None = Field(None, description="Redis URL: redis://host:port/db for one server, redis+cluster://host:port[,host:port…] for a Redis Cluster (db 0); unset = in-process fakeredis")
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL: redis://host:port/db for one server, redis+cluster://host:port[,host:port…] "
+        "for a Redis Cluster (db 0); unset = in-process fakeredis",
+    )
     data_dir: Path = Field(Path("data"), description="Folder for the history archive and worker state")
     app_id: str = Field("imflow", description="Faust app id: consumer group and prefix of every Kafka topic")
     topic_partitions: int = Field(8, ge=1, description="Partitions of each imflow topic (bounds worker parallelism)")

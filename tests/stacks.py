@@ -89,16 +89,9 @@ def archive_lake_config(folder: Path, name: str):
 def drop_archive(config) -> None:
     """Drop a test lake's PostgreSQL catalog schema (its S3 files stay: a prefix of their own).
     Nothing to do for a folder lake (pytest removes its tmp_path)."""
-    if config.catalog_kind != "postgres" or not config.schema:
-        return
     from imflow.core.storage import lake
 
-    db = lake._open(config)
-    try:
-        db.execute(f"ATTACH {lake._quote(config.catalog.split(':', 1)[1])} AS catalog_db (TYPE postgres)")
-        db.execute(f"""CALL postgres_execute('catalog_db', 'DROP SCHEMA IF EXISTS "{config.schema}" CASCADE')""")
-    finally:
-        db.close()
+    lake.drop_catalog_schema(config)
 
 
 @dataclass

@@ -365,6 +365,20 @@ def _with_timeout(probe: Any, timeout: float) -> bool:
     return bool(outcome and outcome[0])
 
 
+def drop_catalog_schema(config: LakeConfig) -> None:
+    """Drop the PostgreSQL catalog schema of a lake named with a ``schema`` (its data files
+    stay where they are); nothing for other catalogs, whose files their owner removes. For
+    throwaway lakes (test stacks, benchmarks). Raises duckdb.Error if PostgreSQL refuses."""
+    if config.catalog_kind != "postgres" or not config.schema:
+        return
+    db = _open(config)
+    try:
+        db.execute(f"ATTACH {_quote(config.catalog.split(':', 1)[1])} AS catalog_db (TYPE postgres)")
+        db.execute(f"""CALL postgres_execute('catalog_db', 'DROP SCHEMA IF EXISTS "{config.schema}" CASCADE')""")
+    finally:
+        db.close()
+
+
 def check(config: LakeConfig, timeout: float = CHECK_TIMEOUT) -> dict[str, bool]:
     """``{"archive_catalog": …, "archive_storage": …}``: whether the catalog answers (the lake
     attaches and names its current snapshot) and whether the data path can be listed (a stopped
