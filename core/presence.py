@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .errors import ErrorCode, ImflowError
 from .ids import now_ms
 from .storage import contacts as contact_store
-from .storage import gateway_events, gateway_liveness, presence
+from .storage import gateway_events, gateway_liveness, presence, redis_client
 from .storage.gateway_liveness import Beat
 from .storage.presence import Change, State
 
@@ -31,12 +31,13 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
 
     from .services import Services
 
 __all__ = [
     "Beat", "PresenceChanged", "PresenceStates", "State", "Watch", "beat", "connected", "disconnected", "leave",
-    "listens_on", "sweep_dead", "sweep_own", "visibility_changed", "watch", "write_back",
+    "listens_on", "subscribe", "sweep_dead", "sweep_own", "visibility_changed", "watch", "write_back",
 ]
 
 PUBLISH_CHUNK = 500  # changes per batch of publishes (a big sweep is told in parts)
@@ -138,6 +139,14 @@ def listens_on(node: str) -> tuple[str, str]:
     """The pub/sub channels gateway ``node`` listens on: its users' notifications, and orders to
     every gateway (revocations)."""
     return gateway_events.own_channel(node), gateway_events.orders_channel()
+
+
+async def subscribe(redis: Redis, node: str) -> PubSub:
+    """Subscribe to the channels of ``listens_on(node)``: the gateway's own (sharded on a Redis
+    Cluster, on the node owning its slot) and the orders to every gateway. Returns the
+    redis-py PubSub (read it with ``get_message``); raises redis errors when Redis is away."""
+    own, orders = listens_on(node)
+    return await redis_client.subscribe(redis, own, orders)
 
 
 async def _publish(redis: Redis, changes: Iterable[Change | None]) -> None:

@@ -22,7 +22,6 @@ from imflow.core.ids import now_ms
 from imflow.core.plugin_types import GatewayLoad, Priority
 from imflow.core.revocation import Revocation
 from imflow.core.settings import Settings
-from imflow.core.storage import redis_client
 
 from . import frames
 
@@ -494,7 +493,7 @@ class Hub:
         while True:
             pubsub = None
             try:
-                pubsub = await redis_client.subscribe(self.redis, own, orders)
+                pubsub = await presence.subscribe(self.redis, self.node)
                 self._subscribed.set()
                 if lost:  # orders published while we were away are gone: look the state up
                     lost = False
