@@ -4,6 +4,7 @@ Kafka and Redis, the common command-line options, and percentiles."""
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 import uuid
@@ -15,7 +16,8 @@ import httpx
 from imflow.client import Client
 from imflow.core import tokens
 from imflow.core.models import direct_conversation
-from imflow.core.storage import redis_client
+from imflow.core.storage import lake, redis_client
+from imflow.core.storage.lake import LakeConfig
 from imflow.testing import ImflowProcess, free_port
 
 SECRET = "bench-secret-" + uuid.uuid4().hex
@@ -41,13 +43,17 @@ def arguments(doc: str, json_default: str) -> argparse.ArgumentParser:
 class Stack:
     """N Faust workers and M gateways on a flushed Redis database and a fresh Faust app id."""
 
-    def __init__(self, kafka: str, redis_url: str, workers: int = 1, gateways: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, kafka: str, redis_url: str, workers: int = 1, gateways: int = 1, env: dict[str, str] | None = None
+    ) -> None:
         redis_client.flush_sync(redis_url)  # every primary's on a cluster
         folder = Path(tempfile.mkdtemp(prefix="imflow-bench-"))
+        app_id = f"bench{uuid.uuid4().hex[:8]}"
         env = {
             "IMFLOW_KAFKA_URL": kafka,
             "IMFLOW_REDIS_URL": redis_url,
-            "IMFLOW_APP_ID": f"bench{uuid.uuid4().hex[:8]}",
+            "IMFLOW_APP_ID": app_id,
+            **self._own_lake(app_id),
             "IMFLOW_DATA_DIR": str(folder / "data"),
             "IMFLOW_SECRET_KEY": SECRET,
             "IMFLOW_ADMIN_SECRET": ADMIN_SECRET,
@@ -84,6 +90,19 @@ class Stack:
             raise
         time.sleep(2)  # let a multi-worker group settle its partitions
 
+    def _own_lake(self, app_id: str) -> dict[str, str]:
+        """With a shared catalog in the environment (``scripts/bench`` exports ``scripts/services
+        env``), a catalog schema and data prefix of this run's own, dropped by ``stop``: a
+        benchmark never writes into the development lake. Without one, the embedded lake under
+        the run's data folder."""
+        self.lake = None
+        catalog = os.environ.get("IMFLOW_ARCHIVE_CATALOG")
+        if not catalog:
+            return {}
+        data = (os.environ.get("IMFLOW_ARCHIVE_DATA_PATH") or "s3://imflow/").rstrip("/")
+        self.lake = LakeConfig.from_url(catalog, schema=app_id, data_path=f"{data}/{app_id}/")
+        return {"IMFLOW_ARCHIVE_SCHEMA": app_id, "IMFLOW_ARCHIVE_DATA_PATH": f"{data}/{app_id}/"}
+
     @property
     def url(self) -> str:
         return self.urls[0]
@@ -103,6 +122,8 @@ class Stack:
     def stop(self) -> None:
         for process in reversed(self.processes):  # gateways first, then workers
             process.stop_gracefully()
+        if self.lake is not None:
+            lake.drop_catalog_schema(self.lake)
 
 
 async def unread_problems(stack: Stack, sent: dict[tuple[str, str], int]) -> int:

@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .storage import archive_maintenance, archive_queue
-from .storage.archive import write_records
+from .storage.archive import LakeWriter
 
 if TYPE_CHECKING:
     from .agents import AgentContext
@@ -21,15 +21,12 @@ log = logging.getLogger(__name__)
 
 async def seal(ctx: AgentContext) -> None:
     """Commit every partition's queue to the lake; goes on while a partition gives a full batch.
-    Raises Redis and lake errors (the next tick tries again: a batch written twice shows once)."""
+    Raises Redis and lake errors (the next tick tries again, skipping what a commit that went
+    through holds: each message is written once)."""
     s = ctx.settings
-    lake = ctx.lake
-
-    def write(records: list[dict]) -> int:  # in a worker thread: its own cursor of the one connection
-        return write_records(lake.cursor(), records)
-
+    writer = LakeWriter(ctx.lake.cursor)  # called in worker threads: each its own cursor of the one connection
     partitions = range(s.topic_partitions)
-    while await archive_queue.flush(ctx.redis, s.app_id, write, partitions, s.archive_batch, s.conversation_log_limit):
+    while await archive_queue.flush(ctx.redis, s.app_id, writer, partitions, s.archive_batch, s.conversation_log_limit):
         pass  # a partition gave a full batch: more may wait
 
 
@@ -41,3 +38,14 @@ async def maintain(ctx: AgentContext) -> archive_maintenance.Report | None:
     if report is not None:
         log.info("archive maintained: %s", report)
     return report
+
+
+async def merge_recent(ctx: AgentContext) -> tuple[int, int] | None:
+    """Merge the lake's fresh small files (archive_maintenance.merge_recent) unless another
+    worker did within ``archive_merge_seconds`` or it is 0; (files merged, files created), None
+    when skipped. Raises Redis and lake errors (the next tick tries again)."""
+    s = ctx.settings
+    merged = await archive_maintenance.merge_recent_once(ctx.redis, s.app_id, ctx.lake, s)
+    if merged is not None and merged[0]:
+        log.debug("archive: %d fresh files merged into %d", *merged)
+    return merged

@@ -136,6 +136,11 @@ class Settings(BaseSettings):
         description="How often one worker maintains the archive: inlined rows to files, small files merged, "
         "retention, old snapshots expired",
     )
+    archive_merge_seconds: float = Field(
+        10.0, ge=0,
+        description="How often one worker merges the archive's fresh small files (pages slow down with each file); "
+        "0 = only maintenance merges",
+    )
     archive_retention_days: float = Field(
         0, ge=0,
         description="Archive rows older than this many days are deleted (the membership and social records stay); 0 = keep all",

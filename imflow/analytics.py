@@ -11,8 +11,10 @@ Views (columns in docs/archive.md): ``im_msg_content`` (one row per message),
 ``im_user_msg_box`` (one row per mailbox entry, with a ``deleted`` flag), the social graph's
 history (``im_account_events``, ``im_contact_events``, ``im_block_events``; empty views while
 nothing was recorded) and one view per plugin table (``red_packets``, ``red_packet_events``).
-Writes are at least once (a batch may be written twice after a crash): the views
-de-duplicate. Every query sees the lake's latest commit (or the snapshot ``at`` names).
+Messages and mailbox rows are written exactly once (core/storage/archive_queue.py), so their
+views read the tables as they are; deletions and the other tables are written at least once,
+and their views de-duplicate. Every query sees the lake's latest commit (or the snapshot
+``at`` names).
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from imflow.core.storage.lake import (
     CONTENT_SCHEMA,
     DEDUP_KEYS,
     DELETIONS,
+    EXACTLY_ONCE,
     LAKE,
     MAILBOX,
     MAILBOX_SCHEMA,
+    MARKS,
     LakeConfig,
     connect,
 )
@@ -77,8 +81,10 @@ def _empty(schema: pa.Schema) -> str:
 
 
 def _once(table: str) -> str:
-    """A lake table's rows, each once (the de-duplication rule)."""
+    """A lake table's rows, each once: as they are for the exactly-once tables, else de-duplicated."""
     source = f"{LAKE}.main.{table}"
+    if table in EXACTLY_ONCE:
+        return source
     if key := DEDUP_KEYS.get(table):
         return f"(SELECT * FROM {source} QUALIFY row_number() OVER (PARTITION BY {key}) = 1)"
     return f"(SELECT DISTINCT * FROM {source})"
@@ -155,7 +161,7 @@ class Archive:
                 CREATE OR REPLACE VIEW im_user_msg_box AS
                 SELECT *, epoch_ms(created_at_ms) AS created_at, false AS deleted FROM {mailbox}
             """)
-        for table in sorted(tables - {CONTENT, MAILBOX, DELETIONS}):
+        for table in sorted(tables - {CONTENT, MAILBOX, DELETIONS, MARKS}):  # the marks are the writer's own
             if table.isidentifier():
                 self.db.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM {_once(table)}")
         for table, schema in SOCIAL_SCHEMAS.items():
@@ -180,8 +186,9 @@ class Archive:
         return self.sql(query).fetchall()[0][0]
 
     def stored_rows(self, table: str = CONTENT) -> int:
-        """Rows a lake table holds as written, replays included (cheap: no de-duplication, the
-        counts come from the files' metadata); 0 for a table nothing was written to yet."""
+        """Rows a lake table holds as written (cheap: no de-duplication, the counts come from the
+        files' metadata; for content and mailbox, written once each, what their views hold); 0
+        for a table nothing was written to yet."""
         self.refresh()
         if table not in self._tables:
             return 0

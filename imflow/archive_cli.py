@@ -118,18 +118,25 @@ def _register(via: str, admin_secret: str, user: str) -> None:
 
 @archive_cli.command("stats")
 def stats(data_dir: DataOpt = None) -> None:
-    """Data files, rows and bytes per table (from the lake's catalog)."""
+    """Data files, rows and bytes per table (from the lake's catalog), and the check that every
+    message and mailbox row is there once (duplicates: rows beyond one per key, 0 when sound)."""
+    from imflow.core.storage.archive import duplicates
     from imflow.core.storage.archive_maintenance import stats as lake_stats
 
     config, db = _lake(data_dir)
     try:
         rows = lake_stats(db)
+        twice = duplicates(db)
     finally:
         db.close()
-    table = Table("table", "files", "rows", "MB", title=_where(config))
+    table = Table("table", "files", "rows", "MB", "duplicates", title=_where(config))
     for row in rows:
-        table.add_row(row["table"], f"{row['files']:,}", f"{row['rows']:,}", f"{row['bytes'] / 1e6:,.1f}")
+        extra = f"{twice[row['table']]:,}" if row["table"] in twice else ""
+        table.add_row(row["table"], f"{row['files']:,}", f"{row['rows']:,}", f"{row['bytes'] / 1e6:,.1f}", extra)
     Console().print(table)
+    if any(twice.values()):
+        typer.secho(f"duplicates: {', '.join(f'{name} {count:,}' for name, count in twice.items() if count)} "
+                    "(rows beyond one per key; history pages still show each message once)", fg="yellow", err=True)
 
 
 @archive_cli.command("maintain")

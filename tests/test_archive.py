@@ -23,7 +23,7 @@ import pytest
 from stacks import archive_lake_config, drop_archive
 
 from imflow.core.ids import EPOCH_MS
-from imflow.core.storage import archive_maintenance, lake
+from imflow.core.storage import archive_maintenance, keys, lake
 from imflow.core.storage.archive import ArchiveReader, write_records
 from imflow.core.storage.lake import CONTENT, MAILBOX, LakeConfig
 
@@ -163,7 +163,7 @@ def test_two_processes_make_and_write_one_lake_at_once(config) -> None:
         for owner, conversation in (("a", "p:a:b"), ("d", "p:c:d")):
             assert seqs(reader.history_page(owner, conversation, 10**9, 500)) == list(range(200, 0, -1))
         tables = reader.cursor().execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = 'lake'").fetchone()
-        assert tables == (3,), "each core table made once"
+        assert tables == (len(lake.SCHEMAS),), "each core table made once"
     finally:
         reader.close()
 
@@ -292,6 +292,80 @@ async def test_one_worker_maintains_the_lake_each_interval(config, db) -> None:
         assert first is not None and first.rows_flushed == 3, first  # the inlined rows went to files
         assert await archive_maintenance.maintain_once(redis, "app", reader, settings) is None, "another worker's turn is not due"
         assert await archive_maintenance.maintain_once(redis, "other-app", reader, settings) is not None
+    finally:
+        reader.close()
+        await redis.aclose()
+
+
+def data_files(db: duckdb.DuckDBPyConnection, table: str) -> dict[str, int]:
+    """Path -> bytes of the table's data files in the current snapshot."""
+    listed = db.execute(f"SELECT data_file, data_file_size_bytes FROM ducklake_list_files('lake', '{table}')").fetchall()
+    return dict(listed)
+
+
+def test_merging_the_fresh_files_keeps_rows_pages_order_and_time_travel(config, db, reader) -> None:
+    conversations = [f"p:u{n}:v{n}" for n in range(12)]
+
+    def batch(seqs_: range) -> list[dict]:  # every conversation in every commit: they interleave
+        return [record(seq, c, sender=f"u{n}", members=[f"u{n}", f"v{n}"], base=1_000_000 * (n + 1))
+                for seq in seqs_ for n, c in enumerate(conversations)]
+
+    write_records(db, batch(range(1, 401)))  # a big file a bucket: older, merged already
+    big = {table: data_files(db, table) for table in (CONTENT, MAILBOX)}
+    for start in range(401, 521, 10):  # fresh commits: a small file a bucket each
+        write_records(db, batch(range(start, start + 10)))
+    snapshot = db.execute("FROM ducklake_current_snapshot('lake')").fetchone()
+    assert snapshot is not None
+    rows_then = db.execute(f"SELECT * FROM {CONTENT} ORDER BY mid").fetchall()
+    write_records(db, [record(521, conversations[0], sender="u0", members=["u0", "v0"], base=1_000_000)])  # inlined
+    smallest_big = min(size for files in big.values() for size in files.values())
+    before = {table: data_files(db, table) for table in (CONTENT, MAILBOX)}
+    assert all(size < smallest_big for table in before for path, size in before[table].items() if path not in big[table])
+
+    def pages() -> list[list[int]]:
+        return [seqs(reader.history_page(f"v{n}", c, before_seq, 30))
+                for n, c in enumerate(conversations) for before_seq in (15, 450, 10**9)]
+
+    pages_before = pages()
+    rows = db.execute(f"SELECT * FROM {CONTENT} ORDER BY mid").fetchall()
+
+    merged, created = archive_maintenance.merge_recent(db, max_file_size=smallest_big)
+
+    after = {table: data_files(db, table) for table in (CONTENT, MAILBOX)}
+    for table in (CONTENT, MAILBOX):
+        assert set(big[table]) <= set(after[table]), "files at or above the size stay as they are"
+        fresh = [path for path in after[table] if path not in big[table]]
+        assert len(fresh) <= len(big[table]), "about one fresh file a bucket"
+        for path in fresh:  # sorted as the table: a page reads one narrow row group of it
+            order = db.execute(f"SELECT conversation, seq FROM read_parquet('{path}')").fetchall()
+            assert order == sorted(order), path
+    assert merged > created > 0, (merged, created)
+    assert pages() == pages_before
+    assert db.execute(f"SELECT * FROM {CONTENT} ORDER BY mid").fetchall() == rows
+    with lake.connect(config, snapshot=snapshot[0]) as old:  # time travel: the lake before the inlined commit
+        assert old.execute(f"SELECT * FROM {CONTENT} ORDER BY mid").fetchall() == rows_then
+    assert archive_maintenance.merge_recent(db, max_file_size=smallest_big) == (0, 0), "nothing fresh left"
+
+
+async def test_one_worker_merges_the_fresh_files_each_interval_and_none_while_maintaining(config, db) -> None:
+    from imflow.core.storage import redis_client
+
+    redis = redis_client.connect(None)  # fakeredis: the locks are all this needs
+    settings = SimpleNamespace(archive_merge_seconds=60, archive_maintenance_seconds=60, archive_retention_days=0,
+                               archive_snapshot_days=7)
+    reader = ArchiveReader(config)
+    try:
+        for start in range(0, 300, 150):  # two commits: two small files a table
+            write_records(db, [record(seq) for seq in range(start + 1, start + 151)])
+        assert await archive_maintenance.merge_recent_once(redis, "app", reader, settings) == (4, 2)
+        write_records(db, [record(seq) for seq in range(301, 451)])
+        assert await archive_maintenance.merge_recent_once(redis, "app", reader, settings) is None, "not due yet"
+        assert await archive_maintenance.maintain_once(redis, "other", reader, settings) is not None
+        assert await archive_maintenance.merge_recent_once(redis, "other", reader, settings) is None, \
+            "maintenance just merged: the next quick merge is an interval away"
+        off = SimpleNamespace(**{**vars(settings), "archive_merge_seconds": 0})
+        assert await archive_maintenance.merge_recent_once(redis, "third", reader, off) is None, "0: only maintenance"
+        assert await redis.exists(keys.archive_merge_lock("third")) == 0
     finally:
         reader.close()
         await redis.aclose()

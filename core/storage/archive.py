@@ -6,8 +6,11 @@ The archive is a DuckLake (core/storage/lake.py): ``im_msg_content`` (one row pe
 graph, group membership). A batch is one transaction over every table it touches, so a reader
 never finds a mailbox row without its content.
 
-Writes are at least once (a batch may be written again after a crash between the commit and
-the queue's trim); readers de-duplicate on (mid) and (owner_uid, mid), so a replay never shows twice.
+Content and mailbox rows are written exactly once (core/storage/archive_queue.py: each batch
+commits marks of how far it took the queues, ``MARKS``, and a replayed send is dropped by the
+conversation's sealed seq), so readers take them as they are; ``duplicates`` checks it. Deletions
+and other rows tables stay at least once (a record queued twice by its producer), and readers
+de-duplicate those.
 """
 
 from __future__ import annotations
@@ -24,15 +27,30 @@ import pyarrow as pa
 from ..ids import id_time_ms
 from ..models import group_id
 from . import lake
-from .lake import CONTENT, CONTENT_SCHEMA, DELETIONS, DELETIONS_SCHEMA, MAILBOX, MAILBOX_SCHEMA, READ_EVENTS, SCHEMAS, LakeConfig
+from .lake import (
+    CONTENT,
+    CONTENT_SCHEMA,
+    DEDUP_KEYS,
+    DELETIONS,
+    DELETIONS_SCHEMA,
+    EXACTLY_ONCE,
+    MAILBOX,
+    MAILBOX_SCHEMA,
+    MARKS,
+    MARKS_SCHEMA,
+    READ_EVENTS,
+    SCHEMAS,
+    LakeConfig,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
 # the table names and schemas are the lake's (core/storage/lake.py); here too for the archive's users
 __all__ = [
-    "CONTENT", "CONTENT_SCHEMA", "DELETIONS", "DELETIONS_SCHEMA", "MAILBOX", "MAILBOX_SCHEMA", "PAGE_COLUMNS", "READ_EVENTS",
-    "ArchiveReader", "LakeConfig", "insert_table", "message_rows", "tables_of", "write_records", "write_tables",
+    "CONTENT", "CONTENT_SCHEMA", "DELETIONS", "DELETIONS_SCHEMA", "MAILBOX", "MAILBOX_SCHEMA", "MARKS", "PAGE_COLUMNS",
+    "READ_EVENTS", "ArchiveReader", "LakeConfig", "LakeWriter", "duplicates", "insert_table", "marked", "message_rows",
+    "prune_marks", "tables_of", "write_records", "write_tables",
 ]
 
 READER_THREADS = 1  # DuckDB threads of the process's lake connection (a global setting of its database)
@@ -81,7 +99,11 @@ def _rows_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def tables_of(records: Iterable[dict[str, Any]]) -> dict[str, pa.Table]:
-    """The rows each table gets from these queued records, as Arrow tables (core tables in their schema)."""
+    """The rows each table gets from these queued records, as Arrow tables (core tables in their schema).
+
+    Kinds: 'message' (a content row and its mailbox rows), 'delete', 'rows' (a plugin's or
+    core's rows table) and 'mark' (``partition``, ``qid``, ``taken``, ``at_ms``: how far a
+    batch took a queue, one ``MARKS`` row)."""
     rows: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         if record["kind"] == "message":
@@ -92,6 +114,8 @@ def tables_of(records: Iterable[dict[str, Any]]) -> dict[str, pa.Table]:
             rows[DELETIONS].append({"owner_uid": record["owner"], "mid": record["mid"], "deleted_at_ms": record["at_ms"]})
         elif record["kind"] == "rows":  # a plugin's table (its schema is its rows')
             rows[record["table"]].extend(record["rows"])
+        elif record["kind"] == "mark":
+            rows[MARKS].append({name: record[name] for name in MARKS_SCHEMA.names})
     return {
         table: pa.Table.from_pylist(batch, schema=SCHEMAS[table]) if table in SCHEMAS else _rows_table(batch)
         for table, batch in rows.items()
@@ -139,15 +163,16 @@ def write_tables(db: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> 
         return 0
 
     def write() -> int:
-        db.execute("BEGIN")
-        try:
-            for table, rows in tables.items():
-                insert_table(db, table, rows)
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                db.execute("ROLLBACK")
-            raise
+        with lake.COMMITS:  # one commit at a time in the process (lake.COMMITS says why)
+            db.execute("BEGIN")
+            try:
+                for table, rows in tables.items():
+                    insert_table(db, table, rows)
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    db.execute("ROLLBACK")
+                raise
         return sum(rows.num_rows for rows in tables.values())
 
     written: int = lake.retrying(write)
@@ -155,9 +180,68 @@ def write_tables(db: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> 
 
 
 def write_records(db: duckdb.DuckDBPyConnection, records: list[dict[str, Any]]) -> int:
-    """Write queued archive records (kinds 'message', 'delete', 'rows') into the lake attached to
-    ``db``, every table in one transaction (``write_tables``); returns the rows written."""
+    """Write queued archive records (kinds as ``tables_of``) into the lake attached to ``db``,
+    every table in one transaction (``write_tables``); returns the rows written. Writes what it
+    is given: skipping what the lake holds already is the queue's work (``archive_queue.flush``)."""
     return write_tables(db, tables_of(records))
+
+
+def marked(db: duckdb.DuckDBPyConnection, anchors: dict[int, str]) -> dict[int, int]:
+    """How far committed batches took each queue: ``anchors`` maps a queue partition to the qid
+    of its first queued record that has one; the answer maps it to the most records a ``MARKS``
+    row says a batch took from that record on (partitions without such a row left out).
+    Raises duckdb.Error."""
+    if not anchors:
+        return {}
+    listed = ", ".join(str(int(partition)) for partition in anchors)  # integers: literals are safe
+    asked = ", ".join("?" * len(anchors))
+    rows = db.execute(
+        f"SELECT partition, qid, max(taken) FROM {MARKS} WHERE partition IN ({listed}) AND qid IN ({asked}) GROUP BY 1, 2",
+        list(anchors.values()),
+    ).fetchall()
+    return {partition: int(taken) for partition, qid, taken in rows if anchors.get(partition) == qid}
+
+
+def prune_marks(db: duckdb.DuckDBPyConnection, older_than_ms: int) -> int:
+    """Delete the ``MARKS`` rows written before ``older_than_ms`` (ms since 1970); returns how
+    many. A mark matters only while its batch's records may still wait in the queue (a crash
+    between the commit and the trim, until the next flush): maintenance keeps a day of them.
+    Retried on a commit conflict; raises duckdb.Error when the lake cannot be written."""
+    def prune() -> int:
+        found = db.execute(f"DELETE FROM {MARKS} WHERE at_ms < $cutoff", {"cutoff": int(older_than_ms)}).fetchone()
+        return int(found[0]) if found else 0
+
+    deleted: int = lake.retrying(prune)
+    return deleted
+
+
+def duplicates(db: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Rows beyond one per key (``DEDUP_KEYS``) in each exactly-once table (content, mailbox):
+    all 0 when the lake holds every message once, as it should. A full scan of both tables (an
+    operator's check: ``imflow archive stats``). Raises duckdb.Error."""
+    found = {}
+    for table in EXACTLY_ONCE:
+        row = db.execute(f"SELECT count(*) - count(DISTINCT ({DEDUP_KEYS[table]})) FROM {table}").fetchone()
+        found[table] = int(row[0]) if row else 0
+    return found
+
+
+class LakeWriter:
+    """The archive queue's side of the lake (``archive_queue.flush``): which queued records it
+    holds already (``marked``) and one-transaction writes (``write``). Each call runs on
+    ``cursor()``, the calling thread's cursor (``ArchiveReader.cursor``): flush calls them in
+    worker threads."""
+
+    def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection]) -> None:
+        self.cursor = cursor
+
+    def marked(self, anchors: dict[int, str]) -> dict[int, int]:
+        """``marked`` on this thread's cursor."""
+        return marked(self.cursor(), anchors)
+
+    def write(self, records: list[dict[str, Any]]) -> int:
+        """``write_records`` on this thread's cursor."""
+        return write_records(self.cursor(), records)
 
 
 # One query a page. A group's: the owner's mailbox rows of the conversation in the seq range
@@ -251,7 +335,9 @@ class ArchiveReader:
         conversation itself, so a group's page reads those rows too. Messages the owner deleted
         for themself are left out unless ``include_deleted`` (the gateway hides them itself, from
         Redis, which knows a deletion at once: the archive only once it has written it).
-        Raises duckdb.Error when the lake cannot be read."""
+        A page still takes each mid once, though the writer writes each message once: on 50 rows
+        it costs nothing, and it covers a lake written before exactly-once writes or behind a
+        Redis that lost its sealed seqs. Raises duckdb.Error when the lake cannot be read."""
         template = _GROUP_PAGE if group_id(conversation) else _ONE_TO_ONE_PAGE
         query = template.format(hidden="" if include_deleted else _HIDDEN)
         params: dict[str, Any] = {"conversation": conversation, "before": before_seq, "limit": limit}
@@ -266,7 +352,8 @@ class ArchiveReader:
         return _messages(rows)
 
     def contents(self, conversation: str, page: list[tuple[int, int]]) -> list[dict[str, Any]]:
-        """The messages (mid, seq) of one conversation, newest seq first (dicts of PAGE_COLUMNS)."""
+        """The messages (mid, seq) of one conversation, newest seq first (dicts of PAGE_COLUMNS),
+        each mid once (as ``history_page``, for lakes with a duplicate; cheap on a page)."""
         if not page:
             return []
         seqs = [seq for _, seq in page]

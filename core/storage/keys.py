@@ -97,6 +97,12 @@ def archive_maintenance_lock(app_id: str) -> str:
     return f"{PREFIX}:archive:{app_id}:maintenance"
 
 
+def archive_merge_lock(app_id: str) -> str:
+    """Held by the worker that merges the archive's fresh files, for one merge interval; set
+    by maintenance while it runs (its full merge would conflict with the quick one)."""
+    return f"{PREFIX}:archive:{app_id}:merge"
+
+
 def dead_letter_seen(app_id: str, digest: str) -> str:
     """Marks a record already set aside on the dead-letter topic (a replay sets it aside once)."""
     return f"{PREFIX}:dlq:{app_id}:{digest}"

@@ -32,6 +32,10 @@ CONTENT = "im_msg_content"
 MAILBOX = "im_user_msg_box"
 DELETIONS = "im_user_msg_deleted"
 READ_EVENTS = "im_read_events"  # read reports, a rows table like a plugin's (owner_uid, conversation, read_seq, at_ms)
+# internal (no analyst view): per archive queue partition, how far each batch took that queue (the
+# qid of the first record it took there, and how many from that one on), committed with the
+# batch, so a batch written again after a crash is skipped
+MARKS = "im_archive_marks"
 
 CONTENT_SCHEMA = pa.schema(
     [
@@ -58,9 +62,14 @@ MAILBOX_SCHEMA = pa.schema(
     ]
 )
 DELETIONS_SCHEMA = pa.schema([("owner_uid", pa.string()), ("mid", pa.int64()), ("deleted_at_ms", pa.int64())])
-SCHEMAS = {CONTENT: CONTENT_SCHEMA, MAILBOX: MAILBOX_SCHEMA, DELETIONS: DELETIONS_SCHEMA}
-# what a row is, for readers and tools that de-duplicate (a batch may be written twice)
+MARKS_SCHEMA = pa.schema([("partition", pa.int32()), ("qid", pa.string()), ("at_ms", pa.int64()), ("taken", pa.int32())])
+SCHEMAS = {CONTENT: CONTENT_SCHEMA, MAILBOX: MAILBOX_SCHEMA, DELETIONS: DELETIONS_SCHEMA, MARKS: MARKS_SCHEMA}
+# what a row is (its key). Content and mailbox rows are written exactly once (the archive
+# queue's marks and sealed seqs): readers take them as they are, and ``archive.duplicates`` and
+# the import of an old archive check against these keys; deletions are written at least once,
+# and readers de-duplicate them on theirs
 DEDUP_KEYS = {CONTENT: "mid", MAILBOX: "owner_uid, mid", DELETIONS: "owner_uid, mid"}
+EXACTLY_ONCE = (CONTENT, MAILBOX)
 
 # The layout a history page wants (measured: docs/benchmarks.md). Content and mailbox rows are
 # bucketed by conversation, so a page's rows of both tables are in one partition of each, and
@@ -72,12 +81,19 @@ LAYOUT = {
     CONTENT: (f"bucket({BUCKETS}, conversation)", "conversation, seq"),
     MAILBOX: (f"bucket({BUCKETS}, conversation)", "conversation, seq"),
     DELETIONS: (None, "owner_uid, mid"),
+    MARKS: (None, "partition, at_ms"),
 }
 # Writes of at most this many rows a table go into the catalog itself instead of a Parquet file
 # of their own; maintenance moves them to files. A quiet system's flushes then add no tiny files.
 # Small, because every page scans the inlined rows in the catalog: with 10,000 (a busy system's
 # one-second flushes inlined) pages took p50 72 ms instead of 25 after 35 s of writes.
 INLINING_ROW_LIMIT = 100
+# One DuckLake commit at a time in a process: on a SQLite catalog a commit fails ("database is
+# locked") whenever another commit landed since its transaction began, even from this process.
+# Beside a worker's one-second writes a merge lost nearly every try (merges of 11-23 s, some
+# given up); with the archive writer and maintenance both holding this, each went through at
+# once (0.4-0.8 s). Re-entrant, so a holder may call another step that takes it.
+COMMITS = threading.RLock()
 TARGET_FILE_SIZE = 64_000_000  # bytes: files written by inserts and by maintenance's merges
 ROW_GROUP_SIZE = 16_384  # rows: a page reads one row group of a file, not the whole file
 
@@ -281,26 +297,40 @@ def _sql_type(type_: pa.DataType) -> str:
 
 
 def create_core_tables(db: duckdb.DuckDBPyConnection) -> None:
-    """Make the core tables, with their partitioning and sort order, where they are missing.
+    """Make the core tables, with their partitioning and sort order, where they are missing, and
+    add the columns a table made by an older imflow lacks (null in its older rows).
 
     One transaction, so two processes starting at once make them once (the loser's commit
     conflicts, is retried and finds them)."""
-    listed = db.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = $lake", {"lake": LAKE}).fetchall()
-    existing = {row[0] for row in listed}
-    missing = [table for table in SCHEMAS if table not in existing]
-    if not missing:
+
+    def plan() -> list[str]:
+        listed = db.execute(
+            "SELECT table_name, list(column_name) FROM duckdb_columns() WHERE database_name = $lake GROUP BY 1",
+            {"lake": LAKE},
+        ).fetchall()
+        existing = {table: set(columns) for table, columns in listed}
+        statements = []
+        for table, schema in SCHEMAS.items():
+            if table not in existing:
+                columns = ", ".join(f"{field.name} {_sql_type(field.type)}" for field in schema)
+                statements.append(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+                partition, order = LAYOUT[table]
+                if partition:
+                    statements.append(f"ALTER TABLE {table} SET PARTITIONED BY ({partition})")
+                statements.append(f"ALTER TABLE {table} SET SORTED BY ({order})")
+            else:
+                statements += [f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {field.name} {_sql_type(field.type)}"
+                               for field in schema if field.name not in existing[table]]
+        return statements
+
+    if not plan():
         return
 
     def create() -> None:
         db.execute("BEGIN")
         try:
-            for table in missing:
-                columns = ", ".join(f"{field.name} {_sql_type(field.type)}" for field in SCHEMAS[table])
-                db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
-                partition, order = LAYOUT[table]
-                if partition:
-                    db.execute(f"ALTER TABLE {table} SET PARTITIONED BY ({partition})")
-                db.execute(f"ALTER TABLE {table} SET SORTED BY ({order})")
+            for statement in plan():  # again inside the transaction: another process may have made them
+                db.execute(statement)
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(duckdb.Error):
