@@ -97,11 +97,12 @@ class Stack:
         the run's data folder."""
         self.lake = None
         catalog = os.environ.get("IMFLOW_ARCHIVE_CATALOG")
-        if not catalog:
-            return {}
-        data = (os.environ.get("IMFLOW_ARCHIVE_DATA_PATH") or "s3://imflow/").rstrip("/")
-        self.lake = LakeConfig.from_url(catalog, schema=app_id, data_path=f"{data}/{app_id}/")
-        return {"IMFLOW_ARCHIVE_SCHEMA": app_id, "IMFLOW_ARCHIVE_DATA_PATH": f"{data}/{app_id}/"}
+        data = os.environ.get("IMFLOW_ARCHIVE_DATA_PATH")
+        if not catalog or not catalog.startswith("postgres:") or not data:
+            return {}  # the embedded lake (a SQLite catalog is a file of the run's own anyway)
+        prefix = f"{data.rstrip('/')}/{app_id}/"
+        self.lake = LakeConfig.from_url(catalog, schema=app_id, data_path=prefix)
+        return {"IMFLOW_ARCHIVE_SCHEMA": app_id, "IMFLOW_ARCHIVE_DATA_PATH": prefix}
 
     @property
     def url(self) -> str:

@@ -2,7 +2,8 @@
 
 ``seal`` runs on every worker's timer; per-partition locks (core/storage/locks.py) keep one
 writer per partition at a time, so workers may tick together. ``maintain`` runs on every
-worker's slower timer; a lock held for one interval makes one of them do it each interval.
+worker's slower timer, ``merge_recent`` (the newest small files) on a faster one; for each, a
+lock held for one interval makes one worker do it each interval.
 """
 
 from __future__ import annotations

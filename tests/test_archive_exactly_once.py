@@ -53,8 +53,11 @@ class CrashingWriter:
         self.lake = LakeWriter(lambda: db)
         self.crash: str | None = None
 
-    def marked(self, anchors: dict[int, str]) -> dict[int, int]:
+    def marked(self, anchors: dict[int, str]) -> dict[int, tuple[int, str | None]]:
         return self.lake.marked(anchors)
+
+    def present(self, mids: dict[str, list[int]]) -> set[int]:
+        return self.lake.present(mids)
 
     def write(self, records: list[dict[str, Any]]) -> int:
         if self.crash == "before_commit":
@@ -249,12 +252,15 @@ async def test_records_queued_without_a_qid_count_as_unmarked(tmp_path: Path) ->
 def test_marks_say_how_far_batches_took_and_older_ones_are_pruned(tmp_path: Path) -> None:
     db = lake.connect(LakeConfig.from_url(tmp_path))
     try:
-        marks = [{"kind": "mark", "partition": p, "qid": f"{p:016x}", "taken": 10 + p, "at_ms": 1000 * p} for p in range(5)]
-        marks.append({"kind": "mark", "partition": 1, "qid": f"{1:016x}", "taken": 30, "at_ms": 1500})  # the same head, further
+        marks = [{"kind": "mark", "partition": p, "qid": f"{p:016x}", "taken": 10 + p, "at_ms": 1000 * p, "last_qid": f"l{p}"}
+                 for p in range(5)]
+        marks.append({"kind": "mark", "partition": 1, "qid": f"{1:016x}", "taken": 30, "at_ms": 1500,
+                      "last_qid": "further"})  # the same head, a batch that took further
         archive.write_records(db, marks)
-        assert archive.marked(db, {1: f"{1:016x}", 2: "0" * 15 + "9", 7: f"{1:016x}"}) == {1: 30}, "the partition's own, the most"
+        assert archive.marked(db, {1: f"{1:016x}", 2: "0" * 15 + "9", 7: f"{1:016x}"}) == {1: (30, "further")}, \
+            "the partition's own, the most, and that batch's last record"
         assert archive.prune_marks(db, 2500) == 4
-        assert archive.marked(db, {p: f"{p:016x}" for p in range(5)}) == {3: 13, 4: 14}
+        assert archive.marked(db, {p: f"{p:016x}" for p in range(5)}) == {3: (13, "l3"), 4: (14, "l4")}
         assert archive.prune_marks(db, 2500) == 0
     finally:
         db.close()

@@ -115,7 +115,7 @@ def tables_of(records: Iterable[dict[str, Any]]) -> dict[str, pa.Table]:
         elif record["kind"] == "rows":  # a plugin's table (its schema is its rows')
             rows[record["table"]].extend(record["rows"])
         elif record["kind"] == "mark":
-            rows[MARKS].append({name: record[name] for name in MARKS_SCHEMA.names})
+            rows[MARKS].append({name: record.get(name) for name in MARKS_SCHEMA.names})
     return {
         table: pa.Table.from_pylist(batch, schema=SCHEMAS[table]) if table in SCHEMAS else _rows_table(batch)
         for table, batch in rows.items()
@@ -163,7 +163,10 @@ def write_tables(db: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> 
         return 0
 
     def write() -> int:
-        with lake.COMMITS:  # one commit at a time in the process (lake.COMMITS says why)
+        # one commit at a time in the process (lake.COMMITS says why), waiting a bounded time
+        if not lake.COMMITS.acquire(timeout=lake.COMMIT_WAIT_S):
+            raise lake.LakeBusy(f"the lake was busy with another commit for {lake.COMMIT_WAIT_S:.0f} s")
+        try:
             db.execute("BEGIN")
             try:
                 for table, rows in tables.items():
@@ -173,6 +176,8 @@ def write_tables(db: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> 
                 with contextlib.suppress(duckdb.Error):
                     db.execute("ROLLBACK")
                 raise
+        finally:
+            lake.COMMITS.release()
         return sum(rows.num_rows for rows in tables.values())
 
     written: int = lake.retrying(write)
@@ -186,29 +191,43 @@ def write_records(db: duckdb.DuckDBPyConnection, records: list[dict[str, Any]]) 
     return write_tables(db, tables_of(records))
 
 
-def marked(db: duckdb.DuckDBPyConnection, anchors: dict[int, str]) -> dict[int, int]:
+def marked(db: duckdb.DuckDBPyConnection, anchors: dict[int, str]) -> dict[int, tuple[int, str | None]]:
     """How far committed batches took each queue: ``anchors`` maps a queue partition to the qid
-    of its first queued record that has one; the answer maps it to the most records a ``MARKS``
-    row says a batch took from that record on (partitions without such a row left out).
-    Raises duckdb.Error."""
+    of its first queued record that has one; the answer maps it to (the most records a ``MARKS``
+    row says a batch took from that record on, the qid of that batch's last record), partitions
+    without such a row left out. Raises duckdb.Error."""
     if not anchors:
         return {}
     listed = ", ".join(str(int(partition)) for partition in anchors)  # integers: literals are safe
     asked = ", ".join("?" * len(anchors))
     rows = db.execute(
-        f"SELECT partition, qid, max(taken) FROM {MARKS} WHERE partition IN ({listed}) AND qid IN ({asked}) GROUP BY 1, 2",
+        f"SELECT partition, qid, max(taken), arg_max(last_qid, taken) FROM {MARKS} "
+        f"WHERE partition IN ({listed}) AND qid IN ({asked}) GROUP BY 1, 2",
         list(anchors.values()),
     ).fetchall()
-    return {partition: int(taken) for partition, qid, taken in rows if anchors.get(partition) == qid}
+    return {partition: (int(taken), last) for partition, qid, taken, last in rows if anchors.get(partition) == qid}
+
+
+def present(db: duckdb.DuckDBPyConnection, mids: dict[str, list[int]]) -> set[int]:
+    """Which of these messages (conversation -> mids) ``im_msg_content`` holds: the check behind
+    dropping a record as a replay. The table is bucketed and sorted by conversation, so this
+    reads a row group or two per conversation. Raises duckdb.Error."""
+    found: set[int] = set()
+    for conversation, listed in mids.items():
+        literals = ", ".join(str(int(mid)) for mid in listed)  # integers: literals are safe
+        rows = db.execute(f"SELECT mid FROM {CONTENT} WHERE conversation = $c AND mid IN ({literals})", {"c": conversation})
+        found.update(int(row[0]) for row in rows.fetchall())
+    return found
 
 
 def prune_marks(db: duckdb.DuckDBPyConnection, older_than_ms: int) -> int:
     """Delete the ``MARKS`` rows written before ``older_than_ms`` (ms since 1970); returns how
     many. A mark matters only while its batch's records may still wait in the queue (a crash
-    between the commit and the trim, until the next flush): maintenance keeps a day of them.
+    between the commit and the trim, until the next flush): maintenance keeps an hour of them.
     Retried on a commit conflict; raises duckdb.Error when the lake cannot be written."""
     def prune() -> int:
-        found = db.execute(f"DELETE FROM {MARKS} WHERE at_ms < $cutoff", {"cutoff": int(older_than_ms)}).fetchone()
+        with lake.COMMITS:
+            found = db.execute(f"DELETE FROM {MARKS} WHERE at_ms < $cutoff", {"cutoff": int(older_than_ms)}).fetchone()
         return int(found[0]) if found else 0
 
     deleted: int = lake.retrying(prune)
@@ -235,9 +254,13 @@ class LakeWriter:
     def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection]) -> None:
         self.cursor = cursor
 
-    def marked(self, anchors: dict[int, str]) -> dict[int, int]:
+    def marked(self, anchors: dict[int, str]) -> dict[int, tuple[int, str | None]]:
         """``marked`` on this thread's cursor."""
         return marked(self.cursor(), anchors)
+
+    def present(self, mids: dict[str, list[int]]) -> set[int]:
+        """``present`` on this thread's cursor."""
+        return present(self.cursor(), mids)
 
     def write(self, records: list[dict[str, Any]]) -> int:
         """``write_records`` on this thread's cursor."""

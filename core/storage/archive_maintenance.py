@@ -51,7 +51,7 @@ TIME_COLUMNS = ("created_at_ms", "at_ms", "deleted_at_ms", "minute_ms")  # the f
 # the fresh files are full (~120 MB a minute), ~17 more live files a minute; 256 kB: 0.5 s,
 # ~6.5 MB a merge (~35 MB a minute), ~40 more files a minute (maintenance merges them all).
 RECENT_FILE_SIZE = 1_000_000
-MARKS_KEPT_MS = 86_400_000  # the exactly-once marks kept: a day (archive.prune_marks)
+MARKS_KEPT_MS = 3_600_000  # the exactly-once marks kept: an hour (archive.prune_marks; fewer to look up per flush)
 # Files no snapshot uses (merged away, or only expired snapshots used them) are deleted this
 # long after, not at once: a query that began before may still read them. A merge keeps time
 # travel without them (the merged file records each row's snapshot), so keeping them as long
@@ -133,8 +133,8 @@ def retention(db: duckdb.DuckDBPyConnection, keep_days: float, now_ms: int | Non
         column = None if table in KEEP_FOREVER else _time_column(db, table)
         if column is None:
             continue
-        result = db.execute(f'DELETE FROM {table} WHERE "{column}" < $cutoff', {"cutoff": cutoff}).fetchone()
-        count = int(result[0]) if result else 0
+        result = _call(db, f'DELETE FROM {table} WHERE "{column}" < {int(cutoff)}')  # a commit: under lake.COMMITS, retried
+        count = int(result[0][0]) if result else 0
         if count:
             deleted[table] = count
             if progress:

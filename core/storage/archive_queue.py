@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import time
 import zlib
+from collections import defaultdict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -33,20 +36,25 @@ if TYPE_CHECKING:
     from ..models import Message
 
 LOCK_MS = 60_000
+log = logging.getLogger(__name__)
 PLUGIN_TABLE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 UNTRIMMED = 2**31  # a log limit no conversation log reaches: the sealed seq rises, the log keeps all
 
 
 class Writer(Protocol):
-    """The lake as ``flush`` uses it (``archive.LakeWriter``); both are called in worker threads."""
+    """The lake as ``flush`` uses it (``archive.LakeWriter``); its methods are called in worker threads."""
 
-    def marked(self, anchors: dict[int, str]) -> dict[int, int]:
-        """Queue partition -> the most records a committed batch took from the record with this
-        qid on (``archive.marked``)."""
+    def marked(self, anchors: dict[int, str]) -> dict[int, tuple[int, str | None]]:
+        """Queue partition -> (the most records a committed batch took from the record with this
+        qid on, the qid of that batch's last record) (``archive.marked``)."""
         ...
 
     def write(self, records: list[dict[str, Any]]) -> int:
         """Commit these records (one transaction); returns the rows written."""
+        ...
+
+    def present(self, mids: dict[str, list[int]]) -> set[int]:
+        """Which of these messages (conversation -> mids) the lake holds."""
         ...
 
 
@@ -109,30 +117,48 @@ async def flush(
     queues are trimmed. Raises Redis errors, and whatever ``writer`` raises (the records stay
     queued: the next call skips what a commit that went through holds).
     """
-    held: list[tuple[int, list[dict]]] = []  # (partition, the records taken from its head, in order)
+    held: list[_Taken] = []
     async with contextlib.AsyncExitStack() as stack:
         for partition in partitions:
             if not await stack.enter_async_context(locks.try_hold(redis, keys.archive_lock(app_id, partition), LOCK_MS)):
                 continue
             entries = await redis.lrange(keys.archive_pending(app_id, partition), 0, max_records - 1)
-            held.append((partition, [orjson.loads(entry) for entry in entries]))
-        if any(records for _, records in held):
+            held.append(_Taken(partition, [orjson.loads(entry) for entry in entries], entries))
+        if any(taken.records for taken in held):
             fresh = await _not_written(redis, app_id, writer, held)
             if fresh:
                 at_ms = int(time.time() * 1000)
                 marks = []
-                for partition, records in held:
-                    anchor = _anchor(records)
+                for taken in held:
+                    anchor = _anchor(taken.records)
                     if anchor is not None:  # None: only an older version's records, which have no qid
-                        marks.append({"kind": "mark", "partition": partition, "qid": records[anchor]["qid"],
-                                      "taken": len(records) - anchor, "at_ms": at_ms})
-                await asyncio.to_thread(writer.write, fresh + marks)
+                        marks.append({"kind": "mark", "partition": taken.partition, "qid": taken.records[anchor]["qid"],
+                                      "taken": len(taken.records) - anchor, "at_ms": at_ms,
+                                      "last_qid": taken.records[-1].get("qid")})
+                # the locks stay held until the commit is over, even when this task is cancelled
+                # (a shutdown): another writer must not take the same records meanwhile
+                commit = asyncio.ensure_future(asyncio.to_thread(writer.write, fresh + marks))
+                try:
+                    await asyncio.shield(commit)
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):
+                        await commit
+                    raise
             # the sealed seqs first, the queues then: a crash between them leaves records that
             # both the lake's marks and the sealed seqs skip
-            taken = [record for _, records in held for record in records]
-            await _seal(redis, taken, UNTRIMMED if log_limit is None else log_limit)
+            records = [record for taken in held for record in taken.records]
+            await _seal(redis, records, UNTRIMMED if log_limit is None else log_limit)
             await _trim_queues(redis, app_id, held)
-        return any(len(records) >= max_records for _, records in held)
+        return any(len(taken.records) >= max_records for taken in held)
+
+
+@dataclass
+class _Taken:
+    """What a flush took from the head of one partition's queue: the records, and as queued."""
+
+    partition: int
+    records: list[dict]
+    entries: list[bytes | str]  # as LRANGE gave them (str when the client decodes responses)
 
 
 def _anchor(records: list[dict]) -> int | None:
@@ -140,50 +166,68 @@ def _anchor(records: list[dict]) -> int | None:
     return next((index for index, record in enumerate(records) if record.get("qid")), None)
 
 
-async def _not_written(redis: Redis, app_id: str, writer: Writer, held: list[tuple[int, list[dict]]]) -> list[dict]:
-    """The taken records the lake does not hold yet, in queue order. A partition's records are
-    taken further when a mark says a committed batch took more of that queue than this one did
-    (a smaller ``max_records``): those are in the lake, and are sealed and trimmed with the rest.
+async def _not_written(redis: Redis, app_id: str, writer: Writer, held: list[_Taken]) -> list[dict]:
+    """The taken records the lake does not hold yet. A partition's records are taken further
+    when a mark says a committed batch took more of that queue than this one did (a smaller
+    ``max_records``): those are in the lake, and are sealed and trimmed with the rest.
 
     A batch is always the head of its queue, and the queue changes only at its ends (RPUSH,
-    and LTRIM after a commit), so a mark (the batch's first record with a qid, and how many
-    it took from that one on) names records still at the head, and the ones before its first
-    (an older version's) are in the lake too. A message record is in the lake too if its seq
-    is at most its conversation's sealed seq: every record of a conversation goes to one
-    partition (the ingest partition, keyed by conversation), a message's first record is
-    queued in seq order (step 2 of core/sending.py queues a batch in the order step 1
-    numbered it, and a partition's batches run one after another), and a replayed send
-    re-queues the same mid and seq. A flush seals a conversation up to the highest seq it took
-    only after its commit, and takes a prefix: every seq up to that was in this batch or an
-    earlier one. (So the queue's partitions must stay the topic's: a conversation's records in
-    one queue.) A message whose mid came earlier in the batch (the first record and its
-    replay) is dropped too.
+    and LTRIM after a commit), so a mark (the batch's first record with a qid, how many it
+    took from that one on, and the qid of its last) names records still at the head, and the
+    ones before its first (an older version's) are in the lake too. The last qid must match
+    where the mark ends: a Redis that lost writes (a failover to a lagging replica) may hold a
+    shorter queue with new records where the batch's were, and those must be written.
+
+    A message record whose seq is at most its conversation's sealed seq is a replayed send
+    (step 2 of core/sending.py queues a message again when Kafka redelivers it): such a record
+    is dropped when the lake holds its mid (``writer.present``; a record of a conversation
+    whose records went to another queue, after a change of partition count, is not in the
+    lake and is written). A message whose mid came earlier in the batch is dropped too.
     """
-    anchors = {partition: index for partition, records in held if (index := _anchor(records)) is not None}
-    qids = {partition: records[anchors[partition]]["qid"] for partition, records in held if partition in anchors}
-    taken = await asyncio.to_thread(writer.marked, qids) if qids else {}
+    anchors = {taken.partition: index for taken in held if (index := _anchor(taken.records)) is not None}
+    qids = {taken.partition: taken.records[anchors[taken.partition]]["qid"] for taken in held if taken.partition in anchors}
+    marks = await asyncio.to_thread(writer.marked, qids) if qids else {}
     rest: list[tuple[int, list[dict]]] = []  # (records in the lake already, all records taken)
-    for partition, records in held:
-        done = anchors[partition] + taken[partition] if partition in taken else 0
-        if done > len(records):
-            more = await redis.lrange(keys.archive_pending(app_id, partition), len(records), done - 1)
-            records.extend(orjson.loads(entry) for entry in more)
-        rest.append((done, records))
+    for taken in held:
+        done = 0
+        if taken.partition in marks:
+            count, last = marks[taken.partition]
+            end = anchors[taken.partition] + count
+            if end > len(taken.records):
+                more = await redis.lrange(keys.archive_pending(app_id, taken.partition), len(taken.records), end - 1)
+                taken.entries.extend(more)
+                taken.records.extend(orjson.loads(entry) for entry in more)
+            if end <= len(taken.records) and taken.records[end - 1].get("qid") == last:
+                done = end
+            else:  # the queue is not what the batch left: write again (a duplicate beats a loss)
+                log.warning("archive queue %s: a committed batch's records are not where its mark says; writing them again",
+                            taken.partition)
+        rest.append((done, taken.records))
     conversations = sorted(
         {record["message"]["conversation"] for done, records in rest for record in records[done:] if record["kind"] == "message"}
     )
     sealed = await _sealed(redis, conversations)
     seen: set[int] = set()
-    fresh = []
+    fresh: list[dict] = []
+    replays: list[dict] = []  # at or below the sealed seq: written only if the lake lacks them
     for done, records in rest:
         for index, record in enumerate(records):
             if record["kind"] == "message":
                 message = record["message"]
-                if message["mid"] in seen or message["seq"] <= sealed.get(message["conversation"], 0):
+                if message["mid"] in seen:
                     continue
                 seen.add(message["mid"])
+                if index >= done and message["seq"] <= sealed.get(message["conversation"], 0):
+                    replays.append(record)
+                    continue
             if index >= done:
                 fresh.append(record)
+    if replays:
+        asked: dict[str, list[int]] = defaultdict(list)
+        for record in replays:
+            asked[record["message"]["conversation"]].append(record["message"]["mid"])
+        stored = await asyncio.to_thread(writer.present, dict(asked))
+        fresh.extend(record for record in replays if record["message"]["mid"] not in stored)
     return fresh
 
 
@@ -217,10 +261,20 @@ async def _seal(redis: Redis, records: list[dict], log_limit: int) -> None:
     await run_pipeline(redis, trim_all)
 
 
-async def _trim_queues(redis: Redis, app_id: str, held: list[tuple[int, list[dict]]]) -> None:
-    """Drop the records taken from each partition's queue (they are in the lake now)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for partition, records in held:
-            if records:
-                pipe.ltrim(keys.archive_pending(app_id, partition), len(records), -1)
-        await pipe.execute()
+async def _trim_queues(redis: Redis, app_id: str, held: list[_Taken]) -> None:
+    """Drop the records taken from each partition's queue (they are in the lake now), each
+    only if the queue's head is still what was taken (``trim_queue.lua``): a writer whose lock
+    ran out meanwhile must not drop records another writer left."""
+
+    def trim_all(pipe: Pipeline) -> list[tuple[int, Any]]:
+        return [
+            (taken.partition, queue_script(pipe, "trim_queue", [keys.archive_pending(app_id, taken.partition)],
+                                           [len(taken.entries), taken.entries[0], taken.entries[-1]]))
+            for taken in held if taken.entries
+        ]
+
+    replies, _ = await run_pipeline(redis, trim_all)
+    for partition, reply in replies:
+        if not reply.value:
+            log.warning("archive queue %s: its head changed while this writer committed (its lock ran out?); not trimmed",
+                        partition)

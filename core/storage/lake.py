@@ -62,7 +62,8 @@ MAILBOX_SCHEMA = pa.schema(
     ]
 )
 DELETIONS_SCHEMA = pa.schema([("owner_uid", pa.string()), ("mid", pa.int64()), ("deleted_at_ms", pa.int64())])
-MARKS_SCHEMA = pa.schema([("partition", pa.int32()), ("qid", pa.string()), ("at_ms", pa.int64()), ("taken", pa.int32())])
+MARKS_SCHEMA = pa.schema([("partition", pa.int32()), ("qid", pa.string()), ("at_ms", pa.int64()), ("taken", pa.int32()),
+                          ("last_qid", pa.string())])
 SCHEMAS = {CONTENT: CONTENT_SCHEMA, MAILBOX: MAILBOX_SCHEMA, DELETIONS: DELETIONS_SCHEMA, MARKS: MARKS_SCHEMA}
 # what a row is (its key). Content and mailbox rows are written exactly once (the archive
 # queue's marks and sealed seqs): readers take them as they are, and ``archive.duplicates`` and
@@ -94,6 +95,10 @@ INLINING_ROW_LIMIT = 100
 # given up); with the archive writer and maintenance both holding this, each went through at
 # once (0.4-0.8 s). Re-entrant, so a holder may call another step that takes it.
 COMMITS = threading.RLock()
+# How long the archive writer waits for COMMITS (a maintenance merge may hold it for a minute on
+# a big lake) before it gives up this tick (LakeBusy; the records stay queued): well under the
+# archive queue's partition lock (60 s), so a writer never commits after its lock ran out.
+COMMIT_WAIT_S = 20.0
 TARGET_FILE_SIZE = 64_000_000  # bytes: files written by inserts and by maintenance's merges
 ROW_GROUP_SIZE = 16_384  # rows: a page reads one row group of a file, not the whole file
 
@@ -111,6 +116,10 @@ SQLITE_BUSY_TIMEOUT_MS = 5000  # how long a SQLite catalog waits for another pro
 
 class LakeError(RuntimeError):
     """The lake cannot be opened: a missing extension package, or a catalog string it cannot read."""
+
+
+class LakeBusy(LakeError):
+    """Another commit of this process (maintenance) held the lake longer than COMMIT_WAIT_S: try later."""
 
 
 @dataclass(frozen=True)
