@@ -9,7 +9,7 @@ meanwhile and see the same rows before and after (merging rewrites files, never 
    rows rewritten;
 4. snapshots older than ``archive_snapshot_days`` expire (time travel reaches no further),
    and the files no snapshot uses any more are deleted two days after (CLEANUP_GRACE_SECONDS);
-5. exactly-once marks older than a day are deleted (``archive.prune_marks``).
+5. exactly-once marks older than an hour are deleted (``archive.prune_marks``).
 
 A worker timer runs it under a Redis lock (``maintain_once``), so one worker at a time does.
 
@@ -159,8 +159,11 @@ def maintain(db: duckdb.DuckDBPyConnection, settings: MaintenanceSettings, progr
         _call(db, f"CALL ducklake_flush_inlined_data('{LAKE}')")
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     report.marks_pruned = archive.prune_marks(db, now - MARKS_KEPT_MS)
-    for step in ("ducklake_merge_adjacent_files", "ducklake_rewrite_data_files"):
-        merged, created = _merged(_call(db, f"CALL {step}('{LAKE}')"))
+    # a table at a time, each a commit of its own: the archive writer waits for the commit lock
+    # one table's merge at a time (lake.COMMIT_WAIT_S), not the whole lake's
+    calls = [f"CALL ducklake_merge_adjacent_files('{LAKE}', '{table}')" for table in _tables(db)]
+    for call in [*calls, f"CALL ducklake_rewrite_data_files('{LAKE}')"]:
+        merged, created = _merged(_call(db, call))
         report.files_merged += merged
         report.files_created += created
     say(f"{report.files_merged} files rewritten as {report.files_created}")
