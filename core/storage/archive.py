@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTENT", "CONTENT_SCHEMA", "DELETIONS", "DELETIONS_SCHEMA", "MAILBOX", "MAILBOX_SCHEMA", "MARKS", "PAGE_COLUMNS",
     "READ_EVENTS", "ArchiveReader", "LakeConfig", "LakeWriter", "duplicates", "insert_table", "marked", "message_rows",
-    "prune_marks", "tables_of", "write_records", "write_tables",
+    "present", "prune_marks", "tables_of", "write_records", "write_tables",
 ]
 
 READER_THREADS = 1  # DuckDB threads of the process's lake connection (a global setting of its database)
@@ -102,8 +102,8 @@ def tables_of(records: Iterable[dict[str, Any]]) -> dict[str, pa.Table]:
     """The rows each table gets from these queued records, as Arrow tables (core tables in their schema).
 
     Kinds: 'message' (a content row and its mailbox rows), 'delete', 'rows' (a plugin's or
-    core's rows table) and 'mark' (``partition``, ``qid``, ``taken``, ``at_ms``: how far a
-    batch took a queue, one ``MARKS`` row)."""
+    core's rows table) and 'mark' (``partition``, ``qid``, ``taken``, ``at_ms``, ``last_qid``: how
+    far a batch took a queue, one ``MARKS`` row)."""
     rows: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         if record["kind"] == "message":
@@ -247,7 +247,7 @@ def duplicates(db: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 class LakeWriter:
     """The archive queue's side of the lake (``archive_queue.flush``): which queued records it
-    holds already (``marked``) and one-transaction writes (``write``). Each call runs on
+    holds already (``marked``, ``present``) and one-transaction writes (``write``). Each call runs on
     ``cursor()``, the calling thread's cursor (``ArchiveReader.cursor``): flush calls them in
     worker threads."""
 
