@@ -7,6 +7,7 @@ is set (scripts/test), on the PostgreSQL catalog with data on S3 (a schema and p
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import subprocess
@@ -347,7 +348,7 @@ def test_merging_the_fresh_files_keeps_rows_pages_order_and_time_travel(config, 
     assert archive_maintenance.merge_recent(db, max_file_size=smallest_big) == (0, 0), "nothing fresh left"
 
 
-async def test_one_worker_merges_the_fresh_files_each_interval_and_none_while_maintaining(config, db) -> None:
+async def test_one_worker_merges_the_fresh_files_each_interval_and_none_while_maintaining(config, db, monkeypatch) -> None:
     from imflow.core.storage import redis_client
 
     redis = redis_client.connect(None)  # fakeredis: the locks are all this needs
@@ -360,7 +361,20 @@ async def test_one_worker_merges_the_fresh_files_each_interval_and_none_while_ma
         assert await archive_maintenance.merge_recent_once(redis, "app", reader, settings) == (4, 2)
         write_records(db, [record(seq) for seq in range(301, 451)])
         assert await archive_maintenance.merge_recent_once(redis, "app", reader, settings) is None, "not due yet"
-        assert await archive_maintenance.maintain_once(redis, "other", reader, settings) is not None
+        # while a maintenance runs (held in its thread until released), no worker starts a quick merge
+        started, release, real = threading.Event(), threading.Event(), archive_maintenance.maintain
+
+        def held_maintain(*args, **kwargs):
+            started.set()
+            release.wait(30)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(archive_maintenance, "maintain", held_maintain)
+        maintaining = asyncio.create_task(archive_maintenance.maintain_once(redis, "other", reader, settings))
+        await asyncio.to_thread(started.wait, 30)
+        assert await archive_maintenance.merge_recent_once(redis, "other", reader, settings) is None, "maintenance runs"
+        release.set()
+        assert await maintaining is not None
         assert await archive_maintenance.merge_recent_once(redis, "other", reader, settings) is None, \
             "maintenance just merged: the next quick merge is an interval away"
         off = SimpleNamespace(**{**vars(settings), "archive_merge_seconds": 0})
