@@ -87,6 +87,8 @@ class Stack:
         except BaseException:
             for process in self.processes:
                 process.terminate()
+            if self.lake is not None:
+                lake.drop_catalog_schema(self.lake)
             raise
         time.sleep(2)  # let a multi-worker group settle its partitions
 
