@@ -80,8 +80,13 @@ class AgentSpec:
 
 @dataclass(frozen=True)
 class TimerSpec:
-    """A periodic task of every worker (use Redis locks where only one may act at a time)."""
+    """A periodic task of every worker (use Redis locks where only one may act at a time).
+    ``interval`` gives its period in seconds from the settings; 0 means the timer does not run."""
 
     name: str
     interval: Callable[[Settings], float]
     body: Callable[[AgentContext], Awaitable[object]]  # what it returns is not used
+
+    def runs(self, settings: Settings) -> bool:
+        """Whether the timer runs with these settings (an interval of 0 turns it off)."""
+        return self.interval(settings) > 0

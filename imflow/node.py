@@ -50,6 +50,7 @@ class Node:
         self.run_agents = run_agents
         self.hooks = hooks if hooks is not None else make_hooks(settings)
         self.agents, self.timers = all_agents(self.hooks)
+        self.running_timers = [timer for timer in self.timers if timer.runs(settings)]  # an interval of 0: off
         self.broadcast_topics = sorted({stream.topic for stream in self.hooks.call.broadcast_streams()})
         self._broadcast_consumers: list[BroadcastConsumer] = []
         self.node_name = settings.node_name
@@ -86,7 +87,7 @@ class Node:
                 )
                 for spec in self.agents:
                     self.bus.subscribe(topic_name(s.app_id, spec.topic), partial(_local_consumer, spec, self._context))
-                self._timers = [asyncio.create_task(self._tick(timer, self._context)) for timer in self.timers]
+                self._timers = [asyncio.create_task(self._tick(timer, self._context)) for timer in self.running_timers]
             await self.bus.start()
         else:
             topics = all_topic_names(s.app_id, [spec.topic for spec in self.agents] + self.broadcast_topics)

@@ -59,8 +59,7 @@ async def run_body(spec: AgentSpec, ctx: AgentContext, records: Records) -> None
 TIMERS: tuple[TimerSpec, ...] = (
     TimerSpec("archive", lambda s: s.archive_flush_seconds, archiving.seal),
     TimerSpec("archive_maintenance", lambda s: s.archive_maintenance_seconds, archiving.maintain),
-    # archive_merge_seconds 0 turns the merges off: the body then does nothing, on the slow beat
-    TimerSpec("archive_merge", lambda s: s.archive_merge_seconds or s.archive_maintenance_seconds, archiving.merge_recent),
+    TimerSpec("archive_merge", lambda s: s.archive_merge_seconds, archiving.merge_recent),  # 0: no such timer
     TimerSpec("group_unread", lambda s: s.group_unread_flush_seconds, unread.flush_read_fan_out),
 )
 

@@ -96,7 +96,8 @@ def create_app(settings: Settings, redis: Redis | None = None, hooks: Hooks | No
     for spec in agents:
         _add_agent(app, spec, resources)
     for timer in timers:
-        _add_timer(app, timer, resources)
+        if timer.runs(settings):
+            _add_timer(app, timer, resources)
 
     @app.on_before_shutdown.connect
     async def _close(app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:

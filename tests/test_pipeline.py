@@ -137,3 +137,20 @@ async def test_malformed_record_is_skipped_and_the_partition_goes_on(pipeline: P
         return await pipeline.redis.zcard(keys.conversation_log(good.conversation))
 
     assert await eventually(stored, timeout=60) == 1
+
+
+async def test_an_interval_of_0_turns_a_timer_off(tmp_path: Path) -> None:
+    """The class: any timer whose interval is 0 does not run (``IMFLOW_ARCHIVE_MERGE_SECONDS=0``:
+    only maintenance merges); with it set, the timer runs."""
+    for merge_seconds, expected in ((0, False), (10, True)):
+        settings = Settings(data_dir=tmp_path / str(merge_seconds), kafka_url=None, redis_url=None,
+                            archive_merge_seconds=merge_seconds)
+        node = Node(settings, run_agents=True)
+        await node.start()
+        try:
+            running = {timer.name for timer in node.running_timers}
+            assert len(node._timers) == len(node.running_timers), "a task for each, none for the others"
+            assert ("archive_merge" in running) is expected, running
+            assert {"archive", "archive_maintenance"} <= running
+        finally:
+            await node.stop()
