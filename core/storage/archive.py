@@ -210,14 +210,19 @@ def marked(db: duckdb.DuckDBPyConnection, anchors: dict[int, str]) -> dict[int, 
 
 def present(db: duckdb.DuckDBPyConnection, mids: dict[str, list[int]]) -> set[int]:
     """Which of these messages (conversation -> mids) ``im_msg_content`` holds: the check behind
-    dropping a record as a replay. The table is bucketed and sorted by conversation, so this
-    reads a row group or two per conversation. Raises duckdb.Error."""
-    found: set[int] = set()
-    for conversation, listed in mids.items():
-        literals = ", ".join(str(int(mid)) for mid in listed)  # integers: literals are safe
-        rows = db.execute(f"SELECT mid FROM {CONTENT} WHERE conversation = $c AND mid IN ({literals})", {"c": conversation})
-        found.update(int(row[0]) for row in rows.fetchall())
-    return found
+    dropping a record as a replay. One query (DuckLake's planning is most of a query's cost);
+    the table is bucketed and sorted by conversation, so it reads a row group or two per
+    conversation. Raises duckdb.Error."""
+    if not mids:
+        return set()
+    conversations = list(mids)
+    literals = ", ".join(str(int(mid)) for listed in mids.values() for mid in listed)  # integers: literals are safe
+    rows = db.execute(
+        f"SELECT conversation, mid FROM {CONTENT} WHERE conversation IN ({', '.join('?' * len(conversations))}) "
+        f"AND mid IN ({literals})",
+        conversations,
+    ).fetchall()
+    return {int(mid) for conversation, mid in rows if int(mid) in mids[conversation]}
 
 
 def prune_marks(db: duckdb.DuckDBPyConnection, older_than_ms: int) -> int:
