@@ -51,6 +51,19 @@ class Priority(IntEnum):
     HIGH = 2  # never dropped while the connection lives: gifts, red packets, a room host's words
 
 
+class PreparedFrame:
+    """One frame's JSON bytes, serialised once for many connections (a live room's batch to all
+    its viewers). The gateway frames it for the WebSocket once too, on first use, and keeps the
+    framed bytes in ``wire``: server frames are not masked (RFC 6455 §5.1), so every connection
+    can be sent the very same bytes."""
+
+    __slots__ = ("data", "wire")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.wire: bytes | None = None  # set by the gateway: header + data
+
+
 class Outbound(Protocol):
     """A client connection as plugins see it: who, and a bounded, prioritised way to it."""
 
@@ -58,7 +71,10 @@ class Outbound(Protocol):
     user: str
 
     def push(self, frame: dict[str, Any], priority: Priority = Priority.NORMAL) -> None: ...
-    def push_raw(self, data: bytes, priority: Priority = Priority.NORMAL) -> None: ...
+    def push_raw(self, data: bytes | PreparedFrame, priority: Priority = Priority.NORMAL) -> None:
+        """Push a frame already serialised; to push one frame to many connections, wrap its
+        bytes in one ``PreparedFrame`` and push that to each (it is framed once)."""
+        ...
     @property
     def is_closed(self) -> bool: ...
 
@@ -68,8 +84,8 @@ class GatewayLoad:
     """How hard-pressed a gateway is now (what a circuit breaker looks at)."""
 
     connections: int
-    queued_frames: int  # waiting in all outbound queues
-    slow_connections: int  # whose queue is full
+    queued_frames: int  # waiting in the gateway for sockets whose send buffers are full
+    slow_connections: int  # behind: more than outbound_buffer_bytes waiting
     loop_lag_ms: float  # how late the event loop runs timers
 
 

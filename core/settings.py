@@ -101,11 +101,15 @@ class Settings(BaseSettings):
     group_unread_flush_seconds: float = Field(
         5.0, gt=0, description="How often unread counts of read fan-out groups are flushed to their members"
     )
-    outbound_queue_frames: int = Field(
-        1000, ge=10, description="Frames a connection may have waiting before low-priority ones are dropped"
+    outbound_buffer_bytes: int = Field(
+        512 * 1024,
+        ge=16 * 1024,
+        description="Bytes a connection may have waiting in the gateway (beyond what the kernel's socket "
+        "buffer holds) before it counts as behind: its live-room chat is dropped, and past twice this "
+        "it is closed (4008) at once",
     )
     slow_consumer_seconds: float = Field(
-        5.0, gt=0, description="A connection whose outbound queue stays full this long is closed (4008)"
+        3.0, gt=0, description="A connection that stays behind (see outbound_buffer_bytes) this long is closed (4008)"
     )
     archive_flush_seconds: float = Field(1.0, gt=0, description="How often pending records are sealed into the archive")
     archive_batch: int = Field(50_000, gt=0, description="Most records one partition gives to one archive write")

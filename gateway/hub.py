@@ -19,11 +19,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from imflow.core import presence, revocation
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
-from imflow.core.plugin_types import GatewayLoad, Priority
+from imflow.core.plugin_types import GatewayLoad, PreparedFrame, Priority
 from imflow.core.revocation import Revocation
 from imflow.core.settings import Settings
 
 from . import frames
+from .websocket_protocol import direct_sink, frame_wire
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -48,32 +49,43 @@ LIVENESS_TTL_S = Settings.model_fields["gateway_liveness_ttl_seconds"].default
 
 
 class Connection:
-    """One client connection with its own bounded, prioritised outbound queue and writer task.
+    """One client connection and the way frames reach it, bounded by bytes and time.
 
-    A client that cannot keep up never blocks whoever pushes to it. When its queue is full,
-    low-priority frames (live-room chat) are dropped first, and a queued low-priority frame
-    makes room for a more important one; a connection whose queue stays full for
-    ``slow_seconds``, or that would need twice its queue for frames that may not be dropped,
-    is closed with 4008 and resyncs when it reconnects.
+    Frames are written straight to the socket (a DirectSink, gateway/websocket_protocol.py: no
+    task, no copy per connection) while its send buffer has room. Once ``buffer_bytes`` wait
+    beyond what the kernel holds, the connection is *behind*: low-priority frames (live-room
+    chat) are dropped, the others wait here in order and go out as the buffer drains. A
+    connection behind for ``slow_seconds``, or with more than twice ``buffer_bytes`` waiting, is
+    closed with 4008 and resyncs when it reconnects; one that is slow for a moment only misses
+    some chat. Under a server without the direct path (another ASGI server), a writer task sends
+    what waits through ASGI, and the same rules count the bytes it holds.
     """
 
-    def __init__(self, websocket: WebSocket, user: str, queue_size: int, slow_seconds: float = 5.0) -> None:
+    def __init__(self, websocket: WebSocket, user: str, buffer_bytes: int = 512 * 1024, slow_seconds: float = 3.0) -> None:
         self.websocket = websocket
         self.user = user
         self.id = uuid.uuid4().hex[:16]
-        self.limit = queue_size
+        self.buffer_bytes = buffer_bytes
         self.slow_seconds = slow_seconds
-        self._queue: deque[tuple[Priority, bytes | None]] = deque()
-        self._ready = asyncio.Event()  # something queued
-        self._open = asyncio.Event()  # frames queue up until the session is set up
-        self._full_since: float | None = None
+        self._waiting: deque[tuple[Priority, PreparedFrame | None]] = deque()  # None: the writer's last
+        self._waiting_bytes = 0
+        self._opened = False  # frames wait until the session is set up (the welcome first)
+        self._behind_since: float | None = None  # monotonic s
         self.dropped = 0
-        self._writer = asyncio.create_task(self._write())
         self.closed = asyncio.Event()
         self.claims: TokenClaims | None = None  # the token this session runs on
         self._expiry: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._drained: asyncio.Future[None] | None = None  # finish() waits on it
         self.watching: set[str] = set()  # users whose presence this connection watches (their contacts)
+        self._sink = direct_sink(getattr(websocket, "scope", {}))
+        self._ready: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        if self._sink is not None:
+            self._sink.listen(self, buffer_bytes)
+        else:
+            self._ready = asyncio.Event()
+            self._writer = asyncio.create_task(self._write())
 
     @property
     def is_closed(self) -> bool:
@@ -81,11 +93,18 @@ class Connection:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        """Frames waiting in the gateway (not yet handed to the socket)."""
+        return len(self._waiting)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting for this client in the gateway: in its socket's buffer and here."""
+        return self._waiting_bytes + (self._sink.buffered() if self._sink is not None else 0)
 
     @property
     def slow(self) -> bool:
-        return self._full_since is not None
+        """Behind: more than ``buffer_bytes`` wait for it."""
+        return self._behind_since is not None
 
     def authorize(self, claims: TokenClaims) -> None:
         """Run this session on ``claims`` (the first token, or a fresh one of a re-authentication,
@@ -143,49 +162,79 @@ class Connection:
 
     def end(self, error: ImflowError, code: int = CLOSE_UNAUTHENTICATED) -> None:
         """End the session: ``error`` is the last frame it gets, then the socket closes with
-        ``code``. Frames still queued are dropped (the client syncs when it comes back)."""
+        ``code``. Frames still waiting are dropped (the client syncs when it comes back)."""
         if not self.closed.is_set():
             SESSIONS_ENDED.labels(str(error.code)).inc()
-            self.closed.set()
-            self._writer.cancel()
-            self._closing = asyncio.create_task(self._close_socket(code, str(error.code), frames.error(error)))
+            self._shut(code, str(error.code), frames.error(error))
 
     def open(self) -> None:
-        """Start sending what is queued (the welcome first): the user is reachable now."""
-        self._open.set()
+        """Start sending what waits (the welcome first): the user is reachable now."""
+        self._opened = True
+        if self._sink is not None:
+            self.writing_resumed()
+        elif self._ready is not None:
+            self._ready.set()
 
     def push(self, frame: dict[str, Any], priority: Priority = Priority.NORMAL) -> None:
+        """Push one frame (serialised here)."""
         self.push_raw(orjson.dumps(frame), priority)
 
-    def push_raw(self, data: bytes, priority: Priority = Priority.NORMAL) -> None:
+    def push_raw(self, data: bytes | PreparedFrame, priority: Priority = Priority.NORMAL) -> None:
+        """Push a serialised frame; a PreparedFrame pushed to many connections is framed once."""
         if self.closed.is_set():
             return
-        if len(self._queue) >= self.limit:
-            now = time.monotonic()
-            self._full_since = self._full_since or now
-            if now - self._full_since > self.slow_seconds:
-                return self._too_slow("its queue stayed full")
+        frame = data if isinstance(data, PreparedFrame) else PreparedFrame(data)
+        sink = self._sink
+        if sink is not None and self._opened and not self._waiting and not sink.paused:
+            sink.write_frame(frame_wire(frame))  # the usual case: straight to the socket
+            return
+        if self._opened and self._behind_since is not None:
             if priority == Priority.LOW:
-                self._drop()
-                return
-            if not self._evict_low() and len(self._queue) >= 2 * self.limit:
-                return self._too_slow("frames that may not be dropped piled up")
-        self._queue.append((priority, data))
-        self._ready.set()
+                return self._drop()
+            while self.queued_bytes + len(frame.data) > 2 * self.buffer_bytes:
+                if not self._evict_low():
+                    return self._too_slow(f"more than {2 * self.buffer_bytes} bytes waited")
+        self._waiting.append((priority, frame))
+        self._waiting_bytes += len(frame.data)
+        if self._ready is not None:  # the ASGI writer: behind once its bytes pass the mark
+            if self._behind_since is None and self._waiting_bytes > self.buffer_bytes:
+                self._behind_since = time.monotonic()
+            self._ready.set()
+
+    def writing_paused(self) -> None:
+        """The socket's buffer passed ``buffer_bytes``: behind from now (called by the sink)."""
+        if self._behind_since is None:
+            self._behind_since = time.monotonic()
+
+    def writing_resumed(self) -> None:
+        """The socket's buffer drained (called by the sink): write what waits, as far as it takes."""
+        sink = self._sink
+        if sink is None or not self._opened or self.closed.is_set():
+            return
+        while self._waiting and not sink.paused:
+            _, frame = self._waiting.popleft()
+            if frame is not None:
+                self._waiting_bytes -= len(frame.data)
+                sink.write_frame(frame_wire(frame))
+        if not self._waiting and not sink.paused:
+            self._behind_since = None  # caught up
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
 
     def _evict_low(self) -> bool:
-        for index, (queued, _) in enumerate(self._queue):
-            if queued == Priority.LOW:
-                del self._queue[index]
+        for index, (queued, frame) in enumerate(self._waiting):
+            if queued == Priority.LOW and frame is not None:
+                del self._waiting[index]
+                self._waiting_bytes -= len(frame.data)
                 self._drop()
                 return True
         return False
 
     def check_slow(self, now: float) -> None:
-        """Close the connection if its queue has stayed full for too long (swept regularly, so
-        it happens even when nothing new is pushed to it)."""
-        if self._full_since is not None and now - self._full_since > self.slow_seconds and not self.closed.is_set():
-            self._too_slow("its queue stayed full")
+        """Close the connection if it has been behind for too long (swept regularly, so it
+        happens even when nothing new is pushed to it)."""
+        if self._behind_since is not None and now - self._behind_since > self.slow_seconds and not self.closed.is_set():
+            self._too_slow(f"behind for more than {self.slow_seconds} s")
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -197,10 +246,21 @@ class Connection:
         self.close(CLOSE_SLOW_CONSUMER, "too slow: resync after reconnecting")
 
     def close(self, code: int, reason: str) -> None:
+        """Close the socket with ``code`` now; what waits for it is dropped."""
         if not self.closed.is_set():
-            self.closed.set()
+            self._shut(code, reason)
+
+    def _shut(self, code: int, reason: str, last: dict[str, Any] | None = None) -> None:
+        self.closed.set()
+        self._waiting.clear()
+        self._waiting_bytes = 0
+        if self._sink is not None:
+            wire = frame_wire(PreparedFrame(orjson.dumps(last))) if last is not None else None
+            self._sink.close_now(code, reason, wire)
+            return
+        if self._writer is not None:
             self._writer.cancel()
-            self._closing = asyncio.create_task(self._close_socket(code, reason))
+        self._closing = asyncio.create_task(self._close_socket(code, reason, last))
 
     async def _close_socket(self, code: int, reason: str, last: dict[str, Any] | None = None) -> None:
         with contextlib.suppress(Exception):
@@ -209,37 +269,47 @@ class Connection:
             await self.websocket.close(code, reason)
 
     async def _write(self) -> None:
+        """The ASGI writer (servers without the direct path): sends what waits, in order."""
+        assert self._ready is not None
         try:
-            await self._open.wait()
             while True:
-                while not self._queue:
+                while not (self._opened and self._waiting):
                     self._ready.clear()
                     await self._ready.wait()
-                _, data = self._queue.popleft()
-                if data is None:
+                _, frame = self._waiting.popleft()
+                if frame is None:
                     return
-                if self._full_since is not None and len(self._queue) < self.limit // 2:
-                    self._full_since = None  # caught up
-                await self.websocket.send_text(data.decode())
+                self._waiting_bytes -= len(frame.data)
+                if self._behind_since is not None and self._waiting_bytes <= self.buffer_bytes // 2:
+                    self._behind_since = None  # caught up
+                await self.websocket.send_text(frame.data.decode())
         except asyncio.CancelledError:
             raise
         except Exception:  # the socket went away; the reader side notices and cleans up
             self.closed.set()
 
     async def finish(self) -> None:
-        """Flush what is queued (briefly), then stop the writer."""
-        self._open.set()
+        """Flush what waits (for a second at most), then let the connection go."""
+        self._opened = True
         if not self.closed.is_set():
-            self._queue.append((Priority.HIGH, None))
-            self._ready.set()
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(self._writer), 1.0)
+            if self._sink is not None:
+                self.writing_resumed()
+                if self._waiting:
+                    self._drained = asyncio.get_running_loop().create_future()
+                    with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                        await asyncio.wait_for(self._drained, 1.0)
+            elif self._writer is not None and self._ready is not None:
+                self._waiting.append((Priority.HIGH, None))
+                self._ready.set()
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(asyncio.shield(self._writer), 1.0)
         self.closed.set()
-        self._writer.cancel()
         if self._expiry is not None:
             self._expiry.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._writer
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._writer
         if self._closing is not None:  # the last frame and the close code go out before the socket is let go
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(self._closing), 2.0)
@@ -318,7 +388,7 @@ class Hub:
                 del self.connections[connection.user]
 
     def _sweep(self) -> None:
-        """Twice a second: close connections whose queue stayed full too long; forget old revocations."""
+        """Twice a second: close connections that stayed behind too long; forget old revocations."""
         now = time.monotonic()
         if now - self._swept >= 0.5:
             self._swept = now
@@ -363,13 +433,13 @@ class Hub:
 
     def to_users(self, users: list[str], frame: dict[str, Any], skip: str = "", only: str = "") -> None:
         """Push one frame to every connection of these users (but ``skip``; or to the connection
-        ``only`` alone), serialised once."""
-        data = None
+        ``only`` alone), serialised and framed once."""
+        prepared = None
         for user in users:
             for connection in self.connections.get(user, ()):
                 if connection.id != skip and (not only or connection.id == only):
-                    data = data or orjson.dumps(frame)
-                    connection.push_raw(data)
+                    prepared = prepared or PreparedFrame(orjson.dumps(frame))
+                    connection.push_raw(prepared)
 
     def to_watchers(self, users: list[str], notification: dict[str, Any]) -> None:
         """A ``presence`` notification (as it travels) to the connections of these users that

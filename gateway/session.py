@@ -37,7 +37,7 @@ async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub, extens
     if claims is None:
         return
     user = claims.user
-    connection = Connection(websocket, user, backend.settings.outbound_queue_frames, backend.settings.slow_consumer_seconds)
+    connection = Connection(websocket, user, backend.settings.outbound_buffer_bytes, backend.settings.slow_consumer_seconds)
     connection.authorize(claims)  # the session ends at the token's expiry unless re-authenticated
     # always the first frame
     connection.push({"op": "welcome", "user": user, "node": backend.node_name, **_lifetime(claims)})

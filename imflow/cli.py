@@ -44,16 +44,16 @@ def run_gateway(settings: Settings, *, run_agents: bool) -> None:
     import uvicorn
 
     from imflow.gateway.app import create_gateway
+    from imflow.gateway.websocket_protocol import uvicorn_options
     from imflow.node import Node
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_gateway(Node(settings, run_agents=run_agents))
     typer.secho(f"imflow is running: open http://{settings.host}:{settings.port}/  (Ctrl-C stops it)", fg="green", err=True)
     # uvicorn turns SIGTERM and SIGINT into a graceful shutdown: lifespan stops the node
-    # no per-message deflate: chat frames are small, and compressing them costs more CPU than it saves
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        ws_max_size=settings.max_frame_bytes, ws_per_message_deflate=False,
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, loop="uvloop",
+        **uvicorn_options(settings.max_frame_bytes),
         timeout_graceful_shutdown=10,  # then open WebSockets are closed; clients reconnect and sync
     )
 

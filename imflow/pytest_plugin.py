@@ -31,6 +31,7 @@ from imflow.client import Client
 from imflow.core import accounts, tokens
 from imflow.core.settings import Settings
 from imflow.gateway.app import create_gateway
+from imflow.gateway.websocket_protocol import uvicorn_options
 from imflow.node import Node
 from imflow.plugin_manager import make_hooks
 from imflow.testing import listening_socket
@@ -81,7 +82,7 @@ async def run_embedded(data_dir: Path, plugins: list[tuple[str, Any]] | None = N
         )
         node = Node(config, run_agents=True, hooks=make_hooks(config, extra=plugins or []))
         server = uvicorn.Server(
-            uvicorn.Config(create_gateway(node), host="127.0.0.1", port=port, log_level="warning", ws_per_message_deflate=False)
+            uvicorn.Config(create_gateway(node), host="127.0.0.1", port=port, log_level="warning", **uvicorn_options(config.max_frame_bytes))
         )
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         try:

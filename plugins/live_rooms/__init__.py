@@ -42,6 +42,7 @@ from imflow.plugin_api import (
     OperationContext,
     OperationError,
     Outbound,
+    PreparedFrame,
     Priority,
     Rejection,
     Services,
@@ -120,7 +121,8 @@ class Gateway:
             for priority in (Priority.HIGH, Priority.LOW):
                 part = [m for m in chosen if (m["priority"] >= Priority.HIGH) == (priority == Priority.HIGH)]
                 if part:
-                    frame = orjson.dumps({"op": "room.batch", "room": room, "messages": part})  # once per batch
+                    # serialised and framed once per batch: every viewer is sent the same bytes
+                    frame = PreparedFrame(orjson.dumps({"op": "room.batch", "room": room, "messages": part}))
                     for connection in list(viewers):
                         connection.push_raw(frame, priority)
                     DELIVERED.inc(len(part) * len(viewers))

@@ -1,0 +1,144 @@
+"""The gateway's WebSocket server protocol: uvicorn's sans-I/O websockets implementation, plus a
+way for a session to write frames straight to its socket (the ASGI extension ``imflow.direct``).
+
+Through ASGI every frame to every client is a coroutine: ``send_text`` through Starlette and
+uvicorn, framed per connection. A live room's batch to 10,000 viewers is the same frame 10,000
+times, so the gateway frames it once (``frame_wire``) and writes the same bytes to each socket's
+transport, synchronously: no task wake-up, no allocation per viewer. The transport tells the
+connection when its buffer passes the high-water mark and when it drains (``DirectSink``), which
+is how the gateway judges a slow consumer by bytes and time (gateway/hub.py ``Connection``).
+
+uvicorn's sans-I/O implementation is the base because it holds the least per connection: no
+task besides the application's (its legacy one runs three per connection). The ASGI path still
+works for everything else (accept, the handshake's refusals, a server without this protocol).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+
+if TYPE_CHECKING:
+    from imflow.core.plugin_types import PreparedFrame
+
+EXTENSION = "imflow.direct"  # scope["extensions"][EXTENSION] is the connection's DirectSink
+CLOSE_GRACE_S = 10.0  # after our close frame: how long a client has to answer before the socket is cut (as uvicorn)
+
+
+def frame_wire(frame: PreparedFrame) -> bytes:
+    """The frame as it goes on the wire: a final, unmasked text frame (RFC 6455 §5.2) holding
+    ``frame.data``; made once per PreparedFrame and kept in it."""
+    wire = frame.wire
+    if wire is None:
+        wire = frame.wire = Frame(Opcode.TEXT, frame.data).serialize(mask=False)
+    return wire
+
+
+class Listener(Protocol):
+    """Who hears of a socket's send buffer filling up and draining (a gateway Connection)."""
+
+    def writing_paused(self) -> None: ...
+    def writing_resumed(self) -> None: ...
+
+
+class DirectSink(Protocol):
+    """What a session gets under ``scope["extensions"]["imflow.direct"]``."""
+
+    paused: bool  # the transport's buffer is past its high-water mark
+
+    def listen(self, listener: Listener, high_water: int) -> None:
+        """Tell ``listener`` when the buffer passes ``high_water`` bytes and when it drains to a quarter."""
+        ...
+
+    def write_frame(self, wire: bytes) -> bool:
+        """Write a framed message now; False if the socket is closing (nothing written)."""
+        ...
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+        ...
+
+    def close_now(self, code: int, reason: str, last: bytes | None = None) -> None:
+        """Send ``last`` (a framed message) if given, then a close frame with ``code``; the
+        session's next receive is the disconnect, and a client that does not answer within
+        CLOSE_GRACE_S is cut off (its unread bytes are let go)."""
+        ...
+
+
+class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol that is also a DirectSink for the application."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.paused = False
+        self._listener: Listener | None = None
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # only a request that is upgraded gets a scope
+        if scope is not None:
+            scope["extensions"][EXTENSION] = self
+
+    def listen(self, listener: Listener, high_water: int) -> None:
+        self._listener = listener
+        self.transport.set_write_buffer_limits(high=high_water)  # low: a quarter (asyncio's default)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.paused = True
+        if self._listener is not None:
+            self._listener.writing_paused()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.paused = False
+        if self._listener is not None:
+            self._listener.writing_resumed()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._listener = None  # the connection is gone; nothing to drain into
+        super().connection_lost(exc)
+
+    def write_frame(self, wire: bytes) -> bool:
+        if self.close_sent or self.disconnected or self.transport.is_closing():
+            return False
+        self.transport.write(wire)
+        return True
+
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    def close_now(self, code: int, reason: str, last: bytes | None = None) -> None:
+        if self.close_sent or self.disconnected or self.transport.is_closing():
+            return
+        if last is not None:
+            self.transport.write(last)
+        try:
+            self.conn.send_close(code, reason)
+        except InvalidState:  # the client is closing already: its close is being answered
+            return
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        if self.read_paused:  # read on, so the client's answer to our close is heard
+            self.read_paused = False
+            self.transport.resume_reading()
+        # abort, not close: a client that stopped reading would keep what is buffered for it forever
+        self.close_timer = self.loop.call_later(CLOSE_GRACE_S, self.transport.abort)
+
+
+def direct_sink(scope: dict[str, Any]) -> DirectSink | None:
+    """The connection's DirectSink, when the server runs DirectWebSocketProtocol; else None."""
+    extensions = scope.get("extensions") or {}
+    sink: DirectSink | None = extensions.get(EXTENSION)
+    return sink
+
+
+def uvicorn_options(max_frame_bytes: int) -> dict[str, Any]:
+    """uvicorn's WebSocket options for a gateway: this protocol, the frame size limit (larger
+    frames close with 1009), and no per-message deflate (chat frames are small; compressing
+    them costs more CPU than it saves, and a compressed frame could not be shared)."""
+    return {"ws": DirectWebSocketProtocol, "ws_max_size": max_frame_bytes, "ws_per_message_deflate": False}
