@@ -67,12 +67,13 @@ class Connection:
         self.id = uuid.uuid4().hex[:16]
         self.buffer_bytes = buffer_bytes
         self.slow_seconds = slow_seconds
-        self._waiting: deque[tuple[Priority, PreparedFrame | None]] = deque()  # None: the writer's last
+        # made when first needed (an empty deque costs 600 bytes, times every idle connection)
+        self._waiting: deque[tuple[Priority, PreparedFrame | None]] | None = None  # None in it: the writer's last
         self._waiting_bytes = 0
         self._opened = False  # frames wait until the session is set up (the welcome first)
         self._behind_since: float | None = None  # monotonic s
         self.dropped = 0
-        self.closed = asyncio.Event()
+        self._closed = False
         self.claims: TokenClaims | None = None  # the token this session runs on
         self._expiry: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -89,12 +90,13 @@ class Connection:
 
     @property
     def is_closed(self) -> bool:
-        return self.closed.is_set()
+        """Whether the session has ended (nothing more is pushed or served)."""
+        return self._closed
 
     @property
     def queued(self) -> int:
         """Frames waiting in the gateway (not yet handed to the socket)."""
-        return len(self._waiting)
+        return len(self._waiting) if self._waiting else 0
 
     @property
     def queued_bytes(self) -> int:
@@ -135,7 +137,7 @@ class Connection:
     def _schedule_expiry(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
-        if self.claims is not None and not self.closed.is_set():
+        if self.claims is not None and not self._closed:
             delay = max(0.0, (self.claims.expires_ms - now_ms()) / 1000)
             self._expiry = asyncio.get_running_loop().call_later(delay, self._expiry_due)
 
@@ -163,7 +165,7 @@ class Connection:
     def end(self, error: ImflowError, code: int = CLOSE_UNAUTHENTICATED) -> None:
         """End the session: ``error`` is the last frame it gets, then the socket closes with
         ``code``. Frames still waiting are dropped (the client syncs when it comes back)."""
-        if not self.closed.is_set():
+        if not self._closed:
             SESSIONS_ENDED.labels(str(error.code)).inc()
             self._shut(code, str(error.code), frames.error(error))
 
@@ -181,7 +183,7 @@ class Connection:
 
     def push_raw(self, data: bytes | PreparedFrame, priority: Priority = Priority.NORMAL) -> None:
         """Push a serialised frame; a PreparedFrame pushed to many connections is framed once."""
-        if self.closed.is_set():
+        if self._closed:
             return
         frame = data if isinstance(data, PreparedFrame) else PreparedFrame(data)
         sink = self._sink
@@ -194,6 +196,8 @@ class Connection:
             while self.queued_bytes + len(frame.data) > 2 * self.buffer_bytes:
                 if not self._evict_low():
                     return self._too_slow(f"more than {2 * self.buffer_bytes} bytes waited")
+        if self._waiting is None:
+            self._waiting = deque()
         self._waiting.append((priority, frame))
         self._waiting_bytes += len(frame.data)
         if self._ready is not None:  # the ASGI writer: behind once its bytes pass the mark
@@ -209,7 +213,7 @@ class Connection:
     def writing_resumed(self) -> None:
         """The socket's buffer drained (called by the sink): write what waits, as far as it takes."""
         sink = self._sink
-        if sink is None or not self._opened or self.closed.is_set():
+        if sink is None or not self._opened or self._closed:
             return
         while self._waiting and not sink.paused:
             _, frame = self._waiting.popleft()
@@ -222,9 +226,9 @@ class Connection:
                 self._drained.set_result(None)
 
     def _evict_low(self) -> bool:
-        for index, (queued, frame) in enumerate(self._waiting):
+        for index, (queued, frame) in enumerate(self._waiting or ()):
             if queued == Priority.LOW and frame is not None:
-                del self._waiting[index]
+                del self._waiting[index]  # type: ignore[union-attr]
                 self._waiting_bytes -= len(frame.data)
                 self._drop()
                 return True
@@ -233,7 +237,7 @@ class Connection:
     def check_slow(self, now: float) -> None:
         """Close the connection if it has been behind for too long (swept regularly, so it
         happens even when nothing new is pushed to it)."""
-        if self._behind_since is not None and now - self._behind_since > self.slow_seconds and not self.closed.is_set():
+        if self._behind_since is not None and now - self._behind_since > self.slow_seconds and not self._closed:
             self._too_slow(f"behind for more than {self.slow_seconds} s")
 
     def _drop(self) -> None:
@@ -247,12 +251,12 @@ class Connection:
 
     def close(self, code: int, reason: str) -> None:
         """Close the socket with ``code`` now; what waits for it is dropped."""
-        if not self.closed.is_set():
+        if not self._closed:
             self._shut(code, reason)
 
     def _shut(self, code: int, reason: str, last: dict[str, Any] | None = None) -> None:
-        self.closed.set()
-        self._waiting.clear()
+        self._closed = True
+        self._waiting = None
         self._waiting_bytes = 0
         if self._sink is not None:
             wire = frame_wire(PreparedFrame(orjson.dumps(last))) if last is not None else None
@@ -276,6 +280,7 @@ class Connection:
                 while not (self._opened and self._waiting):
                     self._ready.clear()
                     await self._ready.wait()
+                assert self._waiting is not None
                 _, frame = self._waiting.popleft()
                 if frame is None:
                     return
@@ -286,12 +291,12 @@ class Connection:
         except asyncio.CancelledError:
             raise
         except Exception:  # the socket went away; the reader side notices and cleans up
-            self.closed.set()
+            self._closed = True
 
     async def finish(self) -> None:
         """Flush what waits (for a second at most), then let the connection go."""
         self._opened = True
-        if not self.closed.is_set():
+        if not self._closed:
             if self._sink is not None:
                 self.writing_resumed()
                 if self._waiting:
@@ -299,11 +304,12 @@ class Connection:
                     with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                         await asyncio.wait_for(self._drained, 1.0)
             elif self._writer is not None and self._ready is not None:
+                self._waiting = self._waiting or deque()
                 self._waiting.append((Priority.HIGH, None))
                 self._ready.set()
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
                     await asyncio.wait_for(asyncio.shield(self._writer), 1.0)
-        self.closed.set()
+        self._closed = True
         if self._expiry is not None:
             self._expiry.cancel()
         if self._writer is not None:

@@ -128,7 +128,7 @@ def _check_size(text: str | bytes, backend: Backend) -> None:
 
 async def _serve(websocket: WebSocket, backend: Backend, connection: Connection, extensions: Extensions) -> None:
     plugin_ops = frozenset(extensions.operations)
-    while not connection.closed.is_set():
+    while not connection.is_closed:
         try:
             message = await websocket.receive()
         except (WebSocketDisconnect, RuntimeError):
@@ -136,7 +136,7 @@ async def _serve(websocket: WebSocket, backend: Backend, connection: Connection,
         text = _frame_text(message)
         if text is None:
             return
-        if connection.closed.is_set() or connection.check_expiry():
+        if connection.is_closed or connection.check_expiry():
             return  # the session ended (its token expired or was revoked) as the frame came: not served
         ref = None
         try:
@@ -173,7 +173,7 @@ async def _reauthenticate(frame: protocol.Auth, connection: Connection, backend:
         raise ImflowError(
             ErrorCode.FORBIDDEN, f"this connection is {connection.user}'s; open a new connection to sign in as another user"
         )
-    if connection.closed.is_set():  # revoked or expired while the token was checked
+    if connection.is_closed:  # revoked or expired while the token was checked
         return None
     connection.authorize(claims)
     return {"op": "reauthed", "user": claims.user, **_lifetime(claims)}

@@ -150,7 +150,7 @@ def test_what_a_connection_writes_drops_and_holds(steps: list[tuple[str, int, in
                 connection.check_slow(was + size)
                 assert connection.is_closed == (size > 3), "closed exactly when behind too long"
             assert sink.buffer + connection._waiting_bytes <= 2 * LIMIT + 700
-        out = sink.payloads() + [frame.data for _, frame in connection._waiting if frame is not None]
+        out = sink.payloads() + [frame.data for _, frame in (connection._waiting or ()) if frame is not None]
         position = 0
         for data, priority, behind in pushed:
             if position < len(out) and out[position] == data:
