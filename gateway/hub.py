@@ -79,6 +79,7 @@ class Connection:
         self._closing: asyncio.Task[None] | None = None
         self._drained: asyncio.Future[None] | None = None  # finish() waits on it
         self.watching: set[str] = set()  # users whose presence this connection watches (their contacts)
+        self.behind: set[Connection] | None = None  # the hub's connections that are behind, once added
         self._sink = direct_sink(getattr(websocket, "scope", {}))
         self._ready: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -202,13 +203,13 @@ class Connection:
         self._waiting_bytes += len(frame.data)
         if self._ready is not None:  # the ASGI writer: behind once its bytes pass the mark
             if self._behind_since is None and self._waiting_bytes > self.buffer_bytes:
-                self._behind_since = time.monotonic()
+                self._fell_behind()
             self._ready.set()
 
     def writing_paused(self) -> None:
         """The socket's buffer passed ``buffer_bytes``: behind from now (called by the sink)."""
         if self._behind_since is None:
-            self._behind_since = time.monotonic()
+            self._fell_behind()
 
     def writing_resumed(self) -> None:
         """The socket's buffer drained (called by the sink): write what waits, as far as it takes."""
@@ -221,9 +222,19 @@ class Connection:
                 self._waiting_bytes -= len(frame.data)
                 sink.write_frame(frame_wire(frame))
         if not self._waiting and not sink.paused:
-            self._behind_since = None  # caught up
+            self._caught_up()
             if self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
+
+    def _fell_behind(self) -> None:
+        self._behind_since = time.monotonic()
+        if self.behind is not None:
+            self.behind.add(self)
+
+    def _caught_up(self) -> None:
+        self._behind_since = None
+        if self.behind is not None:
+            self.behind.discard(self)
 
     def _evict_low(self) -> bool:
         for index, (queued, frame) in enumerate(self._waiting or ()):
@@ -258,6 +269,7 @@ class Connection:
         self._closed = True
         self._waiting = None
         self._waiting_bytes = 0
+        self._caught_up()  # nothing waits any more
         if self._sink is not None:
             wire = frame_wire(PreparedFrame(orjson.dumps(last))) if last is not None else None
             self._sink.close_now(code, reason, wire)
@@ -286,7 +298,7 @@ class Connection:
                     return
                 self._waiting_bytes -= len(frame.data)
                 if self._behind_since is not None and self._waiting_bytes <= self.buffer_bytes // 2:
-                    self._behind_since = None  # caught up
+                    self._caught_up()
                 await self.websocket.send_text(frame.data.decode())
         except asyncio.CancelledError:
             raise
@@ -379,28 +391,38 @@ class Hub:
         # and joined the hub after it: user -> (revocation, when heard, monotonic s)
         self._revocations: dict[str, tuple[Revocation, float]] = {}
         self._rechecks: set[asyncio.Task[None]] = set()
+        self.held = 0  # connections in ``connections``
+        self.behind: set[Connection] = set()  # those behind (kept by each Connection): what load() and the sweep look at
 
     def add(self, connection: Connection) -> None:
-        self.connections[connection.user].add(connection)
+        held = self.connections[connection.user]
+        if connection not in held:
+            held.add(connection)
+            self.held += 1
+        connection.behind = self.behind
+        if connection.slow:
+            self.behind.add(connection)
         heard = self._revocations.get(connection.user)
         if heard is not None:
             connection.revoked_by(heard[0])
 
     def remove(self, connection: Connection) -> None:
         held = self.connections.get(connection.user)
-        if held is not None:
+        if held is not None and connection in held:
             held.discard(connection)
+            self.held -= 1
             if not held:
                 del self.connections[connection.user]
+        self.behind.discard(connection)
+        connection.behind = None
 
     def _sweep(self) -> None:
         """Twice a second: close connections that stayed behind too long; forget old revocations."""
         now = time.monotonic()
         if now - self._swept >= 0.5:
             self._swept = now
-            for connections in list(self.connections.values()):
-                for connection in list(connections):
-                    connection.check_slow(now)
+            for connection in list(self.behind):
+                connection.check_slow(now)
             for user, (_, heard) in list(self._revocations.items()):
                 if now - heard > REVOCATION_MEMORY_S:
                     del self._revocations[user]
@@ -429,11 +451,11 @@ class Hub:
                 self.revoke(Revocation(user, before_ms))
 
     def load(self) -> GatewayLoad:
-        held = [c for connections in self.connections.values() for c in connections]
+        """Counted as connections come, go and fall behind: a live room asks at every flush."""
         return GatewayLoad(
-            connections=len(held),
-            queued_frames=sum(c.queued for c in held),
-            slow_connections=sum(1 for c in held if c.slow),
+            connections=self.held,
+            queued_frames=sum(c.queued for c in self.behind),  # only those behind have frames waiting
+            slow_connections=len(self.behind),
             loop_lag_ms=self.lag.lag_ms,
         )
 

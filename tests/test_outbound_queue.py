@@ -207,3 +207,31 @@ async def test_the_asgi_path_counts_bytes_too() -> None:
     assert await eventually(lambda: _now(socket.closed_with), timeout=5, interval=0) == CLOSE_SLOW_CONSUMER
     connection.check_slow(time.monotonic() + 60)
     await connection.finish()
+
+
+async def test_the_hub_counts_its_load_as_connections_come_go_and_fall_behind() -> None:
+    """GatewayLoad (what the breaker and every room flush read) is kept as things happen, not
+    counted over every connection; the sweep closes the one that stayed behind."""
+    from imflow.gateway.hub import Hub
+
+    hub = Hub(None, "gw-test")  # type: ignore[arg-type]  # no Redis needed for this
+    (fast, fast_sink), (slow, slow_sink) = direct_connection(), direct_connection()
+    for connection in (fast, slow):
+        hub.add(connection)
+    hub.add(fast)  # twice is once
+    slow.push_raw(b"x" * 1200)
+    slow.push_raw(b"reply")
+    load = hub.load()
+    assert (load.connections, load.slow_connections, load.queued_frames) == (2, 1, 1)
+    slow_sink.drain(10_000)
+    assert hub.load().slow_connections == 0
+    slow.push_raw(b"x" * 1200)
+    assert slow._behind_since is not None
+    slow._behind_since -= 10  # behind for 10 s now
+    hub._swept = 0
+    hub._sweep()
+    assert slow_sink.closed_with == CLOSE_SLOW_CONSUMER and fast_sink.closed_with is None
+    assert hub.load().slow_connections == 0, "closed: no longer counted as behind"
+    hub.remove(slow)
+    hub.remove(slow)
+    assert hub.load().connections == 1
