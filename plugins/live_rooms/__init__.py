@@ -95,8 +95,20 @@ class Gateway:
             self.flusher = asyncio.create_task(self._flush_forever())
 
     async def _flush_forever(self) -> None:
+        # on a fixed beat, not a pause after each flush: writing a batch to 10,000 viewers takes
+        # tens of ms, which would otherwise stretch every interval and so every message's wait
+        loop = asyncio.get_running_loop()
+        interval = self.settings.batch_ms / 1000
+        due = loop.time()
         while True:
-            await asyncio.sleep(self.settings.batch_ms / 1000)
+            due += interval
+            late = loop.time() - due
+            if late < 0:
+                await asyncio.sleep(-late)
+            else:
+                if late > interval:
+                    due = loop.time()  # fell a whole beat behind (a stalled loop): no burst to catch up
+                await asyncio.sleep(0)  # the loop serves others between two flushes all the same
             try:
                 await self.flush()
                 if time.monotonic() - self.refreshed > REFRESH_S:
