@@ -1,14 +1,24 @@
 """One-to-one chat on the real stack: throughput, latency at a fixed rate, offline drain.
 
 A Faust worker and a gateway run as their own processes on the local Kafka and Redis
-(scripts/services); this process is the load: WebSocket clients speaking the real protocol.
+(scripts/services). The load is ``imflow-loadgen chat`` (benchmarks/loadgen, Go, built by
+``scripts/loadgen``): --pairs WebSocket pairs signed in with tokens minted here with the stack's
+secret, user 2i sending to user 2i+1, each message's text "t=<send ns> n=<k>", so latency is send
+→ the receiver's push on one clock and ``lost`` (stored messages never pushed) is exact.
 
-    scripts/bench one-to-one [--runs 3] [--seconds 8] [--rates 500,1000,2000] [--pairs 50] [--social]
+    scripts/bench one-to-one [--runs 3] [--seconds 8] [--rates 500,1000,2000] [--pairs 50] [--inflight 20] [--social]
+
+Throughput: each sender keeps --inflight sends unanswered (closed loop); pushes received a
+second. Latency: open loop at each of --rates messages a second in total; send → push and
+send → ``sent`` percentiles from a histogram of every message. Beside each figure the
+generator's own cores (getrusage over its measured window) and the gateway's and workers' over
+the same window (/proc). Each phase signs in fresh users, so no inbox carries over.
 
 With ``--social`` each rate is measured twice in the same run: plain pairs, and pairs whose
 users take messages from contacts only and block a few others, each sender a contact of its
 receiver, so every send takes the full path of the block and privacy check (core/contacts.py)
-on both users' slots.
+on both users' slots. The offline drain (1,000 messages waiting, then fetched and ACKed) and the
+send check's own cost stay in Python: they are one client's round trips, not load.
 """
 
 from __future__ import annotations
@@ -17,126 +27,70 @@ import asyncio
 import json
 import statistics
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
-from stack import Stack, arguments, percentile
-
-from imflow.client import Client
-
+from loadgen import driver
+from stack import SECRET, Stack, arguments, percentile
 
 BLOCKS_PER_USER = 3  # strangers each user of a social pair blocks, so the block hashes are not empty
 
 
-async def pairs(stack: Stack, count: int, social: bool = False) -> list[tuple[Client, Client, str]]:
-    """``count`` connected (sender, receiver, receiver's id); ``social``: contacts of each other,
+async def make_social(stack: Stack, users: list[str]) -> None:
+    """Make each (sender, receiver) of ``users`` (s0, r0, s1, r1, …) contacts of each other,
     contacts-only, each blocking a few strangers."""
-    tag = uuid.uuid4().hex[:6]
-    out = []
-    for i in range(count):
-        sender = await stack.connect(f"s{i}-{tag}")
-        receiver = await stack.connect(f"r{i}-{tag}")
-        if social:
-            await sender.request({"op": "contact_request", "user": receiver.user})
-            await receiver.request({"op": "contact_accept", "user": sender.user})
+    for sender_id, receiver_id in zip(users[::2], users[1::2], strict=True):
+        sender, receiver = await stack.connect(sender_id), await stack.connect(receiver_id)
+        try:
+            await sender.request({"op": "contact_request", "user": receiver_id})
+            await receiver.request({"op": "contact_accept", "user": sender_id})
             for client in (sender, receiver):
                 await client.request({"op": "set_privacy", "dm": "contacts"})
                 for j in range(BLOCKS_PER_USER):
                     await client.request({"op": "block", "user": f"x{j}-{client.user}"})
-        out.append((sender, receiver, receiver.user))
-    return out
+        finally:
+            await sender.close()
+            await receiver.close()
 
 
-async def close_all(clients: list[tuple[Client, Client, str]]) -> None:
-    for sender, receiver, _ in clients:
-        await sender.close()
-        await receiver.close()
+async def chat(binary: Path, stack: Stack, folder: Path, args, load: list[str], social: bool = False) -> dict[str, Any]:
+    """One ``imflow-loadgen chat`` run between fresh pairs (``social``: see ``make_social``) with
+    the ``load`` options (--rate R or --inflight W); its JSON plus the servers' cores."""
+    tag = uuid.uuid4().hex[:6]
+    users = [name for i in range(args.pairs) for name in (f"s{i}-{tag}", f"r{i}-{tag}")]
+    if social:
+        await make_social(stack, users)
+    token_file = driver.write_tokens(folder / f"tokens-{tag}", users, SECRET)
+    options = ["--target", "imflow", "--url", stack.url, "--tokens", str(token_file), "--pairs", str(args.pairs),
+               "--seconds", str(args.seconds), "--warmup", str(args.warmup), *load]
+    samplers = [driver.CpuSampler(process.proc.pid) for process in stack.processes]  # workers, then the gateway
+    for sampler in samplers:
+        sampler.__enter__()
+    try:
+        result = await asyncio.to_thread(driver.run, binary, "chat", options)
+    finally:
+        for sampler in samplers:
+            sampler.__exit__()
+    span = result["cpu"]["from_unix_s"], result["cpu"]["to_unix_s"]
+    cores = [sampler.cores(*span) for sampler in samplers]
+    result["gateway_cores"] = cores[-1]
+    result["worker_cores"] = sum(c for c in cores[:-1] if c is not None)
+    return result
 
 
-async def receive_all(receiver: Client, latencies: list[float], stop: asyncio.Event, counter: list[int]) -> None:
-    while not stop.is_set():
-        try:
-            push = await receiver.next_message(timeout=0.2)
-        except TimeoutError:
-            continue
-        counter[0] += 1
-        text = push["message"]["body"]["text"]
-        if text.startswith("t="):  # a timed message: the text carries its send time
-            latencies.append(time.perf_counter() - float(text[2:]))
-
-
-async def throughput(stack: Stack, n_pairs: int, seconds: float, window: int = 20) -> float:
-    """Messages per second from send to the receiver's push, senders keeping ``window`` in flight."""
-    clients = await pairs(stack, n_pairs)
-    stop, counter, latencies = asyncio.Event(), [0], []
-    receivers = [asyncio.create_task(receive_all(r, latencies, stop, counter)) for _, r, _ in clients]
-
-    sending = asyncio.Event()
-    sending.set()
-
-    async def sender(client: Client, to: str) -> None:
-        in_flight: set[asyncio.Future] = set()
-        while sending.is_set():
-            while len(in_flight) < window:
-                in_flight.add(await client.send_nowait({"to": to, "body": {"text": "x"}}))
-            done, in_flight = await asyncio.wait(in_flight, timeout=1, return_when=asyncio.FIRST_COMPLETED)
-        await asyncio.wait(in_flight, timeout=60)  # leave no backlog for the next phase
-
-    senders = [asyncio.create_task(sender(s, to)) for s, _, to in clients]
-    await asyncio.sleep(2)  # warm up
-    start_count, start = counter[0], time.perf_counter()
-    await asyncio.sleep(seconds)
-    rate = (counter[0] - start_count) / (time.perf_counter() - start)
-    sending.clear()
-    await asyncio.gather(*senders, return_exceptions=True)
-    await asyncio.sleep(1)
-    stop.set()
-    await asyncio.gather(*receivers, return_exceptions=True)
-    await close_all(clients)
-    return rate
-
-
-async def fixed_rate(stack: Stack, n_pairs: int, seconds: float, rate: int, social: bool = False) -> dict[str, float]:
-    """Send→push and send→ACK latency at a fixed offered rate (open loop, 5 ms ticks), between
-    plain or ``social`` pairs (see ``pairs``)."""
-    clients = await pairs(stack, n_pairs, social)
-    stop, counter, push_latency = asyncio.Event(), [0], []
-    receivers = [asyncio.create_task(receive_all(r, push_latency, stop, counter)) for _, r, _ in clients]
-    ack_latency: list[float] = []
-    pending: list[asyncio.Future] = []
-
-    def on_ack(sent_at: float):
-        return lambda future: ack_latency.append(time.perf_counter() - sent_at) if not future.exception() else None
-
-    tick, per_tick, i = 0.005, rate * 0.005, 0
-    start = time.perf_counter()
-    owed = 0.0
-    while time.perf_counter() - start < seconds:
-        owed += per_tick
-        while owed >= 1:
-            sender, _, to = clients[i % len(clients)]
-            now = time.perf_counter()
-            future = await sender.send_nowait({"to": to, "body": {"text": f"t={now!r}"}})
-            future.add_done_callback(on_ack(now))
-            pending.append(future)
-            owed -= 1
-            i += 1
-        await asyncio.sleep(max(0.0, start + (i / rate) - time.perf_counter()) or tick / 5)
-    sent = i
-    await asyncio.wait(pending, timeout=10)
-    deadline = time.perf_counter() + 10
-    while counter[0] < sent and time.perf_counter() < deadline:
-        await asyncio.sleep(0.05)
-    stop.set()
-    await asyncio.gather(*receivers, return_exceptions=True)
-    await close_all(clients)
+def latency_figures(result: dict[str, Any], seconds: float) -> dict[str, float]:
+    """What the summary keeps of a fixed-rate run."""
     return {
-        "offered_per_s": sent / seconds,
-        "delivered": counter[0] / sent,
-        "push_p50_ms": percentile(push_latency, 0.5) * 1000,
-        "push_p99_ms": percentile(push_latency, 0.99) * 1000,
-        "ack_p50_ms": percentile(ack_latency, 0.5) * 1000,
-        "ack_p99_ms": percentile(ack_latency, 0.99) * 1000,
+        "offered_per_s": result["posts_sent"] / seconds,
+        "delivered": result["deliveries"] / max(1, result["expected_deliveries"]),
+        "lost": result["lost"],
+        "push_p50_ms": result["latency_ms"]["p50"], "push_p99_ms": result["latency_ms"]["p99"],
+        "ack_p50_ms": result["ack_ms"]["p50"], "ack_p99_ms": result["ack_ms"]["p99"],
+        "generator_cores": result["cpu"]["cores_used"], "gateway_cores": result["gateway_cores"],
+        "worker_cores": result["worker_cores"],
     }
 
 
@@ -204,28 +158,50 @@ async def check_cost(redis_url: str, calls: int = 3000) -> dict[str, dict[str, f
         await redis.aclose()
 
 
+def table(summary: dict[str, Any], rated: dict[str, str]) -> str:
+    rows = [f"one-to-one, {summary['pairs']} pairs, {summary['workers']} worker(s), medians of {summary['runs']}",
+            "| load | msgs/s | push p50 / p99 ms | sent p50 / p99 ms | lost | generator cores | gateway cores | worker cores |",
+            "|---|---|---|---|---|---|---|---|"]
+    def row(load: str, rate: str, c: dict[str, Any]) -> str:
+        gateway = "?" if c["gateway_cores"] is None else f"{c['gateway_cores']:.2f}"
+        return (f"| {load} | {rate} | {c['push_p50_ms']:.1f} / {c['push_p99_ms']:.1f} | {c['ack_p50_ms']:.1f} / "
+                f"{c['ack_p99_ms']:.1f} | {c['lost']:.0f} | {c['generator_cores']:.2f} | {gateway} | {c['worker_cores']:.2f} |")
+
+    t = summary["throughput"]
+    rows.append(row(f"{summary['inflight']} in flight per sender", f"{t['per_s']:,.0f}", t))
+    rows.extend(row(label, f"{summary[label]['offered_per_s']:,.0f} offered", summary[label]) for label in rated.values())
+    rows.append(f"offline drain of 1,000 messages: fetched in {summary['drain_fetch_1000_ms']:.0f} ms, "
+                f"fetched and ACKed in {summary['drain_1000_ms']:.0f} ms")
+    return "\n".join(rows)
+
+
 async def main() -> None:
     parser = arguments(__doc__, "artifacts/bench-one-to-one.json")
     parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--rates", type=lambda text: [int(r) for r in text.split(",")], default=[500, 1000, 2000])
     parser.add_argument("--pairs", type=int, default=50)
+    parser.add_argument("--inflight", type=int, default=20, help="throughput: sends each sender keeps unanswered")
     parser.add_argument("--social", action="store_true", help="each rate also between contacts-only pairs that block others")
     args = parser.parse_args()
 
+    binary = driver.build()
+    folder = Path(tempfile.mkdtemp(prefix="imflow-one-to-one-"))
     # the load's users have no accounts: they are registered on first sign-in
     stack = Stack(args.kafka, args.redis, workers=args.workers, gateways=1, env={"IMFLOW_ACCOUNTS": "open"})
     kinds = ["", "_social"] if args.social else [""]
     rated = {f"rate_{r}{kind}": f"at_{r}_per_s{kind}" for r in args.rates for kind in kinds}  # raw -> summary key
-    results: dict[str, list] = {"throughput_per_s": [], "drain_fetch_1000_ms": [], "drain_1000_ms": []}
+    results: dict[str, list] = {"throughput": [], "drain_fetch_1000_ms": [], "drain_1000_ms": []}
     results |= {name: [] for name in rated}
     try:
         for run in range(1, args.runs + 1):
             print(f"run {run}/{args.runs}: throughput ...", file=sys.stderr, flush=True)
-            results["throughput_per_s"].append(await throughput(stack, args.pairs, args.seconds))
+            results["throughput"].append(await chat(binary, stack, folder, args, ["--inflight", str(args.inflight)]))
             for rate in args.rates:
                 for kind in kinds:
                     print(f"run {run}/{args.runs}: latency at {rate}/s{kind} ...", file=sys.stderr, flush=True)
-                    results[f"rate_{rate}{kind}"].append(await fixed_rate(stack, args.pairs, args.seconds, rate, bool(kind)))
+                    results[f"rate_{rate}{kind}"].append(
+                        await chat(binary, stack, folder, args, ["--rate", str(rate)], social=bool(kind)))
             print(f"run {run}/{args.runs}: offline drain ...", file=sys.stderr, flush=True)
             fetching, draining = await offline_drain(stack)
             results["drain_fetch_1000_ms"].append(1000 * fetching)
@@ -236,11 +212,16 @@ async def main() -> None:
     finally:
         stack.stop()
     median = statistics.median
+    throughput = [latency_figures(r, args.seconds) | {"per_s": r["deliveries_per_s"]} for r in results["throughput"]]
     summary = {
         "runs": args.runs,
         "workers": args.workers,
-        "throughput_per_s": median(results["throughput_per_s"]),
-        **{label: {key: median(r[key] for r in results[name]) for key in results[name][0]} for name, label in rated.items()},
+        "pairs": args.pairs,
+        "inflight": args.inflight,
+        "throughput_per_s": median(t["per_s"] for t in throughput),
+        "throughput": {key: median(t[key] for t in throughput) for key in throughput[0]},
+        **{label: {key: median(figures[key] for figures in (latency_figures(r, args.seconds) for r in results[name]))
+                   for key in latency_figures(results[name][0], args.seconds)} for name, label in rated.items()},
         "drain_fetch_1000_ms": median(results["drain_fetch_1000_ms"]),
         "drain_1000_ms": median(results["drain_1000_ms"]),
         **({"send_check": {
@@ -251,6 +232,7 @@ async def main() -> None:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=2))
+    print(table(summary, rated))
     print(json.dumps({k: v for k, v in summary.items() if k != "raw"}, indent=2))
 
 

@@ -1,0 +1,3 @@
+module imflow/benchmarks/loadgen
+
+go 1.23
