@@ -108,6 +108,12 @@ class Settings(BaseSettings):
         "buffer holds) before it counts as behind: its live-room chat is dropped, and past twice this "
         "it is closed (4008) at once",
     )
+    socket_send_buffer_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        description="Each client socket's kernel send buffer (SO_SNDBUF; Linux doubles it; 0 leaves the kernel's "
+        "autotuning, up to 4 MB): what the kernel holds for a client that stopped reading before the gateway sees it",
+    )
     slow_consumer_seconds: float = Field(
         3.0, gt=0, description="A connection that stays behind (see outbound_buffer_bytes) this long is closed (4008)"
     )

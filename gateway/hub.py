@@ -61,7 +61,9 @@ class Connection:
     what waits through ASGI, and the same rules count the bytes it holds.
     """
 
-    def __init__(self, websocket: WebSocket, user: str, buffer_bytes: int = 512 * 1024, slow_seconds: float = 3.0) -> None:
+    def __init__(
+        self, websocket: WebSocket, user: str, buffer_bytes: int = 512 * 1024, slow_seconds: float = 3.0, kernel_buffer: int = 0,
+    ) -> None:
         self.websocket = websocket
         self.user = user
         self.id = uuid.uuid4().hex[:16]
@@ -84,7 +86,7 @@ class Connection:
         self._ready: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         if self._sink is not None:
-            self._sink.listen(self, buffer_bytes)
+            self._sink.listen(self, buffer_bytes, kernel_buffer)
         else:
             self._ready = asyncio.Event()
             self._writer = asyncio.create_task(self._write())

@@ -37,7 +37,8 @@ async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub, extens
     if claims is None:
         return
     user = claims.user
-    connection = Connection(websocket, user, backend.settings.outbound_buffer_bytes, backend.settings.slow_consumer_seconds)
+    s = backend.settings
+    connection = Connection(websocket, user, s.outbound_buffer_bytes, s.slow_consumer_seconds, s.socket_send_buffer_bytes)
     connection.authorize(claims)  # the session ends at the token's expiry unless re-authenticated
     # always the first frame
     connection.push({"op": "welcome", "user": user, "node": backend.node_name, **_lifetime(claims)})

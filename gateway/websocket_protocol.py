@@ -16,6 +16,7 @@ works for everything else (accept, the handshake's refusals, a server without th
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import TYPE_CHECKING, Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -50,8 +51,9 @@ class DirectSink(Protocol):
 
     paused: bool  # the transport's buffer is past its high-water mark
 
-    def listen(self, listener: Listener, high_water: int) -> None:
-        """Tell ``listener`` when the buffer passes ``high_water`` bytes and when it drains to a quarter."""
+    def listen(self, listener: Listener, high_water: int, kernel_buffer: int = 0) -> None:
+        """Tell ``listener`` when the buffer passes ``high_water`` bytes and when it drains to a
+        quarter; ``kernel_buffer`` > 0 sets the socket's kernel send buffer (SO_SNDBUF)."""
         ...
 
     def write_frame(self, wire: bytes) -> bool:
@@ -119,9 +121,14 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is not None:
             scope["extensions"][EXTENSION] = self
 
-    def listen(self, listener: Listener, high_water: int) -> None:
+    def listen(self, listener: Listener, high_water: int, kernel_buffer: int = 0) -> None:
         self._listener = listener
         self.transport.set_write_buffer_limits(high=high_water)  # low: a quarter (asyncio's default)
+        sock = self.transport.get_extra_info("socket")
+        if kernel_buffer > 0 and sock is not None:
+            # Linux lets a send buffer grow to 4 MB: the gateway would see a stuck client only
+            # after that much, held in kernel memory for every such connection
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, kernel_buffer)
 
     def pause_writing(self) -> None:
         super().pause_writing()

@@ -33,7 +33,7 @@ class FakeSink:
         self.written: list[bytes] = []
         self.closed_with: int | None = None
 
-    def listen(self, listener: Any, high_water: int) -> None:
+    def listen(self, listener: Any, high_water: int, kernel_buffer: int = 0) -> None:
         self.listener, self.high = listener, high_water
 
     def write_frame(self, wire: bytes) -> bool:
