@@ -30,7 +30,7 @@ from .notifications import Delivered, Sent
 from .plugin_types import Rejection, plugin_error_code
 from .storage import archive_queue, fan_out, gateway_events, presence
 from .storage.fan_out import GroupView, Mode
-from .storage.inbox import delivery_result, queue_delivery
+from .storage.inbox import delivery_result, inbox_entry, queue_delivery
 from .storage.ingest import accepted_from, first_mode, queue_accept, was_stored
 from .storage.scripts import Reply, run_pipeline
 
@@ -237,9 +237,11 @@ async def _fan_out(ctx: AgentContext, work: list[_Send]) -> _Fanned:
                 fanned.stored_once.append((message, send.command.origin, stored))
                 continue
             archive_queue.queue_message(pipe, s.app_id, send.partition, message, send.members or [])
+            entry = inbox_entry(message)  # the same bytes for every member: made once
             for member in send.members or ():
                 skip = send.command.origin if member == send.command.sender else ""
-                fanned.deliveries.append((message, member, queue_delivery(pipe, message, member, s.inbox_limit), skip))
+                delivery = queue_delivery(pipe, message, member, s.inbox_limit, entry)
+                fanned.deliveries.append((message, member, delivery, skip))
         fanned.gateways = {user: presence.queue_gateways_of(pipe, user) for user in users}
         return fanned
 

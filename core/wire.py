@@ -47,28 +47,43 @@ def decode(data: bytes | str) -> Any:
 def check(value: Any) -> None:
     """Raise ImflowError(bad_frame) unless ``value`` keeps the depth and number limits.
 
-    Walks iteratively, so no nesting can exhaust Python's recursion limit.
+    Walks iteratively, so no nesting can exhaust Python's recursion limit. The path named in
+    an error (``frame.body.items[2]``) is spelled only when there is an error: every frame and
+    record is checked, and nearly all pass.
     """
-    pending: list[tuple[Any, int, str]] = [(value, 1, "frame")]
+    # (item, depth, parent entry or None, key or index in the parent)
+    pending: list[tuple[Any, int, tuple | None, Any]] = [(value, 1, None, None)]
     while pending:
-        item, depth, where = pending.pop()
+        entry = pending.pop()
+        item, depth = entry[0], entry[1]
         if isinstance(item, dict):
-            children = [(child, f"{where}.{key}") for key, child in item.items()]
+            children: Any = item.items()
         elif isinstance(item, list):
-            children = [(child, f"{where}[{index}]") for index, child in enumerate(item)]
+            children = enumerate(item)
         else:
-            _check_scalar(item, where)
+            problem = _scalar_problem(item)
+            if problem:
+                raise ImflowError(ErrorCode.BAD_FRAME, f"{_path(entry)}: {problem}")
             continue
         if depth > MAX_DEPTH:
-            raise ImflowError(ErrorCode.BAD_FRAME, f"{where}: nested deeper than {MAX_DEPTH} levels")
-        pending.extend((child, depth + 1, path) for child, path in children)
+            raise ImflowError(ErrorCode.BAD_FRAME, f"{_path(entry)}: nested deeper than {MAX_DEPTH} levels")
+        pending.extend((child, depth + 1, entry, key) for key, child in children)
 
 
-def _check_scalar(item: Any, where: str) -> None:
+def _path(entry: tuple) -> str:
+    """Where an entry of ``check``'s walk stands: ``frame``, ``frame.body``, ``frame.to[0]``."""
+    parts = []
+    while entry[2] is not None:
+        _, _, parent, key = entry
+        parts.append(f"[{key}]" if isinstance(parent[0], list) else f".{key}")
+        entry = parent
+    return "frame" + "".join(reversed(parts))
+
+
+def _scalar_problem(item: Any) -> str:
+    """What is wrong with a scalar ("" if nothing): only integers within 0…2^53−1 are numbers."""
     if isinstance(item, bool) or item is None or isinstance(item, str):
-        return
+        return ""
     if isinstance(item, int):
-        if not 0 <= item <= MAX_SAFE_INT:
-            raise ImflowError(ErrorCode.BAD_FRAME, f"{where}: numbers are integers within 0…{MAX_SAFE_INT}")
-        return
-    raise ImflowError(ErrorCode.BAD_FRAME, f"{where}: numbers are integers within 0…{MAX_SAFE_INT}, not {item!r}")
+        return "" if 0 <= item <= MAX_SAFE_INT else f"numbers are integers within 0…{MAX_SAFE_INT}"
+    return f"numbers are integers within 0…{MAX_SAFE_INT}, not {item!r}"

@@ -38,8 +38,10 @@ def inbox_entry(message: Message) -> bytes:
     return orjson.dumps(message.model_dump())
 
 
-def queue_delivery(pipe: Pipeline, message: Message, member: str, inbox_limit: int) -> Reply:
-    """Add one member's delivery to a pipeline; read its reply with ``delivery_result``."""
+def queue_delivery(pipe: Pipeline, message: Message, member: str, inbox_limit: int, entry: bytes | None = None) -> Reply:
+    """Add one member's delivery to a pipeline; read its reply with ``delivery_result``.
+    ``entry``: the message's ``inbox_entry``, made once for all its members by a caller that
+    delivers it to several."""
     return queue_script(
         pipe,
         "deliver",
@@ -48,7 +50,7 @@ def queue_delivery(pipe: Pipeline, message: Message, member: str, inbox_limit: i
             message.conversation,
             message.seq,
             message.mid,
-            inbox_entry(message),
+            entry if entry is not None else inbox_entry(message),
             1 if member == message.sender else 0,
             inbox_limit,
         ],
