@@ -36,6 +36,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import importlib.util
 import gc
 import json
 import os
@@ -73,6 +74,7 @@ CANDIDATES: dict[str, tuple[str, str, str]] = {
     "hypercorn-asyncio": ("hypercorn", "wsproto", "asyncio"),
     "hypercorn-uvloop": ("hypercorn", "wsproto", "uvloop"),
 }
+OPTIONAL = {"granian": "granian==2.8.7", "hypercorn": "hypercorn==0.18.0"}  # what the figures in docs/benchmarks.md ran
 
 
 # ---------------------------------------------------------------------------------------------
@@ -781,6 +783,10 @@ def main() -> None:
     for name in args.candidates.split(","):
         if name not in CANDIDATES:
             raise SystemExit(f"unknown candidate {name}; pick from {', '.join(CANDIDATES)}")
+        server = CANDIDATES[name][0]
+        if server != "uvicorn" and importlib.util.find_spec(server) is None:
+            # not dependencies of imflow: only this comparison runs them
+            raise SystemExit(f"{name} needs {server}: .venv/bin/pip install {OPTIONAL[server]}")
         for variant in args.variants.split(","):
             if variant == "C" and CANDIDATES[name][0] != "uvicorn":
                 continue  # the transport fast path is uvicorn's protocol's transport
