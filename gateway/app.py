@@ -121,7 +121,7 @@ class Gateway(Starlette):
     a tenth of one), and none of them acts on a WebSocket (errors of a session are its own)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == "/ws":
+        if scope["type"] == "websocket" and scope["path"].removeprefix(scope.get("root_path", "")) == "/ws":
             scope["app"] = self
             await client_socket(WebSocket(scope, receive, send))
             return
