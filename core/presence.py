@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .services import Services
 
 __all__ = [
-    "Beat", "PresenceChanged", "PresenceStates", "State", "Watch", "beat", "connected", "disconnected", "leave",
+    "Beat", "PresenceChanged", "PresenceStates", "State", "Watch", "beat", "changed", "connected", "disconnected", "leave",
     "listens_on", "subscribe", "sweep_dead", "sweep_own", "visibility_changed", "watch", "write_back",
 ]
 
@@ -93,6 +93,13 @@ async def disconnected(redis: Redis, user: str, node: str) -> None:
     """One connection fewer of ``user`` on gateway ``node``; their contacts hear if it was their
     last one anywhere (last seen now)."""
     await _publish(redis, [await presence.disconnected(redis, user, node, now_ms())])
+
+
+async def changed(redis: Redis, node: str, changes: list[tuple[str, bool]]) -> None:
+    """Connections that came (True) and went (False) on gateway ``node``, as (user, came), in
+    order and together (a few round trips however many); the contacts of users who came online
+    or went offline hear it."""
+    await _publish(redis, await presence.changed(redis, node, changes, now_ms()))
 
 
 async def visibility_changed(redis: Redis, user: str) -> None:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_UNAUTHENTICATED = 4401  # the token was refused, has expired or was revoked
+PRESENCE_BATCH = 1000  # connects and disconnects written together at most
 REVOCATION_MEMORY_S = 60.0  # how long a gateway remembers a revocation for connections still signing in
 DROPPED_FRAMES = Counter("imflow_dropped_frames", "Low-priority frames dropped because a client fell behind")
 SLOW_CLOSES = Counter("imflow_slow_connections_closed", "Connections closed (4008) for staying too slow")
@@ -394,6 +395,9 @@ class Hub:
         self._revocations: dict[str, tuple[Revocation, float]] = {}
         self._rechecks: set[asyncio.Task[None]] = set()
         self.held = 0  # connections in ``connections``
+        # connects and disconnects waiting to be written, each with the future of its session
+        self._presence_queue: list[tuple[str, bool, asyncio.Future[None]]] = []
+        self._presence_writer: asyncio.Task[None] | None = None
         self.behind: set[Connection] = set()  # those behind (kept by each Connection): what load() and the sweep look at
 
     def add(self, connection: Connection) -> None:
@@ -417,6 +421,39 @@ class Hub:
                 del self.connections[connection.user]
         self.behind.discard(connection)
         connection.behind = None
+
+    async def record_presence(self, user: str, came: bool) -> None:
+        """Record that a connection of ``user`` came (True) or went (False). Changes that come
+        while a write is under way go together in the next one, a few round trips however many
+        (10,000 viewers dropping at once, then coming back): one at a time, each holding the
+        presence lock, they took minutes. Raises what the write raised (Redis is out)."""
+        done = asyncio.get_running_loop().create_future()
+        self._presence_queue.append((user, came, done))
+        if self._presence_writer is None or self._presence_writer.done():
+            self._presence_writer = asyncio.create_task(self._write_presence())
+        await done
+
+    async def _write_presence(self) -> None:
+        batch: list[tuple[str, bool, asyncio.Future[None]]] = []
+        try:
+            while self._presence_queue:
+                batch = self._presence_queue[:PRESENCE_BATCH]
+                del self._presence_queue[:PRESENCE_BATCH]
+                try:
+                    async with self.presence_lock:  # not in the middle of a write-back
+                        await presence.changed(self.redis, self.node, [(user, came) for user, came, _ in batch])
+                except Exception as exc:
+                    for *_, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                else:
+                    for *_, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+        finally:  # stopped (the hub stops): nobody may wait for a write that will not come
+            for *_, done in batch + self._presence_queue:
+                if not done.done():
+                    done.cancel()
 
     def _sweep(self) -> None:
         """Twice a second: close connections that stayed behind too long; forget old revocations."""
@@ -507,7 +544,9 @@ class Hub:
         await self.lag.stop()
         for task in list(self._rechecks):
             task.cancel()
-        tasks: tuple[asyncio.Task[None] | None, ...] = (self._listener, self._heartbeat_task, self._sweeping)
+        tasks: tuple[asyncio.Task[None] | None, ...] = (
+            self._listener, self._heartbeat_task, self._sweeping, self._presence_writer,
+        )
         for running in tasks:
             if running is not None:
                 running.cancel()

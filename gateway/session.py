@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from imflow.core import accounts, presence
+from imflow.core import accounts
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.ids import now_ms
 
@@ -44,24 +44,23 @@ async def serve_session(websocket: WebSocket, backend: Backend, hub: Hub, extens
     connection.push({"op": "welcome", "user": user, "node": backend.node_name, **_lifetime(claims)})
     hub.add(connection)  # after the token check: a revocation heard meanwhile still ends it
     try:
-        await _presence(presence.connected, backend, hub, user)
+        await _presence(hub, user, came=True)
         await backend.hooks.call.on_connect(user=user, node=backend.node_name, connection=connection)
         # the welcome goes out once pushes reach this connection, and any queued meanwhile follow it
         connection.open()
         await _serve(websocket, backend, connection, extensions)
     finally:
         hub.remove(connection)
-        await _presence(presence.disconnected, backend, hub, user)
+        await _presence(hub, user, came=False)
         await backend.hooks.call.on_disconnect(user=user, node=backend.node_name, connection=connection)
         await connection.finish()
 
 
-async def _presence(change: Any, backend: Backend, hub: Hub, user: str) -> None:
+async def _presence(hub: Hub, user: str, came: bool) -> None:
     """Record where the user is; if Redis is out, the session goes on (pushes may miss it, sync
     won't), and the hub's next beat sets the user's count on this gateway to what it holds."""
     try:
-        async with hub.presence_lock:  # not in the middle of the hub writing its entries back
-            await change(backend.redis, user, backend.node_name)
+        await hub.record_presence(user, came)
     except Exception as exc:
         hub.presence_unsure.add(user)
         log.warning("presence of %s not recorded or not published (%s); the next heartbeat sets it", user, exc)

@@ -81,6 +81,42 @@ async def test_transitions_count_connections_over_all_gateways(any_redis) -> Non
     assert back is not None and back.online and back.last_seen_ms == 333
 
 
+async def test_changes_written_together_count_as_one_at_a_time_would(any_redis) -> None:
+    """``changed`` applies connects and disconnects in their order: the same answers and counts
+    as the one-at-a-time calls, a user coming and going within one batch included."""
+    await any_redis.sadd(keys.user_groups("ann"), "g1")
+    steps = [("ann", True), ("bob", True), ("ann", True), ("ann", False), ("bob", False), ("cid", True), ("ann", False)]
+    together = await presence.changed(any_redis, "gw-a", steps, 777)
+    assert [(c.user, c.online) if c else None for c in together] == [
+        ("ann", True), ("bob", True), None, None, ("bob", False), ("cid", True), ("ann", False)]
+    assert await any_redis.hget(keys.gateway_users("gw-a"), "cid") == b"1"
+    assert await any_redis.hget(keys.gateway_users("gw-a"), "ann") is None
+    assert await any_redis.hget(keys.group_online("g1"), "gw-a|ann") is None
+
+
+async def test_a_crowd_leaving_at_once_is_written_in_a_few_batches(any_redis, monkeypatch) -> None:
+    """1,500 connections closing at once (a network blip, a gateway restart): the hub writes
+    their presence in batches, not one round trip and lock turn each, and every count ends right."""
+    from imflow.gateway.hub import PRESENCE_BATCH, Hub
+
+    writes: list[int] = []
+    real = presence_service.changed
+
+    async def counted(redis, node, changes):
+        writes.append(len(changes))
+        await real(redis, node, changes)
+
+    monkeypatch.setattr(presence_service, "changed", counted)
+    hub = Hub(any_redis, "gw-crowd")
+    users = [f"viewer{i}" for i in range(1500)]
+    await asyncio.gather(*(hub.record_presence(user, True) for user in users))
+    await asyncio.gather(*(hub.record_presence(user, False) for user in users))
+    assert sum(writes) == 3000 and len(writes) <= 3000 // PRESENCE_BATCH + 4, writes
+    assert await any_redis.hlen(keys.gateway_users("gw-crowd")) == 0
+    states = await presence.states(any_redis, users[:3])
+    assert not any(state.online for state in states)
+
+
 async def test_a_sweep_takes_offline_only_those_left_without_a_connection(any_redis) -> None:
     for user in ("ann", "bob"):
         await presence.connected(any_redis, user, "gw-dead")

@@ -73,39 +73,52 @@ def _change(user: str, answer: list[Any]) -> Change | None:
     )
 
 
-async def _groups(redis: Redis, user: str) -> list[str]:
-    return sorted(text(gid) for gid in await redis.smembers(keys.user_groups(user)))
+async def _groups_of(redis: Redis, users: list[str]) -> dict[str, list[str]]:
+    """The groups of each user (for their online entries in each), in one round trip."""
+
+    def memberships(pipe: Pipeline) -> None:
+        for user in users:
+            pipe.smembers(keys.user_groups(user))
+
+    _, found = await run_pipeline(redis, memberships)
+    return {user: sorted(text(gid) for gid in groups) for user, groups in zip(users, found, strict=True)}
 
 
 async def connected(redis: Redis, user: str, node: str) -> Change | None:
     """One more connection of ``user`` on ``node``; the ``Change`` if the user came online."""
-    gids = await _groups(redis, user)
-
-    def count_in(pipe: Pipeline) -> Reply:
-        counted = _queue_count(pipe, user, node, "add")
-        pipe.hincrby(keys.gateway_users(node), user, 1)
-        for gid in gids:
-            pipe.hincrby(keys.group_online(gid), f"{node}|{user}", 1)
-        return counted
-
-    counted, _ = await run_pipeline(redis, count_in)
-    return _change(user, counted.value)
+    return (await changed(redis, node, [(user, True)]))[0]
 
 
 async def disconnected(redis: Redis, user: str, node: str, at_ms: int | None = None) -> Change | None:
     """One connection fewer of ``user`` on ``node``; the ``Change`` if that was the user's last
     one anywhere (their last-seen time is then ``at_ms``, default now)."""
-    gids = await _groups(redis, user)
+    return (await changed(redis, node, [(user, False)], at_ms))[0]
 
-    def count_out(pipe: Pipeline) -> Reply:
-        counted = _queue_count(pipe, user, node, "lower", now_ms() if at_ms is None else at_ms)
-        queue_script(pipe, "lower_field", keys=[keys.gateway_users(node)], args=[user])
-        for gid in gids:
-            queue_script(pipe, "lower_field", keys=[keys.group_online(gid)], args=[f"{node}|{user}"])
+
+async def changed(redis: Redis, node: str, changes: list[tuple[str, bool]], at_ms: int | None = None) -> list[Change | None]:
+    """Connections that came (True) and went (False) on ``node``, as (user, came), counted in this
+    order in two round trips however many there are (10,000 viewers dropping at once); for each,
+    the ``Change`` if its user came online or went offline (last seen ``at_ms``, default now)."""
+    at_ms = now_ms() if at_ms is None else at_ms
+    gids = await _groups_of(redis, sorted({user for user, _ in changes}))
+
+    def count(pipe: Pipeline) -> list[Reply]:
+        counted = []
+        for user, came in changes:
+            if came:
+                counted.append(_queue_count(pipe, user, node, "add"))
+                queue_script(pipe, "add_one", keys=[keys.gateway_users(node)], args=[user])
+                for gid in gids[user]:
+                    queue_script(pipe, "add_one", keys=[keys.group_online(gid)], args=[f"{node}|{user}"])
+            else:
+                counted.append(_queue_count(pipe, user, node, "lower", at_ms))
+                queue_script(pipe, "lower_field", keys=[keys.gateway_users(node)], args=[user])
+                for gid in gids[user]:
+                    queue_script(pipe, "lower_field", keys=[keys.group_online(gid)], args=[f"{node}|{user}"])
         return counted
 
-    counted, _ = await run_pipeline(redis, count_out)
-    return _change(user, counted.value)
+    counted, _ = await run_pipeline(redis, count)
+    return [_change(user, reply.value) for (user, _), reply in zip(changes, counted, strict=True)]
 
 
 def queue_drop(pipe: Pipeline, user: str, node: str, at_ms: int) -> Reply:
@@ -150,17 +163,14 @@ async def announce(redis: Redis, node: str, held: dict[str, int]) -> list[Change
     users, changes = sorted(held), []
     for start in range(0, len(users), gateway_liveness.SWEEP_CHUNK):
         chunk = users[start : start + gateway_liveness.SWEEP_CHUNK]
-        async with redis.pipeline(transaction=False) as pipe:
-            for user in chunk:
-                pipe.smembers(keys.user_groups(user))
-            groups = await pipe.execute()
+        groups = await _groups_of(redis, chunk)
 
-        def write(pipe: Pipeline, chunk: list[str] = chunk, groups: list[Any] = groups) -> list[Reply]:
+        def write(pipe: Pipeline, chunk: list[str] = chunk, groups: dict[str, list[str]] = groups) -> list[Reply]:
             counted = []
-            for user, gids in zip(chunk, groups, strict=True):
+            for user in chunk:
                 counted.append(_queue_count(pipe, user, node, "set", held=held[user]))
                 fields = [(keys.gateway_users(node), user)]
-                fields += [(keys.group_online(gid.decode()), f"{node}|{user}") for gid in gids]
+                fields += [(keys.group_online(gid), f"{node}|{user}") for gid in groups[user]]
                 for key, field in fields:  # none held: the entry goes, as a disconnect takes it
                     pipe.hset(key, field, held[user]) if held[user] > 0 else pipe.hdel(key, field)
             return counted

@@ -108,8 +108,14 @@ async def run_pipeline(redis: Redis, fill: Callable[[Pipeline], Awaitable[T] | T
     """Fill a fresh non-transactional pipeline, execute it, return (fill's result, replies).
 
     If Redis has lost our scripts (a restart, SCRIPT FLUSH), load them and run the pipeline
-    again: every script is idempotent, so the commands that ran the first time are harmless.
+    again. That is safe only if nothing in it ran the first time: Redis loses all scripts at
+    once, but a Redis that holds an older imflow's scripts lacks only the new ones, and then the
+    pipeline's other scripts and commands (counts) would run twice. So a client loads every
+    script before its first pipeline.
     """
+    if not getattr(redis, _LOADED, False):
+        await load_scripts(redis)
+        setattr(redis, _LOADED, True)
     for attempt in (1, 2):
         async with redis.pipeline(transaction=False) as pipe:
             filled = fill(pipe)
@@ -125,6 +131,9 @@ async def run_pipeline(redis: Redis, fill: Callable[[Pipeline], Awaitable[T] | T
             pipe.__dict__[_REPLIES] = replies  # what every Reply of this pipeline reads
             return filled, replies
     raise AssertionError("unreachable")
+
+
+_LOADED = "_imflow_scripts_loaded"  # set on a client once it has loaded every script
 
 
 async def load_scripts(redis: Redis) -> None:
