@@ -194,12 +194,12 @@ class Connection:
         if sink is not None and self._opened and not self._waiting and not sink.paused:
             sink.write_frame(frame_wire(frame))  # the usual case: straight to the socket
             return
-        if self._opened and self._behind_since is not None:
-            if priority == Priority.LOW:
-                return self._drop()
-            while self.queued_bytes + len(frame.data) > 2 * self.buffer_bytes:
-                if not self._evict_low():
-                    return self._too_slow(f"more than {2 * self.buffer_bytes} bytes waited")
+        if self._opened and self._behind_since is not None and priority == Priority.LOW:
+            return self._drop()
+        # the same bound before the session is open (set-up may wait on a presence write-back)
+        while self.queued_bytes + len(frame.data) > 2 * self.buffer_bytes:
+            if not self._evict_low():
+                return self._too_slow(f"more than {2 * self.buffer_bytes} bytes waited")
         if self._waiting is None:
             self._waiting = deque()
         self._waiting.append((priority, frame))
@@ -211,7 +211,7 @@ class Connection:
 
     def writing_paused(self) -> None:
         """The socket's buffer passed ``buffer_bytes``: behind from now (called by the sink)."""
-        if self._behind_since is None:
+        if self._behind_since is None and not self._closed:
             self._fell_behind()
 
     def writing_resumed(self) -> None:
@@ -314,7 +314,7 @@ class Connection:
         if not self._closed:
             if self._sink is not None:
                 self.writing_resumed()
-                if self._waiting:
+                if self._waiting and not self._sink.gone:  # else nothing will drain it
                     self._drained = asyncio.get_running_loop().create_future()
                     with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                         await asyncio.wait_for(self._drained, 1.0)

@@ -16,6 +16,7 @@ works for everything else (accept, the handshake's refusals, a server without th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -50,6 +51,11 @@ class DirectSink(Protocol):
     """What a session gets under ``scope["extensions"]["imflow.direct"]``."""
 
     paused: bool  # the transport's buffer is past its high-water mark
+
+    @property
+    def gone(self) -> bool:
+        """The socket is closing or closed: nothing more will be written or drained."""
+        ...
 
     def listen(self, listener: Listener, high_water: int, kernel_buffer: int = 0) -> None:
         """Tell ``listener`` when the buffer passes ``high_water`` bytes and when it drains to a
@@ -121,14 +127,52 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is not None:
             scope["extensions"][EXTENSION] = self
 
+    @property
+    def gone(self) -> bool:
+        """The socket is closing or closed: nothing more will be written or drained."""
+        return self.close_sent or self.disconnected or self.transport.is_closing()
+
     def listen(self, listener: Listener, high_water: int, kernel_buffer: int = 0) -> None:
+        if self.gone:  # the client left while its token was checked
+            return
         self._listener = listener
         self.transport.set_write_buffer_limits(high=high_water)  # low: a quarter (asyncio's default)
         sock = self.transport.get_extra_info("socket")
         if kernel_buffer > 0 and sock is not None:
             # Linux lets a send buffer grow to 4 MB: the gateway would see a stuck client only
             # after that much, held in kernel memory for every such connection
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, kernel_buffer)
+            with contextlib.suppress(OSError, ValueError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, kernel_buffer)
+
+    # Every way a socket closes ends within CLOSE_GRACE_S: uvicorn's transport.close() waits until
+    # the buffer is flushed, which for a client that stopped reading is never (its socket, buffer
+    # and session would be held for good).
+    def _abort_later(self) -> None:
+        if self.close_timer is None and not self.disconnected:
+            self.close_timer = self.loop.call_later(CLOSE_GRACE_S, self.transport.abort)
+
+    def handle_close(self, event: Any) -> None:
+        super().handle_close(event)  # a client's close frame: it may still not read what we sent
+        self._abort_later()
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": 1011, "reason": "keepalive ping timeout"})
+        self._abort_later()
+
+    def handle_parser_exception(self) -> None:
+        super().handle_parser_exception()
+        self._abort_later()
+
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        super().on_task_complete(task)  # after run_asgi closed the transport
+        self._abort_later()
+
+    def handle_ping(self) -> None:
+        if self.paused:  # a client that sends pings but reads nothing: no pongs pile up for it
+            self.conn.data_to_send()  # (RFC 6455 §5.5.3 allows answering only the latest ping)
+            return
+        super().handle_ping()
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -147,7 +191,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         super().connection_lost(exc)
 
     def write_frame(self, wire: bytes) -> bool:
-        if self.close_sent or self.disconnected or self.transport.is_closing():
+        if self.gone:
             return False
         self.transport.write(wire)
         return True
@@ -156,7 +200,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         return self.transport.get_write_buffer_size()
 
     def close_now(self, code: int, reason: str, last: bytes | None = None) -> None:
-        if self.close_sent or self.disconnected or self.transport.is_closing():
+        if self.gone:
             return
         if last is not None:
             self.transport.write(last)
@@ -170,8 +214,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.read_paused:  # read on, so the client's answer to our close is heard
             self.read_paused = False
             self.transport.resume_reading()
-        # abort, not close: a client that stopped reading would keep what is buffered for it forever
-        self.close_timer = self.loop.call_later(CLOSE_GRACE_S, self.transport.abort)
+        self._abort_later()
 
 
 def direct_sink(scope: dict[str, Any]) -> DirectSink | None:

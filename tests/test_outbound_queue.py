@@ -48,6 +48,10 @@ class FakeSink:
     def buffered(self) -> int:
         return self.buffer
 
+    @property
+    def gone(self) -> bool:
+        return self.closed_with is not None
+
     def close_now(self, code: int, reason: str, last: bytes | None = None) -> None:
         self.closed_with = code
 
@@ -235,3 +239,26 @@ async def test_the_hub_counts_its_load_as_connections_come_go_and_fall_behind() 
     hub.remove(slow)
     hub.remove(slow)
     assert hub.load().connections == 1
+
+
+async def test_frames_before_the_session_opens_are_bounded_too() -> None:
+    """Set-up may wait (a presence write-back holds the lock): what is pushed meanwhile counts
+    against the same bytes, not without limit."""
+    sink = FakeSink()
+    connection = Connection(FakeWebSocket(sink), "viewer", LIMIT, 3.0)  # type: ignore[arg-type]
+    connection.push_raw(b"x" * 1500)
+    assert not connection.is_closed
+    connection.push_raw(b"x" * 600)  # 2100 > 2000
+    assert sink.closed_with == CLOSE_SLOW_CONSUMER
+
+
+async def test_a_closed_connection_is_not_counted_behind_again() -> None:
+    from imflow.gateway.hub import Hub
+
+    hub = Hub(None, "gw-test")  # type: ignore[arg-type]
+    connection, sink = direct_connection()
+    hub.add(connection)
+    connection.close(4008, "bye")
+    connection.writing_paused()  # the close frame crossed the high-water mark
+    assert hub.load().slow_connections == 0
+    await connection.finish()  # nothing can drain any more: no wait

@@ -26,6 +26,7 @@ from redis.exceptions import RedisClusterException, ResponseError
 
 from imflow.core.models import direct_conversation, group_conversation
 from imflow.core.notifications import Sent
+from imflow.core.plugin_types import PreparedFrame
 from imflow.core.revocation import Revocation
 from imflow.core.storage import gateway_events, keys, redis_client, revocations
 from imflow.core.storage.scripts import script
@@ -169,13 +170,16 @@ async def test_flush_empties_every_primary(cluster_url) -> None:
 class Heard:
     """Stands in for a gateway connection: keeps the frames and revocations it is given."""
 
+    slow = False  # never behind
+    behind: Any = None  # set by the hub
+
     def __init__(self, user: str) -> None:
         self.user, self.id = user, uuid.uuid4().hex
         self.frames: list[dict[str, Any]] = []
         self.revocations: list[Revocation] = []
 
-    def push_raw(self, data: bytes, priority: Any = None) -> None:
-        self.frames.append(orjson.loads(data))
+    def push_raw(self, data: bytes | PreparedFrame, priority: Any = None) -> None:
+        self.frames.append(orjson.loads(data.data if isinstance(data, PreparedFrame) else data))
 
     def revoked_by(self, revoked: Revocation) -> bool:
         self.revocations.append(revoked)

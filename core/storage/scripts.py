@@ -113,9 +113,7 @@ async def run_pipeline(redis: Redis, fill: Callable[[Pipeline], Awaitable[T] | T
     pipeline's other scripts and commands (counts) would run twice. So a client loads every
     script before its first pipeline.
     """
-    if not getattr(redis, _LOADED, False):
-        await load_scripts(redis)
-        setattr(redis, _LOADED, True)
+    await ensure_loaded(redis)
     for attempt in (1, 2):
         async with redis.pipeline(transaction=False) as pipe:
             filled = fill(pipe)
@@ -134,6 +132,14 @@ async def run_pipeline(redis: Redis, fill: Callable[[Pipeline], Awaitable[T] | T
 
 
 _LOADED = "_imflow_scripts_loaded"  # set on a client once it has loaded every script
+
+
+async def ensure_loaded(redis: Redis) -> None:
+    """Load every script through this client once, before its first pipeline (``run_pipeline``
+    says why)."""
+    if not getattr(redis, _LOADED, False):
+        await load_scripts(redis)
+        setattr(redis, _LOADED, True)
 
 
 async def load_scripts(redis: Redis) -> None:

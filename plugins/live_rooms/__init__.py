@@ -113,6 +113,7 @@ class Gateway:
             try:
                 await self.flush()
                 if time.monotonic() - self.refreshed > REFRESH_S:
+                    self.refreshed = time.monotonic()  # only a report of every room counts as the refresh
                     self.left.clear()
                     await self.report_viewers(list(self.rooms))
                 elif self.left:
@@ -145,7 +146,7 @@ class Gateway:
                     DELIVERED.inc(len(part) * len(viewers))
 
     async def report_viewers(self, rooms: list[str]) -> None:
-        self.refreshed = time.monotonic()
+        """Write this gateway's viewer count of each room (and forget rooms it has none in)."""
         redis, node = self.context.redis, self.context.node
         now = int(time.time())
         async with redis.pipeline(transaction=False) as pipe:
