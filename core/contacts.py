@@ -456,10 +456,11 @@ async def blocked(services: Services, query: ListBlocked) -> BlockedList:
 
 
 async def check_direct(services: Services, sender: str, recipient: str) -> bool:
-    """May ``sender`` message ``recipient`` one-to-one (the check of every such send, one round
-    trip)? In order: the recipient has no account (registered accounts) -> ``not_found``; is
-    deactivated -> ``user_deactivated``; either blocks the other -> ``blocked``; takes messages
-    from contacts only, and the sender is none and was not written to first -> ``contacts_only``.
+    """May ``sender`` message ``recipient`` one-to-one (the check of every such send; the checks
+    of the sends that arrive in one event-loop tick share one round trip)? In order: the
+    recipient has no account (registered accounts) -> ``not_found``; is deactivated ->
+    ``user_deactivated``; either blocks the other -> ``blocked``; takes messages from contacts
+    only, and the sender is none and was not written to first -> ``contacts_only``.
     A sender writing to a non-contact lets them reply; True if this send made that mark (undo
     it with ``first_write_undone`` if the send does not go)."""
     registered = services.settings.accounts == "registered"

@@ -15,6 +15,8 @@ A replay after a crash half-way through finishes the work the crash interrupted.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ from .storage.ingest import accepted_from, first_mode, queue_accept, was_stored
 from .storage.scripts import Reply, run_pipeline
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import AsyncIterator, Mapping
 
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
@@ -67,8 +69,9 @@ async def prepare(
     """The command to queue for a draft, once it may go: the sender is a member, the type is
     known (``types``: name -> MessageType, imflow's and the plugins') and the body valid for it,
     a one-to-one message passes the recipient's account, blocks and privacy
-    (``contacts.check_direct``, one round trip; group messages are not filtered by blocks), and
-    no plugin's ``imflow_before_send`` refused it (a plugin may also rewrite it).
+    (``contacts.check_direct``: one round trip shared by the sends of an event-loop tick; group
+    messages are not filtered by blocks), and no plugin's ``imflow_before_send`` refused it (a
+    plugin may also rewrite it). Sends between the same two users take turns on this process.
 
     Raises ImflowError: ``forbidden`` (not a member), ``bad_frame`` (unknown type, invalid
     body), ``not_found`` / ``user_deactivated`` / ``blocked`` / ``contacts_only`` (a one-to-one
@@ -89,9 +92,14 @@ async def prepare(
         gateway=services.node,
         origin=draft.origin,
     )
-    pair, marked = direct_members(draft.conversation), False
-    recipient = "" if pair is None else pair[1] if pair[0] == draft.sender else pair[0]
-    if pair is not None and pair[0] != pair[1]:  # the same user twice: a note to oneself, unchecked
+    pair = direct_members(draft.conversation)
+    if pair is None or pair[0] == pair[1]:  # the same user twice: a note to oneself, unchecked
+        return await _admitted(services, draft, command, gateway, "", marked=False)
+    recipient = pair[1] if pair[0] == draft.sender else pair[0]
+    # sends between the same two users, one after another: a mark the first takes back (a
+    # plugin refused it) must not have let the second through, or be taken from under it
+    async with _TURNS.turn(draft.conversation):
+        marked = False
         try:
             marked = await contacts.check_direct(services, draft.sender, recipient)
         except ImflowError:
@@ -99,12 +107,43 @@ async def prepare(
             # message: it goes on, and the worker answers with the first 'sent' (dedup)
             if not await was_stored(services.redis, draft.conversation, draft.sender, draft.cmid):
                 raise
+        return await _admitted(services, draft, command, gateway, recipient, marked)
+
+
+async def _admitted(
+    services: Services, draft: Draft, command: SendCommand, gateway: GatewayContext | None, recipient: str, marked: bool
+) -> SendCommand:
+    """The command once no plugin refused it (``marked``: the check made a first-message mark,
+    taken back if a plugin refuses)."""
     verdict = await services.hooks.call.before_send(command=command, gateway=gateway)
     if isinstance(verdict, Rejection):  # a plugin's code always has its dot (never passes for ours)
         if marked:  # the message does not go: its recipient may not answer on its account
             await contacts.first_write_undone(services, draft.sender, recipient)
         raise ImflowError(plugin_error_code(verdict.code), verdict.message, verdict.retry_after_ms)
     return verdict if isinstance(verdict, SendCommand) else command
+
+
+class _Turns:
+    """One task at a time per key, the others waiting in order (a lock per key, dropped when
+    nobody holds or waits for it)."""
+
+    def __init__(self) -> None:
+        self.locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: str) -> AsyncIterator[None]:
+        lock, users = self.locks.get(key) or self.locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self.locks[key]
+
+
+_TURNS = _Turns()  # this process's one-to-one sends, by conversation
 
 
 async def ingest(ctx: AgentContext, records: Records) -> None:

@@ -1,6 +1,7 @@
 """The Redis state of the social graph: contact edges, contact requests both ways, blocks and
 first-message marks (keys.contacts, requests_in, requests_out, blocked, wrote_to), and the
-send checks that read them.
+send checks that read them (those of the sends that arrive in one event-loop tick run together
+in one pipeline: ``TickBatch``).
 
 Every script touches one user's keys only (one ``{u:<user>}`` hash tag, so Redis Cluster can
 run it). A change between two users is two steps, one per side, each idempotent; core/contacts.py
@@ -10,18 +11,25 @@ complete the actor's side still shows what it was, and the actor's retry does it
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import orjson
+from redis.exceptions import NoScriptError
 
 from . import keys
 from .redis_client import text
-from .scripts import Reply, queue_script, reply, run_pipeline, script
+from .scripts import Reply, ensure_loaded, load_scripts, queue_script, reply, run_pipeline, script
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
+
+Item = TypeVar("Item")
+Answer = TypeVar("Answer")
 
 Part = Literal["contact", "in", "out", "wrote_to"]  # what ``unlink`` may take away
 
@@ -216,34 +224,190 @@ def _queue_recipient(pipe: Pipeline, recipient: str, sender: str, registered: bo
     )
 
 
+class TickBatch(Generic[Item, Answer]):
+    """The calls made in one event-loop tick, from any task, answered by one call of ``run``.
+
+    The first ``call`` of a tick leads: it lets the loop turn once (no timer: a lone call waits
+    for nothing more) while the tick's other calls join, then hands ``run(items)`` the lot —
+    itself, when alone; a task, when others wait on it too, so that the leader's caller being
+    cancelled cancels nobody else's. ``run`` answers each item in order, with its answer or
+    the exception that failed that item alone; an exception out of ``run`` itself (Redis
+    unavailable) fails every call of the batch with it.
+    """
+
+    def __init__(self, run: Callable[[list[Item]], Awaitable[list[Answer | Exception]]]) -> None:
+        self.run = run
+        self.joining: list[tuple[Item, asyncio.Future[Answer]]] | None = None  # the leader's, this tick
+        self.running: set[asyncio.Task[None]] = set()  # strong references until each run ends
+
+    async def call(self, item: Item) -> Answer:
+        """``item``'s answer from the run of this tick's batch; raises what failed it."""
+        if self.joining is not None:  # this tick has a leader: its run answers this item too
+            answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            self.joining.append((item, answer))
+            return await answer
+        self.joining = []
+        try:
+            await asyncio.sleep(0)
+        except BaseException:  # the leader's caller was cancelled: the others' run goes on
+            joined, self.joining = self.joining, None
+            if joined:
+                self._start(joined)
+            raise
+        joined, self.joining = self.joining, None
+        if not joined:
+            found = (await self.run([item]))[0]
+            if isinstance(found, Exception):
+                raise found
+            return found
+        mine: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._start([(item, mine), *joined])
+        return await mine
+
+    def _start(self, batch: list[tuple[Item, asyncio.Future[Answer]]]) -> None:
+        task = asyncio.get_running_loop().create_task(self._answer(batch))
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+
+    async def _answer(self, batch: list[tuple[Item, asyncio.Future[Answer]]]) -> None:
+        try:
+            answers = await self.run([item for item, _ in batch])
+        except asyncio.CancelledError:
+            for _, answer in batch:
+                answer.cancel()
+            raise
+        except Exception as exc:  # Redis unavailable: every caller's error (a future re-raises it with its own traceback)
+            answers = [exc for _ in batch]
+        for (_, answer), found in zip(batch, answers, strict=True):
+            if answer.done():  # its caller was cancelled
+                continue
+            if isinstance(found, Exception):
+                answer.set_exception(found)
+            else:
+                answer.set_result(found)
+
+
+async def run_each(
+    redis: Redis, items: list[Item], queue: Callable[[Pipeline, Item], object]
+) -> list[list[Any] | Exception]:
+    """Run the commands ``queue(pipe, item)`` queues for each item in one non-transactional
+    pipeline; each item's replies, or the error one of its commands got (that item's alone).
+
+    Items whose scripts Redis had lost (a restart, a failover) run again, those only, once the
+    scripts are loaded: a command that ran is never run twice. Raises what the pipeline raises
+    when Redis cannot be reached (``redis_client.STORAGE_UNAVAILABLE``).
+    """
+    await ensure_loaded(redis)  # a Redis with only some of our scripts would run the rest twice
+    found: list[list[Any] | Exception] = [[] for _ in items]
+    todo = list(range(len(items)))
+    for attempt in (1, 2):
+        async with redis.pipeline(transaction=False) as pipe:
+            spans = []
+            for i in todo:
+                start = len(pipe)
+                queue(pipe, items[i])
+                spans.append((i, start, len(pipe)))
+            replies = await pipe.execute(raise_on_error=False)
+        lost = []
+        for i, start, end in spans:
+            mine = replies[start:end]
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in mine):
+                lost.append(i)
+                continue
+            error = next((r for r in mine if isinstance(r, Exception)), None)
+            found[i] = error if error is not None else mine
+        if not lost:
+            break
+        await load_scripts(redis)
+        todo = lost
+    return found
+
+
+def _queue_direct(pipe: Pipeline, item: tuple[str, str, bool]) -> None:
+    sender, recipient, registered = item
+    _queue_recipient(pipe, recipient, sender, registered, privacy=True)
+    queue_script(
+        pipe,
+        "direct_sender",
+        keys=[keys.account(sender), keys.blocked(sender), keys.contacts(sender), keys.wrote_to(sender)],
+        args=[recipient],
+    )
+
+
+def _verdict(replies: list[Any]) -> tuple[str, str]:
+    """(the send's verdict, the sender side's answer) from the two scripts' replies."""
+    verdict, own = text(replies[0]), text(replies[1])
+    if own == "blocked" and verdict in ("ok", "contacts_only"):  # rules 1 and 2 come before a block
+        verdict = "blocked"
+    return verdict, own
+
+
+async def _check_many(redis: Redis, items: list[tuple[str, str, bool]]) -> list[tuple[str, bool] | Exception]:
+    """``check_direct``'s answers for many sends, in order, as if made one after the other.
+
+    One pipeline for all of them, but a send whose reverse (its recipient writing to its
+    sender) is earlier in the batch waits for a pipeline after it, and so do the later sends
+    between those two: the earlier send's mark, taken back if it was refused, would otherwise
+    decide this one's privacy check. Refused sends take their marks back in one more pipeline,
+    before the next sends run.
+    """
+    out: list[tuple[str, bool] | Exception] = [ValueError("unanswered")] * len(items)
+    todo = list(range(len(items)))
+    while todo:
+        now: list[int] = []
+        pairs: set[tuple[str, str]] = set()
+        waiting: set[frozenset[str]] = set()  # two users with a send that waits: their next ones wait too
+        later = []
+        for i in todo:
+            sender, recipient, _ = items[i]
+            users = frozenset((sender, recipient))
+            if (recipient, sender) in pairs or users in waiting:
+                later.append(i)
+                waiting.add(users)
+            else:
+                now.append(i)
+                pairs.add((sender, recipient))
+        found = await run_each(redis, [items[i] for i in now], _queue_direct)
+        undo = []
+        for i, replies in zip(now, found, strict=True):
+            if isinstance(replies, Exception):
+                out[i] = replies
+                continue
+            verdict, own = _verdict(replies)
+            if verdict != "ok" and own == "marked":
+                undo.append(items[i][:2])
+            out[i] = (verdict, verdict == "ok" and own == "marked")
+        if undo:
+            await run_each(redis, undo, _queue_unmark)
+        todo = later
+    return out
+
+
+def _queue_unmark(pipe: Pipeline, pair: tuple[str, str]) -> None:
+    pipe.srem(keys.wrote_to(pair[0]), pair[1])
+
+
+def _direct_batch(redis: Redis) -> TickBatch[tuple[str, str, bool], tuple[str, bool]]:
+    """This client's batch of send checks (one per client: a client belongs to one loop)."""
+    batch = redis.__dict__.get("_imflow_direct_checks")
+    if batch is None:
+        batch = redis.__dict__["_imflow_direct_checks"] = TickBatch(lambda items: _check_many(redis, items))
+    return batch
+
+
 async def check_direct(redis: Redis, sender: str, recipient: str, registered: bool) -> tuple[str, bool]:
     """May ``sender`` message ``recipient`` one-to-one? (``ok`` or the refusal's error code:
     ``not_found`` with ``registered`` accounts, ``user_deactivated``, ``blocked``,
-    ``contacts_only``; whether this send made a first-message mark), in one round trip: a
-    script on each user's slot in one pipeline.
+    ``contacts_only``; whether this send made a first-message mark): a script on each user's
+    slot. The checks of the sends that arrive in one event-loop tick go to Redis together, in
+    one pipeline (``TickBatch``), each answered as if it had been made alone.
 
     A sender writing to a non-contact marks them (they may reply, should the sender take
     messages from contacts only); a refused send takes a mark it made back (a second round
     trip, on refusals only), and so does a caller whose send fails later (``unmark``).
+    Raises what redis-py raises when Redis is unavailable (every send of the batch then).
     """
-
-    def look(pipe: Pipeline) -> tuple[Reply, Reply]:
-        recipient_side = _queue_recipient(pipe, recipient, sender, registered, privacy=True)
-        sender_side = queue_script(
-            pipe,
-            "direct_sender",
-            keys=[keys.account(sender), keys.blocked(sender), keys.contacts(sender), keys.wrote_to(sender)],
-            args=[recipient],
-        )
-        return recipient_side, sender_side
-
-    (theirs, mine), _ = await run_pipeline(redis, look)
-    verdict, own = text(theirs.value), text(mine.value)
-    if own == "blocked" and verdict in ("ok", "contacts_only"):  # rules 1 and 2 come before a block
-        verdict = "blocked"
-    if verdict != "ok" and own == "marked":
-        await unmark(redis, sender, recipient)
-    return verdict, verdict == "ok" and own == "marked"
+    return await _direct_batch(redis).call((sender, recipient, registered))
 
 
 async def unmark(redis: Redis, sender: str, recipient: str) -> None:
