@@ -33,7 +33,7 @@ from imflow.core.services import Services
 from imflow.core.settings import Settings
 from imflow.core.storage.archive_queue import enqueue_rows, partition_for
 from imflow.core.storage.keys import user_tag
-from imflow.core.storage.scripts import queue_script, run_pipeline, script
+from imflow.core.storage.scripts import TickBatch, queue_script, run_each, run_pipeline, script
 from imflow.core.storage.scripts import register as register_script
 
 __all__ = [  # see docs/plugins.md, "The plugin API", for what each is
@@ -57,6 +57,7 @@ __all__ = [  # see docs/plugins.md, "The plugin API", for what each is
     "SendCommand",
     "Services",
     "Settings",
+    "TickBatch",
     "TimerSpec",
     "enqueue_rows",
     "hookimpl",
@@ -67,6 +68,7 @@ __all__ = [  # see docs/plugins.md, "The plugin API", for what each is
     "plugin_error_code",
     "queue_script",
     "register_script",
+    "run_each",
     "run_pipeline",
     "script",
     "user_tag",

@@ -1,5 +1,5 @@
 """The send checks batched per event-loop tick (core/storage/contacts.py ``TickBatch``, the
-throttling plugin's ``Takes``): sends that arrive together get exactly the answers they would
+throttling plugin's token takes, both ``TickBatch``): sends that arrive together get exactly the answers they would
 get one at a time (a property test over random social graphs, accounts, privacy and limits),
 leave the same marks and tokens behind, share a few pipelines, and fail alone or together the
 way the single path did (a data error: that send; Redis away: the batch, never a hang; lost
@@ -243,7 +243,7 @@ async def test_many_users_at_once_share_a_few_pipelines(any_redis, monkeypatch: 
         return counting
 
     monkeypatch.setattr(store, "run_each", counted("checks", store.run_each))
-    monkeypatch.setattr(buckets.Takes, "_replies", counted("takes", buckets.Takes._replies))
+    monkeypatch.setattr(buckets, "run_each", counted("takes", buckets.run_each))
     got = await asyncio.gather(*(answer(services, gateway, n, send) for n, send in enumerate(batch)))
     monkeypatch.undo()
 

@@ -11,25 +11,18 @@ complete the actor's side still shows what it was, and the actor's retry does it
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from redis.exceptions import NoScriptError
 
 from . import keys
 from .redis_client import text
-from .scripts import Reply, ensure_loaded, load_scripts, queue_script, reply, run_pipeline, script
+from .scripts import Reply, TickBatch, queue_script, reply, run_each, run_pipeline, script
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
-
-Item = TypeVar("Item")
-Answer = TypeVar("Answer")
 
 Part = Literal["contact", "in", "out", "wrote_to"]  # what ``unlink`` may take away
 
@@ -222,105 +215,6 @@ def _queue_recipient(pipe: Pipeline, recipient: str, sender: str, registered: bo
         keys=[keys.account(recipient), keys.blocked(recipient), keys.contacts(recipient), keys.wrote_to(recipient)],
         args=[sender, "1" if registered else "0", "1" if privacy else "0"],
     )
-
-
-class TickBatch(Generic[Item, Answer]):
-    """The calls made in one event-loop tick, from any task, answered by one call of ``run``.
-
-    The first ``call`` of a tick leads: it lets the loop turn once (no timer: a lone call waits
-    for nothing more) while the tick's other calls join, then hands ``run(items)`` the lot —
-    itself, when alone; a task, when others wait on it too, so that the leader's caller being
-    cancelled cancels nobody else's. ``run`` answers each item in order, with its answer or
-    the exception that failed that item alone; an exception out of ``run`` itself (Redis
-    unavailable) fails every call of the batch with it.
-    """
-
-    def __init__(self, run: Callable[[list[Item]], Awaitable[list[Answer | Exception]]]) -> None:
-        self.run = run
-        self.joining: list[tuple[Item, asyncio.Future[Answer]]] | None = None  # the leader's, this tick
-        self.running: set[asyncio.Task[None]] = set()  # strong references until each run ends
-
-    async def call(self, item: Item) -> Answer:
-        """``item``'s answer from the run of this tick's batch; raises what failed it."""
-        if self.joining is not None:  # this tick has a leader: its run answers this item too
-            answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-            self.joining.append((item, answer))
-            return await answer
-        self.joining = []
-        try:
-            await asyncio.sleep(0)
-        except BaseException:  # the leader's caller was cancelled: the others' run goes on
-            joined, self.joining = self.joining, None
-            if joined:
-                self._start(joined)
-            raise
-        joined, self.joining = self.joining, None
-        if not joined:
-            found = (await self.run([item]))[0]
-            if isinstance(found, Exception):
-                raise found
-            return found
-        mine: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._start([(item, mine), *joined])
-        return await mine
-
-    def _start(self, batch: list[tuple[Item, asyncio.Future[Answer]]]) -> None:
-        task = asyncio.get_running_loop().create_task(self._answer(batch))
-        self.running.add(task)
-        task.add_done_callback(self.running.discard)
-
-    async def _answer(self, batch: list[tuple[Item, asyncio.Future[Answer]]]) -> None:
-        try:
-            answers = await self.run([item for item, _ in batch])
-        except asyncio.CancelledError:
-            for _, answer in batch:
-                answer.cancel()
-            raise
-        except Exception as exc:  # Redis unavailable: every caller's error (a future re-raises it with its own traceback)
-            answers = [exc for _ in batch]
-        for (_, answer), found in zip(batch, answers, strict=True):
-            if answer.done():  # its caller was cancelled
-                continue
-            if isinstance(found, Exception):
-                answer.set_exception(found)
-            else:
-                answer.set_result(found)
-
-
-async def run_each(
-    redis: Redis, items: list[Item], queue: Callable[[Pipeline, Item], object]
-) -> list[list[Any] | Exception]:
-    """Run the commands ``queue(pipe, item)`` queues for each item in one non-transactional
-    pipeline; each item's replies, or the error one of its commands got (that item's alone).
-
-    Items whose scripts Redis had lost (a restart, a failover) run again, those only, once the
-    scripts are loaded: a command that ran is never run twice. Raises what the pipeline raises
-    when Redis cannot be reached (``redis_client.STORAGE_UNAVAILABLE``).
-    """
-    await ensure_loaded(redis)  # a Redis with only some of our scripts would run the rest twice
-    found: list[list[Any] | Exception] = [[] for _ in items]
-    todo = list(range(len(items)))
-    for attempt in (1, 2):
-        async with redis.pipeline(transaction=False) as pipe:
-            spans = []
-            for i in todo:
-                start = len(pipe)
-                queue(pipe, items[i])
-                spans.append((i, start, len(pipe)))
-            replies = await pipe.execute(raise_on_error=False)
-        lost = []
-        for i, start, end in spans:
-            mine = replies[start:end]
-            if attempt == 1 and any(isinstance(r, NoScriptError) for r in mine):
-                lost.append(i)
-                continue
-            error = next((r for r in mine if isinstance(r, Exception)), None)
-            found[i] = error if error is not None else mine
-        if not lost:
-            break
-        await load_scripts(redis)
-        todo = lost
-    return found
 
 
 def _queue_direct(pipe: Pipeline, item: tuple[str, str, bool]) -> None:

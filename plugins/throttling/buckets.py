@@ -13,18 +13,16 @@ been made alone, and a refused take spends nothing, as before.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError
-
-from imflow.plugin_api import queue_script, register_script, script
+from imflow.plugin_api import TickBatch, queue_script, register_script, run_each
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
 
 # KEYS: the buckets.  ARGV[1]: now in ms, or '' for the server's clock; then rate, burst per key.
 # Returns {0, 0} when every bucket gave a token, else {the ms until every one has one, the index
@@ -96,85 +94,12 @@ async def take(redis: Redis, buckets: Sequence[Bucket], now_ms: int | None = Non
         args += [bucket.rate, bucket.burst]
     takes = redis.__dict__.get("_imflow_throttle_takes")
     if takes is None:  # one per client: a client belongs to one event loop
-        takes = redis.__dict__["_imflow_throttle_takes"] = Takes(redis)
-    wait, limiting = await takes.take([bucket.key for bucket in buckets], args)
+        takes = redis.__dict__["_imflow_throttle_takes"] = TickBatch(lambda items: run_each(redis, items, _queue_take))
+    # one script call each, in the order asked; one that ran is never run again (a second token)
+    ((wait, limiting),) = await takes.call(([bucket.key for bucket in buckets], args))
     return Refused(buckets[int(limiting) - 1], int(wait)) if wait else None
 
 
-class Takes:
-    """The takes of one Redis client asked for in one event-loop tick, run in one pipeline.
-
-    The first ``take`` of a tick leads: it lets the loop turn once (no timer: a lone take waits
-    for nothing more) while the tick's other takes join, then runs them all — itself, when
-    alone (one script call, as before); in a task, when others wait on it too, so that the
-    leader's caller being cancelled cancels nobody else's. A take whose script Redis had lost
-    runs again once it is loaded; one that ran is never run twice (it would spend a second
-    token). An error of one take's script fails that take; a Redis that cannot be reached fails
-    every take of the batch with redis-py's error.
-    """
-
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-        self.joining: list[tuple[list[str], list[Any], asyncio.Future[list[Any]]]] | None = None
-        self.running: set[asyncio.Task[None]] = set()  # strong references until each run ends
-
-    async def take(self, keys: list[str], args: list[Any]) -> list[Any]:
-        """The script's reply ``[wait, limiting]`` for one take from the buckets ``keys``."""
-        loop = asyncio.get_running_loop()
-        if self.joining is not None:  # this tick has a leader: its pipeline takes this one too
-            answer: asyncio.Future[list[Any]] = loop.create_future()
-            self.joining.append((keys, args, answer))
-            return await answer
-        self.joining = []
-        try:
-            await asyncio.sleep(0)
-        except BaseException:  # the leader's caller was cancelled: the others' takes go on
-            joined, self.joining = self.joining, None
-            if joined:
-                self._start(joined)
-            raise
-        joined, self.joining = self.joining, None
-        if not joined:
-            return await script(self.redis, SCRIPT)(keys=keys, args=args)
-        mine: asyncio.Future[list[Any]] = loop.create_future()
-        self._start([(keys, args, mine), *joined])
-        return await mine
-
-    def _start(self, batch: list[tuple[list[str], list[Any], asyncio.Future[list[Any]]]]) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(batch))
-        self.running.add(task)
-        task.add_done_callback(self.running.discard)
-
-    async def _run(self, batch: list[tuple[list[str], list[Any], asyncio.Future[list[Any]]]]) -> None:
-        try:
-            found = await self._replies(batch)
-        except asyncio.CancelledError:
-            for *_, answer in batch:
-                answer.cancel()
-            raise
-        except Exception as exc:  # Redis unavailable: every caller's error (a future re-raises it with its own traceback)
-            found = [exc for _ in batch]
-        for (*_, answer), reply in zip(batch, found, strict=True):
-            if not answer.done():  # else its caller was cancelled
-                if isinstance(reply, Exception):
-                    answer.set_exception(reply)
-                else:
-                    answer.set_result(reply)
-
-    async def _replies(self, batch: list[tuple[list[str], list[Any], asyncio.Future[list[Any]]]]) -> list[Any]:
-        """Each take's reply (or its error), in order."""
-        found: list[Any] = [None] * len(batch)
-        todo = list(range(len(batch)))
-        for attempt in (1, 2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    keys, args, _ = batch[i]
-                    queue_script(pipe, SCRIPT, keys=keys, args=args)
-                replies = await pipe.execute(raise_on_error=False)
-            for i, reply in zip(todo, replies, strict=True):
-                found[i] = reply
-            todo = [i for i in todo if isinstance(found[i], NoScriptError)]
-            if not todo or attempt == 2:
-                break
-            await self.redis.script_load(TAKE)  # where Redis lost it: those takes did not run
-        return found
+def _queue_take(pipe: Pipeline, take: tuple[list[str], list[Any]]) -> None:
+    keys, args = take
+    queue_script(pipe, SCRIPT, keys=keys, args=args)
