@@ -1,5 +1,5 @@
-"""The send checks batched per event-loop tick (core/storage/contacts.py ``TickBatch``, the
-throttling plugin's token takes, both ``TickBatch``): sends that arrive together get exactly the answers they would
+"""The send checks and the throttling plugin's token takes, batched per event-loop tick
+(core/storage/scripts.py ``TickBatch``): sends that arrive together get exactly the answers they would
 get one at a time (a property test over random social graphs, accounts, privacy and limits),
 leave the same marks and tokens behind, share a few pipelines, and fail alone or together the
 way the single path did (a data error: that send; Redis away: the batch, never a hang; lost
