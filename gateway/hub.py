@@ -75,6 +75,7 @@ class Connection:
         self._waiting_bytes = 0
         self._opened = False  # frames wait until the session is set up (the welcome first)
         self._behind_since: float | None = None  # monotonic s
+        self._held_at_sweep = 0  # bytes waiting at the last check_slow: less now means it reads
         self.dropped = 0
         self._closed = False
         self.claims: TokenClaims | None = None  # the token this session runs on
@@ -196,8 +197,9 @@ class Connection:
             return
         if self._opened and self._behind_since is not None and priority == Priority.LOW:
             return self._drop()
-        # the same bound before the session is open (set-up may wait on a presence write-back)
-        while self.queued_bytes + len(frame.data) > 2 * self.buffer_bytes:
+        # the same bound before the session is open (set-up may wait on a presence write-back);
+        # one frame alone always goes (a sync page may be bigger than the buffer)
+        while self._waiting_bytes and self.queued_bytes + len(frame.data) > 2 * self.buffer_bytes:
             if not self._evict_low():
                 return self._too_slow(f"more than {2 * self.buffer_bytes} bytes waited")
         if self._waiting is None:
@@ -249,10 +251,18 @@ class Connection:
         return False
 
     def check_slow(self, now: float) -> None:
-        """Close the connection if it has been behind for too long (swept regularly, so it
-        happens even when nothing new is pushed to it)."""
-        if self._behind_since is not None and now - self._behind_since > self.slow_seconds and not self._closed:
-            self._too_slow(f"behind for more than {self.slow_seconds} s")
+        """Close the connection if it has been behind for too long without reading (swept
+        regularly, so it happens even when nothing new is pushed to it). Fewer bytes waiting
+        than at the last sweep means the client reads, only slowly (a big ``sync`` page on a
+        slow link): its clock starts again, and only twice the buffer would close it."""
+        if self._behind_since is None or self._closed:
+            return
+        held = self.queued_bytes
+        if held < self._held_at_sweep:
+            self._behind_since = now
+        self._held_at_sweep = held
+        if now - self._behind_since > self.slow_seconds:
+            self._too_slow(f"behind for more than {self.slow_seconds} s without reading")
 
     def _drop(self) -> None:
         self.dropped += 1

@@ -110,6 +110,20 @@ async def test_a_connection_behind_for_too_long_is_closed() -> None:
     assert sink.closed_with == CLOSE_SLOW_CONSUMER and connection.is_closed
 
 
+async def test_a_client_that_reads_slowly_is_not_closed_for_it() -> None:
+    """A page bigger than the buffer, on a slow link: it stays behind for long, but each sweep
+    finds fewer bytes waiting, so it is reading and stays open."""
+    connection, sink = direct_connection(slow_seconds=3.0)
+    connection.push_raw(b"p" * 5000)  # one frame alone always goes, whatever its size
+    start = time.monotonic()
+    for second in range(1, 10):
+        sink.drain(400)  # 400 bytes a second: slow, but reading
+        connection.check_slow(start + second)
+        assert not connection.is_closed, f"closed after {second} s while reading"
+    connection.check_slow(start + 14)  # then it stops reading
+    assert sink.closed_with == CLOSE_SLOW_CONSUMER
+
+
 async def test_twice_the_buffer_waiting_closes_at_once() -> None:
     connection, sink = direct_connection()
     connection.push_raw(b"x" * 1200)  # buffered: 1200 of the 2000 allowed, behind
@@ -150,9 +164,9 @@ def test_what_a_connection_writes_drops_and_holds(steps: list[tuple[str, int, in
             elif kind == "drain":
                 sink.drain(size)
             elif connection._behind_since is not None:
-                was = connection._behind_since
+                was, reads = connection._behind_since, connection.queued_bytes < connection._held_at_sweep
                 connection.check_slow(was + size)
-                assert connection.is_closed == (size > 3), "closed exactly when behind too long"
+                assert connection.is_closed == (size > 3 and not reads), "closed exactly when behind too long, not reading"
             assert sink.buffer + connection._waiting_bytes <= 2 * LIMIT + 700
         out = sink.payloads() + [frame.data for _, frame in (connection._waiting or ()) if frame is not None]
         position = 0
