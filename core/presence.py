@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .services import Services
 
 __all__ = [
-    "Beat", "PresenceChanged", "PresenceStates", "State", "Watch", "beat", "changed", "connected", "disconnected", "leave",
+    "Beat", "PresenceChanged", "PresenceStates", "State", "Watch", "beat", "changed", "leave",
     "listens_on", "subscribe", "sweep_dead", "sweep_own", "visibility_changed", "watch", "write_back",
 ]
 
@@ -82,17 +82,6 @@ async def watch(services: Services, command: Watch) -> PresenceStates:
         named = ", ".join(strangers)
         raise ImflowError(ErrorCode.FORBIDDEN, f"only your contacts' presence may be watched; not contacts: {named}")
     return PresenceStates(await presence.states(services.redis, list(command.users)))
-
-
-async def connected(redis: Redis, user: str, node: str) -> None:
-    """One more connection of ``user`` on gateway ``node``; their contacts hear if they came online."""
-    await _publish(redis, [await presence.connected(redis, user, node)])
-
-
-async def disconnected(redis: Redis, user: str, node: str) -> None:
-    """One connection fewer of ``user`` on gateway ``node``; their contacts hear if it was their
-    last one anywhere (last seen now)."""
-    await _publish(redis, [await presence.disconnected(redis, user, node, now_ms())])
 
 
 async def changed(redis: Redis, node: str, changes: list[tuple[str, bool]]) -> None:

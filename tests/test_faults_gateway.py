@@ -28,9 +28,6 @@ BEAT_S, TTL_S = 0.05, 0.3  # in-process hubs: fast, so the tests take a second o
 class Held:
     """Stands for a connection the hub holds (only counted by these tests)."""
 
-    def check_slow(self, now: float) -> None:
-        pass
-
 
 def hub(redis, node: str) -> Hub:
     return Hub(redis, node, heartbeat_seconds=BEAT_S, liveness_ttl_seconds=TTL_S)

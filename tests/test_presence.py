@@ -164,11 +164,11 @@ async def test_changes_go_to_the_contacts_gateways_only_and_not_for_a_hidden_use
     # one subscription per gateway channel: on a cluster each is sharded, perhaps on another node
     pubsubs = [await redis_client.subscribe(any_redis, gateway_events.own_channel(node)) for node in ("gw-b", "gw-e")]
     try:
-        await presence_service.connected(any_redis, "ann", "gw-a")
+        await presence_service.changed(any_redis, "gw-a", [("ann", True)])
         await any_redis.hset(keys.account("ann"), "presence", "hidden")
-        await presence_service.connected(any_redis, "ann", "gw-a")  # no change
-        await presence_service.disconnected(any_redis, "ann", "gw-a")
-        await presence_service.disconnected(any_redis, "ann", "gw-a")  # offline, but hidden: told nobody
+        await presence_service.changed(any_redis, "gw-a", [("ann", True)])  # no change
+        await presence_service.changed(any_redis, "gw-a", [("ann", False)])
+        await presence_service.changed(any_redis, "gw-a", [("ann", False)])  # offline, but hidden: told nobody
         await any_redis.hdel(keys.account("ann"), "presence")
         await presence_service.visibility_changed(any_redis, "ann")
         heard = []
