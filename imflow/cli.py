@@ -79,7 +79,6 @@ def gateway(kafka: KafkaOpt = None, redis: RedisOpt = None, host: HostOpt = None
 def worker(kafka: KafkaOpt = None, redis: RedisOpt = None, data_dir: DataOpt = None) -> None:
     """Run one Faust worker of imflow.streams: needs Kafka and Redis. Start as many as you like."""
     import faust
-    import mode.loop
 
     from imflow.plugin_manager import make_hooks
     from imflow.streams.app import create_app
@@ -87,7 +86,6 @@ def worker(kafka: KafkaOpt = None, redis: RedisOpt = None, data_dir: DataOpt = N
     settings = load_settings(kafka_url=kafka, redis_url=redis, data_dir=data_dir)
     _require_servers(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    mode.loop.use("uvloop")  # as the gateway: before the worker makes its event loop
     # faust.Worker handles SIGTERM/SIGINT: it stops consuming, commits and closes cleanly
     faust.Worker(create_app(settings, hooks=make_hooks(settings)), loglevel=settings.log_level).execute_from_commandline()
 
