@@ -28,7 +28,10 @@ from .storage import gateway_events, social_records
 from .storage.contacts import PendingRequest
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from .services import Services
+    from .settings import Settings
 
 
 # -- commands
@@ -468,6 +471,17 @@ async def check_direct(services: Services, sender: str, recipient: str) -> bool:
     if verdict != "ok":
         raise _REFUSALS[verdict](recipient)
     return marked
+
+
+async def may_write(redis: Redis, settings: Settings, sender: str, recipient: str) -> bool:
+    """Whether a one-to-one message from ``sender`` to ``recipient`` would pass ``check_direct``
+    now (no block either way, the recipient's privacy lets it through, the recipient exists and
+    is active), read only: it makes no first-message mark. True for oneself. One round trip;
+    raises what redis-py raises when Redis is unavailable. For plugins that let a user put
+    something before another outside a message (an upload, a typing notice)."""
+    if sender == recipient:
+        return True
+    return await store.may_write(redis, sender, recipient, settings.accounts == "registered") == "ok"
 
 
 async def first_write_undone(services: Services, sender: str, recipient: str) -> None:

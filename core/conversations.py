@@ -13,9 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import conversation_settings, groups, unread
-from .notifications import UnreadChanged
+from . import conversation_settings, groups, mentions, unread
+from .models import direct_members
+from .notifications import Receipt, UnreadChanged
 from .storage import archive_queue, conversation_log, fan_out, gateway_events, inbox
+from .storage import mentions as mention_store
+from .storage import receipts as receipt_store
 
 if TYPE_CHECKING:
     from .services import Services
@@ -23,7 +26,21 @@ if TYPE_CHECKING:
 NO_SEQ = 1 << 53  # above every seq: a history page without ``before_seq`` starts from the newest
 
 
-Unread = inbox.Unread  # the result of ``read``: the user's counts now (the gateway frames it)
+
+
+@dataclass(frozen=True)
+class Unread(inbox.Unread):
+    """The result of ``read``: the user's counts now (the gateway frames it), with their
+    "mentions me" count there (``mentions``, left out of the dict when 0)."""
+
+    mentions: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        out = super().to_dict()
+        if self.mentions:
+            out["mentions"] = self.mentions
+        return out
+
 
 # -- commands
 
@@ -82,8 +99,8 @@ class Acknowledge:
 class SyncPage:
     """Messages newest first, as stored (JSON fragments, passed through unparsed); the cursor of
     the next older page (None at the end); on the first page only, every conversation's state
-    ({conversation, last_seq, read_seq, unread, pinned, muted, hidden, marked_unread}) and the
-    unread total."""
+    ({conversation, last_seq, read_seq, unread, pinned, muted, hidden, marked_unread, and
+    ``peer_read_seq`` / ``mentions`` when above 0}) and the unread total."""
 
     messages: list[Any]
     next_before_mid: int | None
@@ -117,23 +134,33 @@ class Acknowledged:
 
 async def read(services: Services, command: Read) -> Unread:
     """Move the read position forward (never back) and return the conversation's unread count,
-    the user's total and the read seq now. The archive keeps the report for analysts, and the
-    user's other connections are told (``UnreadChanged``, the same state). A read ends the
-    conversation's ``marked_unread`` (core/conversation_settings.py).
+    the user's total, the read seq and the "mentions me" count now (the mentions at or below the
+    read seq no longer count). The archive keeps the report for analysts, and the user's other
+    connections are told (``UnreadChanged``, the same state). A read ends the conversation's
+    ``marked_unread`` (core/conversation_settings.py). In a one-to-one conversation, a read seq
+    that moved forward is told to the other user's devices (``Receipt``).
     """
     redis, user = services.redis, command.user
     await groups.require_member(services, command.conversation, user)
     gid = groups.group_id(command.conversation)
     if gid:  # a read fan-out group's count may wait for its flush: bring it up to date first
         await unread.catch_up(services, user, [gid])
-    counts, _ = await asyncio.gather(  # two of the user's keys, side by side: no round trip added
-        inbox.mark_read(redis, user, command.conversation, command.seq),
+    move, _ = await asyncio.gather(  # two of the user's keys, side by side: no round trip added
+        receipt_store.mark_read(redis, user, command.conversation, command.seq),
         conversation_settings.read_clears_mark(services, user, command.conversation, command.origin),
     )
+    everyone: list[int] = []
+    if gid and move.mentions.last > move.mentions.read:  # @all of a read fan-out group: one record on the group
+        everyone = await mention_store.everyone_between(redis, command.conversation, move.mentions.read, move.mentions.last)
+    counts = Unread(**vars(move.unread), mentions=move.mentions.count(everyone))
     # the archive keeps read reports for analysts (read delays, unread backlogs)
     s, conversation = services.settings, command.conversation
     await archive_queue.enqueue_read(redis, s.app_id, s.topic_partitions, user, conversation, counts.read_seq, services.clock())
     await gateway_events.notify_user(redis, user, UnreadChanged(counts.to_dict()), skip=command.origin)
+    pair = direct_members(conversation)
+    if pair is not None and pair[0] != pair[1] and move.moved:
+        peer = pair[1] if pair[0] == user else pair[0]
+        await gateway_events.notify_user(redis, peer, Receipt(conversation, user, counts.read_seq or 0))
     return counts
 
 
@@ -149,6 +176,7 @@ async def sync(services: Services, command: Sync) -> SyncPage:
         return SyncPage(list(messages), next_before)
     conversations, total = await inbox.conversation_states(redis, user)
     await conversation_settings.of_conversations(services, user, conversations)  # pinned, muted, hidden, marked_unread
+    await _receipts_and_mentions(services, user, conversations)
     in_no_inbox = await fan_out.unread_messages(redis, user, marks, command.limit, services.settings.conversation_log_limit)
     page: list[Any] = list(messages)
     if in_no_inbox:
@@ -157,6 +185,25 @@ async def sync(services: Services, command: Sync) -> SyncPage:
             by_mid.setdefault(orjson.loads(entry)["mid"], orjson.Fragment(entry))
         page = [by_mid[mid] for mid in sorted(by_mid, reverse=True)]  # newest first
     return SyncPage(page, next_before, conversations, total)
+
+
+async def _receipts_and_mentions(services: Services, user: str, states: list[dict[str, Any]]) -> None:
+    """Add to the conversation states what others' reads and mentions say: ``peer_read_seq``
+    (one-to-one: the other user's read seq) and ``mentions`` (the "mentions me" count), each
+    left out when 0."""
+    peers = {}
+    for state in states:
+        pair = direct_members(state["conversation"])
+        if pair is not None and pair[0] != pair[1]:
+            peers[state["conversation"]] = pair[1] if pair[0] == user else pair[0]
+    peer_reads, counts = await asyncio.gather(
+        receipt_store.peer_read_seqs(services.redis, peers), mentions.counts(services, user, states)
+    )
+    for state in states:
+        if peer_reads.get(state["conversation"]):
+            state["peer_read_seq"] = peer_reads[state["conversation"]]
+        if counts.get(state["conversation"]):
+            state["mentions"] = counts[state["conversation"]]
 
 
 async def history(services: Services, command: History) -> HistoryPage:

@@ -21,6 +21,8 @@ class ErrorCode(StrEnum):
     CONTACTS_ONLY = "contacts_only"  # the recipient takes one-to-one messages from contacts only
     USER_DEACTIVATED = "user_deactivated"  # the account is deactivated (admin API)
     UNKNOWN_USER = "unknown_user"  # a valid token whose user has no account (accounts=registered)
+    NOT_A_MEMBER = "not_a_member"  # a mention names a user who is not in the group
+    RECEIPTS_UNAVAILABLE = "receipts_unavailable"  # per-message receipts: not in read fan-out groups
     UNAVAILABLE = "unavailable"
     REJECTED = "rejected"  # a worker could not process the message and set it aside: do not resend
     INTERNAL = "internal"

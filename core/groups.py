@@ -28,6 +28,7 @@ from . import contacts
 from .errors import ErrorCode, ImflowError
 from .models import direct_members, group_conversation
 from .models import group_id as group_id  # the one parser of g:<gid>; imported from here by the send path and plugins
+from .plugin_types import GroupChange
 from .storage import conversation_settings
 from .storage import groups as store
 from .storage.groups import EVENTS_TABLE as EVENTS_TABLE  # the archive table of membership changes
@@ -206,8 +207,10 @@ async def _require_role(services: Services, gid: str, user: str) -> str:
 
 
 async def _record(services: Services, gid: str, actor: str, kind: str, changes: dict[str, str]) -> None:
-    s = services.settings
-    await store.record(services.redis, s.app_id, s.topic_partitions, gid, actor, kind, changes, services.clock())
+    """Keep a membership change for the archive, then tell the plugins (``imflow_group_changed``)."""
+    s, at_ms = services.settings, services.clock()
+    await store.record(services.redis, s.app_id, s.topic_partitions, gid, actor, kind, changes, at_ms)
+    await services.hooks.call.group_changed(change=GroupChange(gid, kind, dict(changes), actor, at_ms), services=services)
 
 
 # -- changes

@@ -20,7 +20,19 @@ if TYPE_CHECKING:
 
     from .agents import AgentContext, AgentSpec, TimerSpec
     from .models import Message, SendCommand
-    from .plugin_types import BroadcastStream, GatewayContext, GatewayLoad, MessageType, Operation, Outbound, Priority, Rejection
+    from .plugin_types import (
+        Amendment,
+        BroadcastStream,
+        GatewayContext,
+        GatewayLoad,
+        GroupChange,
+        MessageType,
+        OfflinePush,
+        Operation,
+        Outbound,
+        Priority,
+        Rejection,
+    )
     from .services import Services
     from .settings import Settings
 
@@ -114,14 +126,16 @@ def imflow_stream_agents() -> list[AgentSpec | TimerSpec]:
 # the message path
 
 
-@hookspec(firstresult=True)
+@hookspec
 def imflow_before_send(command: SendCommand, gateway: GatewayContext | None) -> SendCommand | Rejection | None:
     """May this send go ahead? Called by the gateway before the message is queued, with the
     gateway's context (its Redis, load and hooks; declare ``gateway`` only if you need it).
 
     Return ``None`` to let it pass unchanged, a ``Rejection`` (error code, message, and for a
     limit ``retry_after_ms``) to refuse it, or a new ``SendCommand`` to replace it (for example
-    a filtered body). ``firstresult``: the first plugin that returns something decides.
+    a filtered body). A chain: each plugin gets the command as the plugins before it left it; a
+    ``Rejection`` stops it (the later ones never run), ``None`` or a new command passes it on,
+    so a plugin that rewrites a send never skips another's check.
     """
 
 
@@ -148,6 +162,41 @@ def imflow_fan_out_policy(conversation: str, members: int, sender: str) -> str |
     anything else is ignored. Either way the client sees the same frames, and a group may
     change mode between any two messages without a message lost or shown twice.
     Direct (one-to-one) conversations always use write fan-out and never reach this hook.
+    """
+
+
+@hookspec
+def imflow_offline_push(pushes: list[OfflinePush], context: AgentContext) -> None:
+    """Messages that reached users none of whose devices was connected, for a push notification
+    (a webhook, FCM, APNs). Called by the ingest agent once per batch, after the batch's pushes
+    went to the connected devices, with one ``OfflinePush`` per (user, message): write fan-out
+    members, and in read fan-out groups only the members a message mentions (the others get
+    their counts at their next sync). Conversations the user muted are left out.
+
+    Best effort, like every push: at most once per delivery (a replay of a message delivered
+    before is not pushed again). The agent awaits this hook: queue the work and return, never
+    make a network call here. May be async. Results are ignored.
+    """
+
+
+@hookspec
+def imflow_message_amended(amendment: Amendment, services: Services) -> None:
+    """A message was recalled or edited (``amendment.kind``), once it is stored everywhere and
+    its members' devices were told. Called once per change by the process that made it (a
+    repeated recall or an edit to the same body changes nothing and calls nothing). May be
+    async. Results are ignored.
+    """
+
+
+# -------------------------------------------------------------------------------------------
+# groups
+
+
+@hookspec
+def imflow_group_changed(change: GroupChange, services: Services) -> None:
+    """A group's membership or roles changed (created, members added or removed, a member left,
+    a role set), once the change is stored. Called once per change by the gateway that made it.
+    May be async. Results are ignored.
     """
 
 

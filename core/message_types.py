@@ -9,19 +9,45 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
-from pydantic import Field, ValidationError
+from pydantic import Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer
 
 from . import wire
 from .errors import ErrorCode, ImflowError
+from .models import UserId  # noqa: TC001 - pydantic reads TextBody's annotations at run time
 from .plugin_types import MessageBody, MessageType
 
 MAX_TEXT = 4000  # characters (code points) of a text message
 
 
+MAX_MENTIONS = 50  # users one message mentions by name
+
+
 class TextBody(MessageBody):
-    """``{"text": "…"}``: 1–4000 characters, nothing else."""
+    """``{"text": "…", "mentions"?: [user, …], "mention_all"?: true}``: 1–4000 characters; up
+    to 50 distinct members it mentions; ``mention_all`` mentions every member (docs/protocol.md,
+    "Mentions"). The two are left out of the stored body when empty or false, so a body without
+    mentions is stored exactly as before they existed. Who may be mentioned is the send's check
+    (core/mentions.py), not the body's."""
 
     text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
+    mentions: Annotated[list[UserId], Field(default_factory=list, max_length=MAX_MENTIONS)]
+    mention_all: bool = False
+
+    @field_validator("mentions")
+    @classmethod
+    def _no_repeats(cls, users: list[str]) -> list[str]:
+        if len(set(users)) != len(users):
+            raise ValueError("a user is mentioned twice")
+        return users
+
+    @model_serializer(mode="wrap")
+    def _without_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        body = handler(self)
+        if not body.get("mentions"):
+            body.pop("mentions", None)
+        if not body.get("mention_all"):
+            body.pop("mention_all", None)
+        return body
 
 
 TEXT = MessageType("text", schema=TextBody)

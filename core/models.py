@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+)
 
 MAX_SAFE_INT = (1 << 53) - 1  # the largest integer a JSON number keeps exactly in every client
 
@@ -79,8 +87,16 @@ class SendCommand(Record):
     origin: str = ""  # the sending connection, which needs no push of its own message
 
 
+AMENDMENT_FIELDS = ("edited_at_ms", "version", "recalled_at_ms", "recalled_by")  # absent from the JSON while unset
+
+
 class Message(Record):
-    """A message as stored and delivered: what the client sent plus the server's mid and seq."""
+    """A message as stored and delivered: what the client sent plus the server's mid and seq.
+
+    After a change (core/amending.py) it carries ``edited_at_ms`` and ``version`` (2, 3, … after
+    edits; absent means 1), or ``recalled_at_ms`` and ``recalled_by`` with ``body`` ``{}`` (a
+    tombstone). Those fields are left out of its JSON while unset, so an untouched message's
+    bytes are what they always were (stored entries, replays, the archive queue)."""
 
     mid: SafeInt
     seq: Annotated[int, Field(ge=1, le=MAX_SAFE_INT)]
@@ -90,6 +106,18 @@ class Message(Record):
     type: MessageType = "text"
     body: dict[str, Any] = Field(default_factory=dict)
     sent_at_ms: SafeInt
+    edited_at_ms: SafeInt | None = None
+    version: Annotated[int, Field(ge=2, le=MAX_SAFE_INT)] | None = None
+    recalled_at_ms: SafeInt | None = None
+    recalled_by: UserId | None = None
+
+    @model_serializer(mode="wrap")
+    def _unset_changes_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in AMENDMENT_FIELDS:
+            if data.get(name, 0) is None:
+                del data[name]
+        return data
 
 
 class Accepted(Record):

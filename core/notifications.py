@@ -81,6 +81,20 @@ class UnreadChanged:
         return {"kind": self.kind, **self.state}
 
 
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """``user`` has read the one-to-one ``conversation`` up to ``read_seq`` (told to the other
+    user's devices when that read seq moves forward; docs/protocol.md ``receipt``)."""
+
+    kind: ClassVar[str] = "receipt"
+    conversation: str
+    user: str
+    read_seq: int
+
+    def wire(self) -> dict[str, Any]:
+        return {"kind": self.kind, "conversation": self.conversation, "user": self.user, "read_seq": self.read_seq}
+
+
 class Notification(Protocol):
     """What every notification is: a ``kind`` the gateway knows a frame for (gateway/frames.py)
     and its fields as they travel. The four above are the message path's; the social graph's

@@ -7,7 +7,8 @@ is wrapped when its plugin is registered: calling it returns a ``Pending`` call,
 yet, and pluggy returns the list of them in its order (tryfirst/trylast respected). The façade
 ``Hooks.call`` then runs them one by one: a failing one is logged with its plugin's name and
 skipped; for a ``firstresult`` hook (the flag in core/hookspecs.py, never the caller's choice)
-the ones after the first answer that is not None never run. At pluggy's level no hook is
+the ones after the first answer that is not None never run; ``imflow_before_send`` is a chain
+(``Hooks.chain``): each implementation gets the command as the previous one left it. At pluggy's level no hook is
 ``firstresult``, or a pending call (never None) would end every call.
 """
 
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pluggy
 
 from . import hookspecs
+from .plugin_types import Rejection
 from .storage.redis_client import STORAGE_UNAVAILABLE
 
 if TYPE_CHECKING:
@@ -30,7 +32,18 @@ if TYPE_CHECKING:
 
     from .agents import AgentContext, AgentSpec, TimerSpec
     from .models import Message, SendCommand
-    from .plugin_types import BroadcastStream, GatewayContext, GatewayLoad, MessageType, Operation, Outbound, Priority, Rejection
+    from .plugin_types import (
+        Amendment,
+        BroadcastStream,
+        GatewayContext,
+        GatewayLoad,
+        GroupChange,
+        MessageType,
+        OfflinePush,
+        Operation,
+        Outbound,
+        Priority,
+    )
     from .services import Services
     from .settings import Settings
 
@@ -46,10 +59,21 @@ class Pending:
     """One hook implementation's call, not made yet: ``await`` it (or ``run_sync()`` for a
     registration hook) to make it. Dropping it unawaited leaves nothing behind."""
 
-    __slots__ = ("args", "function", "hook", "plugin")
+    __slots__ = ("argnames", "args", "function", "hook", "plugin")
 
-    def __init__(self, plugin: str, hook: str, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self.plugin, self.hook, self.function, self.args = plugin, hook, function, args
+    def __init__(
+        self, plugin: str, hook: str, function: Callable[..., Any], args: tuple[Any, ...], argnames: tuple[str, ...] = ()
+    ) -> None:
+        self.plugin, self.hook, self.function, self.args, self.argnames = plugin, hook, function, args, argnames
+
+    def with_argument(self, name: str, value: Any) -> Pending:
+        """This call with argument ``name`` set to ``value`` (itself if the implementation does
+        not take ``name``): how a chained hook hands on what the previous implementation left."""
+        if name not in self.argnames:
+            return self
+        args = list(self.args)
+        args[self.argnames.index(name)] = value
+        return Pending(self.plugin, self.hook, self.function, tuple(args), self.argnames)
 
     def run_sync(self) -> Any:
         """The implementation's result; raises TypeError if it is async (it must not be)."""
@@ -87,16 +111,16 @@ class PluginManager(pluggy.PluginManager):
             for caller in self.get_hookcallers(plugin) or ():
                 for impl in caller.get_hookimpls():
                     if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
-                        lazy = _lazy(plugin_name, caller.name, impl.function)
+                        lazy = _lazy(plugin_name, caller.name, impl.function, tuple(impl.argnames))
                         # argnames were read from the real function at registration: pluggy
                         # still passes just the arguments the implementation declares
                         object.__setattr__(impl, "function", lazy)
         return plugin_name
 
 
-def _lazy(plugin: str, hook: str, function: Callable[..., Any]) -> Callable[..., Pending]:
+def _lazy(plugin: str, hook: str, function: Callable[..., Any], argnames: tuple[str, ...]) -> Callable[..., Pending]:
     def pending(*args: Any) -> Pending:
-        return Pending(plugin, hook, function, args)
+        return Pending(plugin, hook, function, args, argnames)
 
     pending.__wrapped__ = function  # type: ignore[attr-defined]
     return pending
@@ -155,6 +179,25 @@ class Hooks:
             return answers[0][1] if answers else None
         return await self._answers(name, kwargs, stop_at_first=False)
 
+    async def chain(self, name: str, argument: str, stop: Callable[[Any], bool], **kwargs: Any) -> Any:
+        """Call hook ``name`` as a chain on ``kwargs[argument]``: each implementation gets it as
+        the previous one left it; None passes it on unchanged, an answer for which ``stop`` is
+        true ends the chain and is returned, any other answer replaces it for the next ones.
+        Returns the value as the last one left it, or None if no implementation answered."""
+        value, changed = kwargs[argument], False
+        for call in self._pending(name, kwargs):
+            try:
+                answer = await call.with_argument(argument, value)
+            except Exception as exc:
+                _failed(call, exc)
+                continue
+            if answer is None:
+                continue
+            if stop(answer):  # the rest are never run
+                return answer
+            value, changed = answer, True
+        return value if changed else None
+
     def registered(self, name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """(plugin, result) of a registration hook (not async), failing ones logged and skipped."""
         answers = []
@@ -174,6 +217,11 @@ class Hooks:
         for _, value in self.registered(name, **kwargs):
             out.extend(cast("Iterable[Any]", value))
         return out
+
+    def has_implementations(self, name: str) -> bool:
+        """Whether any registered plugin implements hook ``name`` (so a caller can skip building
+        its arguments)."""
+        return bool(getattr(self.manager.hook, name).get_hookimpls())
 
     def plugins(self) -> list[tuple[str, Any]]:
         """(name, plugin object) of every registered plugin."""
@@ -222,8 +270,11 @@ class HookCalls:
     # the message path
 
     async def before_send(self, *, command: SendCommand, gateway: GatewayContext | None) -> SendCommand | Rejection | None:
-        return cast("SendCommand | Rejection | None", await self._hooks.dispatch(
-            "imflow_before_send", command=command, gateway=gateway))
+        """A chain (``Hooks.chain``): the first Rejection, else the command as the last plugin
+        that rewrote it left it, else None (nobody changed it). Every implementation sees the
+        command as the ones before it left it, so a rewrite never skips a later check."""
+        return cast("SendCommand | Rejection | None", await self._hooks.chain(
+            "imflow_before_send", "command", lambda answer: isinstance(answer, Rejection), command=command, gateway=gateway))
 
     async def after_persist(self, *, messages: list[Message], context: AgentContext) -> None:
         await self._hooks.dispatch("imflow_after_persist", messages=messages, context=context)
@@ -231,6 +282,17 @@ class HookCalls:
     async def fan_out_policy(self, *, conversation: str, members: int, sender: str) -> str | None:
         return cast("str | None", await self._hooks.dispatch(
             "imflow_fan_out_policy", conversation=conversation, members=members, sender=sender))
+
+    async def offline_push(self, *, pushes: list[OfflinePush], context: AgentContext) -> None:
+        await self._hooks.dispatch("imflow_offline_push", pushes=pushes, context=context)
+
+    async def message_amended(self, *, amendment: Amendment, services: Services) -> None:
+        await self._hooks.dispatch("imflow_message_amended", amendment=amendment, services=services)
+
+    # groups
+
+    async def group_changed(self, *, change: GroupChange, services: Services) -> None:
+        await self._hooks.dispatch("imflow_group_changed", change=change, services=services)
 
     # connections
 

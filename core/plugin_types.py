@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from redis.asyncio import Redis
 
+    from .models import Message
     from .plugin_calls import Hooks
     from .settings import Settings
 
@@ -176,3 +177,45 @@ class Operation:
 class OperationError(ImflowError):
     """Raised by a plugin operation: becomes an error frame with this code (a plugin's codes
     contain a dot). The one error type, ``ImflowError``, under the name plugins have always used."""
+
+
+@dataclass(frozen=True)
+class OfflinePush:
+    """A message that reached ``user`` while none of their devices was connected, for
+    ``imflow_offline_push``: the stored ``message``, the user's unread ``total`` after it (a
+    badge), and whether it ``mentions`` them (``@user`` or ``@all``)."""
+
+    user: str
+    message: Message
+    total: int
+    mentions: bool = False
+
+
+@dataclass(frozen=True)
+class Amendment:
+    """A message changed after it was sent, for ``imflow_message_amended``: ``kind`` is
+    ``"recall"`` (its body is gone for everyone, a tombstone stays) or ``"edit"`` (a new
+    version); ``message`` is the message as stored now (a dict, as clients get it); ``by`` the
+    user who did it, ``at_ms`` when."""
+
+    kind: str
+    conversation: str
+    seq: int
+    mid: int
+    by: str
+    at_ms: int
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GroupChange:
+    """A group's membership changed, for ``imflow_group_changed``: ``kind`` is ``"joined"``
+    (created or added), ``"removed"``, ``"left"`` or ``"role"``; ``changes`` maps each user to
+    their role now (``""`` for one who is no longer a member); ``actor`` made the change at
+    ``at_ms``."""
+
+    gid: str
+    kind: str
+    changes: dict[str, str]
+    actor: str
+    at_ms: int

@@ -19,22 +19,23 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from . import contacts, dead_letter, groups, message_types, wire
+from . import contacts, dead_letter, groups, mentions, message_types, offline_push, wire
 from .errors import ErrorCode, ImflowError
 from .groups import group_id
 from .models import Message, SendCommand, direct_members
 from .notifications import Delivered, Sent
-from .plugin_types import Rejection, plugin_error_code
+from .plugin_types import OfflinePush, Rejection, plugin_error_code
 from .storage import archive_queue, fan_out, gateway_events, presence
+from .storage import mentions as mention_store
 from .storage.fan_out import GroupView, Mode
 from .storage.inbox import delivery_result, inbox_entry, queue_delivery
 from .storage.ingest import accepted_from, first_mode, queue_accept, was_stored
-from .storage.scripts import Reply, run_pipeline
+from .storage.scripts import Reply, reply, run_pipeline
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -73,10 +74,11 @@ async def prepare(
     messages are not filtered by blocks), and no plugin's ``imflow_before_send`` refused it (a
     plugin may also rewrite it). Sends between the same two users take turns on this process.
 
-    Raises ImflowError: ``forbidden`` (not a member), ``bad_frame`` (unknown type, invalid
-    body), ``not_found`` / ``user_deactivated`` / ``blocked`` / ``contacts_only`` (a one-to-one
-    message that may not reach its recipient), a plugin's code (``plugin.reason``, with
-    ``retry_after_ms`` for its limits).
+    Raises ImflowError: ``forbidden`` (not a member, or ``mention_all`` from a plain member),
+    ``bad_frame`` (unknown type, invalid body, mentions outside a group), ``not_a_member`` (a
+    mentioned user is not in the group; core/mentions.py), ``not_found`` / ``user_deactivated``
+    / ``blocked`` / ``contacts_only`` (a one-to-one message that may not reach its recipient),
+    a plugin's code (``plugin.reason``, with ``retry_after_ms`` for its limits).
     """
     await groups.require_member(services, draft.conversation, draft.sender, to_send=True)
     message_type = types.get(draft.type)
@@ -92,6 +94,7 @@ async def prepare(
         gateway=services.node,
         origin=draft.origin,
     )
+    await mentions.check(services, command)  # before a one-to-one check leaves its mark
     pair = direct_members(draft.conversation)
     if pair is None or pair[0] == pair[1]:  # the same user twice: a note to oneself, unchecked
         return await _admitted(services, draft, command, gateway, "", marked=False)
@@ -257,12 +260,17 @@ class _Fanned:
     deliveries: list[tuple[Message, str, Reply, str]]  # write: (message, member, its delivery, connection to skip)
     stored_once: list[tuple[Message, str, fan_out.StoredReplies]]  # read: (message, connection to skip, replies)
     gateways: dict[str, Reply]  # write fan-out's members -> the gateways holding them
+    # group messages of write fan-out: (mid, member) -> the member's mentions record (mentions.lua)
+    mentions: dict[tuple[int, str], Reply] = field(default_factory=dict)
+    everyone: dict[str, Reply] = field(default_factory=dict)  # group conversation -> its read fan-out @all seqs
+    # read fan-out: (message, member, their counts after advance.lua) for each member it names
+    named: list[tuple[Message, str, Reply]] = field(default_factory=list)
 
 
 async def _fan_out(ctx: AgentContext, work: list[_Send]) -> _Fanned:
     """Step 2: archive queue; write: each member's inbox and unread; read: the group's marks."""
     s = ctx.settings
-    users = sorted({m for send in work if send.message is not None and send.mode == "write" for m in send.members or ()})
+    users = {m for send in work if send.message is not None and send.mode == "write" for m in send.members or ()}
 
     def fan_out_all(pipe: Pipeline) -> _Fanned:
         fanned = _Fanned([], [], {})
@@ -270,26 +278,49 @@ async def _fan_out(ctx: AgentContext, work: list[_Send]) -> _Fanned:
             message = send.message
             if message is None:
                 continue
+            mentioned = mentions.of(message)
             if send.mode == "read":
                 archive_queue.queue_message(pipe, s.app_id, send.partition, message, [message.conversation])
                 stored = fan_out.queue_stored(pipe, message, group_id(message.conversation) or "")
                 fanned.stored_once.append((message, send.command.origin, stored))
+                _queue_read_mentions(pipe, message, mentioned, fanned)
                 continue
             archive_queue.queue_message(pipe, s.app_id, send.partition, message, send.members or [])
             entry = inbox_entry(message)  # the same bytes for every member: made once
+            in_group = group_id(message.conversation) is not None
+            if in_group and message.conversation not in fanned.everyone:
+                fanned.everyone[message.conversation] = mention_store.queue_everyone_seqs(pipe, message.conversation)
             for member in send.members or ():
                 skip = send.command.origin if member == send.command.sender else ""
                 delivery = queue_delivery(pipe, message, member, s.inbox_limit, entry)
                 fanned.deliveries.append((message, member, delivery, skip))
-        fanned.gateways = {user: presence.queue_gateways_of(pipe, user) for user in users}
+                if in_group:  # the member's count for the push; a record if the message names them
+                    seq = message.seq if mentioned.includes(member) else 0
+                    fanned.mentions[message.mid, member] = mention_store.queue_record(pipe, member, message.conversation, seq)
+        named = {member for _, member, _ in fanned.named}
+        fanned.gateways = {user: presence.queue_gateways_of(pipe, user) for user in sorted(users | named)}
         return fanned
 
     fanned, _ = await run_pipeline(ctx.redis, fan_out_all)
     return fanned
 
 
+def _queue_read_mentions(pipe: Pipeline, message: Message, mentioned: mentions.Mentioned, fanned: _Fanned) -> None:
+    """Read fan-out's mention records: ``@all`` once on the conversation (never a write per
+    member), each member named by name on their own, brought up to the message (as the flush
+    would a moment later) so their count and total are exact for the push."""
+    if mentioned.everyone:
+        mention_store.queue_everyone(pipe, message.conversation, message.seq)
+    gid = group_id(message.conversation) or ""
+    for member in sorted(mentioned.users - {message.sender}):
+        fan_out.queue_advance(pipe, member, gid, message.seq, 0)
+        fanned.named.append((message, member, reply(pipe)))
+        mention_store.queue_record(pipe, member, message.conversation, message.seq)
+
+
 async def _notify(ctx: AgentContext, work: list[_Send], fanned: _Fanned) -> None:
-    """Step 3: the messages are durable now (conversation log, inboxes, archive queue): tell everyone."""
+    """Step 3: the messages are durable now (conversation log, inboxes, archive queue): tell
+    everyone connected, then the offline push plugins about those who are not."""
     batch = gateway_events.GatewayBatch()
     # the senders' ACKs first: a gateway routes events in order, and a push to a thousand
     # members of a big group should not stand in front of the one notification its sender waits for
@@ -302,19 +333,36 @@ async def _notify(ctx: AgentContext, work: list[_Send], fanned: _Fanned) -> None
     # every gateway that holds them, one presumed dead included: if it was only paused, it still
     # delivers when it wakes (nobody has swept it yet), as read fan-out's online index does
     gateways = {user: presence.gateways_from(handle.value) for user, handle in fanned.gateways.items()}
+    everyone = {conversation: mention_store.everyone_from(handle) for conversation, handle in fanned.everyone.items()}
+    offline: list[OfflinePush] = []
+    push_offline = ctx.hooks.has_implementations("imflow_offline_push")  # else nobody listens: no work
+    mentioned: dict[int, mentions.Mentioned] = {}  # mid -> who it mentions, made once
     dumped: dict[int, dict[str, Any]] = {}  # mid -> the message as JSON, made once
     for message, member, handle, skip in fanned.deliveries:
         nodes = gateways[member]
-        if not nodes:  # offline: the inbox holds it for their next sync
+        if not nodes:  # offline: the inbox holds it for their next sync, a push plugin may tell them
+            if push_offline and member != message.sender:
+                fresh, unread = delivery_result(message, handle.value)
+                if message.mid not in mentioned:
+                    mentioned[message.mid] = mentions.of(message)
+                if fresh:
+                    offline.append(OfflinePush(member, message, unread.total, mentioned[message.mid].includes(member)))
             continue
         fresh, unread = delivery_result(message, handle.value)
         if fresh:
             if message.mid not in dumped:
                 dumped[message.mid] = message.model_dump()
-            push = Delivered(dumped[message.mid], unread.to_dict())
+            state = unread.to_dict()
+            record = fanned.mentions.get((message.mid, member))
+            if record is not None:  # a group's: the member's "mentions me" count (left out when 0)
+                mine = mention_store.UserMentions.of(record.value)
+                if count := mine.count(everyone[message.conversation]):
+                    state["mentions"] = count
+            push = Delivered(dumped[message.mid], state)
             for node in nodes:
                 # the sending connection has the message already: it gets the 'sent' ACK
                 batch.add(node, [member], push, skip)
+    unseen: list[tuple[Message, dict[str, list[str]]]] = []  # read fan-out: (message, who is online)
     for message, skip, stored in fanned.stored_once:
         # one event per gateway for all the members it holds; each member's count follows from
         # seqs (message.seq - their read seq) and reaches them with the next flush or sync
@@ -322,7 +370,38 @@ async def _notify(ctx: AgentContext, work: list[_Send], fanned: _Fanned) -> None
         push = Delivered.of(message)
         for node, members in online.items() if fresh else ():
             batch.add(node, members, push, skip)
+        if fresh and push_offline:
+            unseen.append((message, online))
     await gateway_events.publish(ctx.redis, batch)
+    # who to push offline in read fan-out groups is worked out only now: an @all in a group of
+    # 10,000 lists every member and reads their totals (chunked round trips), which must not
+    # hold back the batch's 'sent' ACKs and pushes; still in the agent, so at most once
+    for message, online in unseen:
+        offline.extend(await _read_fan_out_offline(ctx, message, online, fanned, gateways))
+    await offline_push.notify(ctx, offline)
+
+
+async def _read_fan_out_offline(
+    ctx: AgentContext, message: Message, online: dict[str, list[str]], fanned: _Fanned, gateways: dict[str, list[str]]
+) -> list[OfflinePush]:
+    """The offline pushes of one read fan-out message: only the members it mentions, with no
+    connection (everyone else's count waits for their next sync, as for connected members).
+    Members named by name have exact totals (brought up to the message); for ``@all`` the
+    group's members are listed and their totals read (in chunks), only when a push plugin listens."""
+    connected = {user for users in online.values() for user in users}
+    named = [(member, handle) for of_message, member, handle in fanned.named if of_message is message]
+    out = [
+        OfflinePush(member, message, int(handle.value[1]), mentions=True)
+        for member, handle in named
+        if not gateways.get(member) and member not in connected
+    ]
+    if not mentions.of(message).everyone:
+        return out
+    gid = group_id(message.conversation) or ""
+    skip = connected | {member for member, _ in named} | {message.sender}
+    rest = [member for member in (await fan_out.members_of(ctx.redis, [gid]))[gid] if member not in skip]
+    totals = await mention_store.unread_totals(ctx.redis, rest)
+    return out + [OfflinePush(member, message, totals[member], mentions=True) for member in rest]
 
 
 async def handle_sends(ctx: AgentContext, batch: list[tuple[SendCommand, int]]) -> list[Message]:

@@ -7,7 +7,7 @@ from dataclasses import asdict, fields
 from functools import singledispatch
 from typing import TYPE_CHECKING, Any
 
-from imflow.core import accounts, contacts, conversation_settings, conversations, groups, presence
+from imflow.core import accounts, contacts, conversation_settings, conversations, groups, notifications, presence, receipts
 from imflow.core.conversations import Unread
 from imflow.core.errors import ErrorCode
 
@@ -68,6 +68,8 @@ FLAT = {
     conversations.Acknowledged: "acked",
     conversations.HistoryPage: "history",
     conversations.Deleted: "deleted",
+    receipts.Receipts: "receipts",
+    receipts.Readers: "readers",
     groups.GroupCreated: "group",
     groups.MembersAdded: "members_added",
     groups.MemberRemoved: "member_removed",
@@ -138,6 +140,7 @@ PUSHES: dict[str, Callable[[dict[str, Any]], Frame]] = dict.fromkeys(
     (
         accounts.PrivacyChanged.kind, contacts.ContactChanged.kind,
         conversation_settings.ConversationSettingsChanged.kind, presence.PresenceChanged.kind,
+        notifications.Receipt.kind,
     ),
     _as_sent,
 )
@@ -146,7 +149,7 @@ PUSHES: dict[str, Callable[[dict[str, Any]], Frame]] = dict.fromkeys(
 def push(notification: dict[str, Any]) -> Frame:
     """The client frame for a notification as it travels (``Notification.wire()``): ``msg``,
     ``sent``, the ``error`` frame with code ``rejected``, ``unread``, or one of ``PUSHES``
-    (``contact``, ``privacy``, ``conversation_settings``, ``presence``).
+    (``contact``, ``privacy``, ``conversation_settings``, ``presence``, ``receipt``).
 
     Raises KeyError for a kind this gateway does not know (a newer worker): the caller logs it.
     """

@@ -508,15 +508,17 @@ class Hub:
             loop_lag_ms=self.lag.lag_ms,
         )
 
-    def to_users(self, users: list[str], frame: dict[str, Any], skip: str = "", only: str = "") -> None:
+    def to_users(
+        self, users: list[str], frame: dict[str, Any], skip: str = "", only: str = "", priority: Priority = Priority.NORMAL,
+    ) -> None:
         """Push one frame to every connection of these users (but ``skip``; or to the connection
-        ``only`` alone), serialised and framed once."""
+        ``only`` alone), serialised and framed once, at ``priority`` (LOW: dropped first)."""
         prepared = None
         for user in users:
             for connection in self.connections.get(user, ()):
                 if connection.id != skip and (not only or connection.id == only):
                     prepared = prepared or PreparedFrame(orjson.dumps(frame))
-                    connection.push_raw(prepared)
+                    connection.push_raw(prepared, priority)
 
     def to_watchers(self, users: list[str], notification: dict[str, Any]) -> None:
         """A ``presence`` notification (as it travels) to the connections of these users that
@@ -691,6 +693,8 @@ class Hub:
                     self.to_watchers(users, event["push"])
                     continue
                 frame = frames.push(event["push"]) if "push" in event else event["frame"]
-                self.to_users(users, frame, event.get("skip", ""), event.get("only", ""))
+                # an event may say how much it matters (a typing notice: LOW, dropped first)
+                priority = Priority(event["priority"]) if "priority" in event else Priority.NORMAL
+                self.to_users(users, frame, event.get("skip", ""), event.get("only", ""), priority)
             except Exception:
                 log.exception("dropped a malformed gateway event")

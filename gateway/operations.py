@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from imflow.core import conversations, groups, notifications, sending
+from imflow.core import conversations, groups, notifications, receipts, sending
 from imflow.core.errors import ErrorCode, ImflowError
 from imflow.core.models import direct_conversation
 from imflow.core.plugin_calls import await_me_maybe
@@ -108,6 +108,8 @@ serves(protocol.Sync, conversations.sync, lambda user, f: conversations.Sync(use
 serves(protocol.History, conversations.history,
         lambda user, f: conversations.History(user, f.conversation, f.before_seq, f.limit))
 serves(protocol.Delete, conversations.delete, lambda user, f: conversations.Delete(user, f.conversation, f.mid))
+serves(protocol.Receipts, receipts.receipts, lambda user, f: receipts.AskReceipts(user, f.conversation, tuple(f.seqs)))
+serves(protocol.Readers, receipts.readers, lambda user, f: receipts.AskReaders(user, f.conversation, f.seq))
 serves(protocol.CreateGroup, groups.create, lambda user, f: groups.CreateGroup(user, f.name, tuple(f.members)))
 serves(protocol.AddMembers, groups.add, lambda user, f: groups.AddMembers(user, f.gid, tuple(f.users)))
 serves(protocol.RemoveMember, groups.remove, lambda user, f: groups.RemoveMember(user, f.gid, f.user))

@@ -78,6 +78,21 @@ class Ping(ClientFrame):
     op: Literal["ping"]
 
 
+Seq = Annotated[int, Field(ge=1, le=MAX_SAFE_INT)]
+
+
+class Receipts(ClientFrame):
+    op: Literal["receipts"]
+    conversation: ConversationId
+    seqs: Annotated[list[Seq], Field(min_length=1, max_length=100)]
+
+
+class Readers(ClientFrame):
+    op: Literal["readers"]
+    conversation: ConversationId
+    seq: Seq
+
+
 GroupId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
 Users = Annotated[list[UserId], Field(max_length=1000)]
 
@@ -234,7 +249,7 @@ class PluginCall(ClientFrame):
 # (gateway/operations.py), the HTTP routes (gateway/http_api.py) and the test that
 # docs/protocol.md documents exactly these (tests/test_services_registry.py) derive from it.
 Frame = Annotated[
-    Auth | Send | Ack | Read | Sync | History | Delete | Ping
+    Auth | Send | Ack | Read | Sync | History | Delete | Ping | Receipts | Readers
     | CreateGroup | AddMembers | RemoveMember | LeaveGroup | SetRole | GroupMembers | MyGroups
     | Profiles | SetPrivacy | ContactRequest | ContactAccept | ContactDecline | ContactCancel | ContactRemove
     | Contacts | ContactRequests | Block | Unblock | Blocked | SetConversation | WatchPresence | UnwatchPresence,

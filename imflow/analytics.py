@@ -7,9 +7,10 @@
     archive.sql("SELECT sender, count(*) FROM im_msg_content GROUP BY 1").df()
     Archive.open(at=datetime(2026, 11, 1)).messages_per("day")   # the archive as it was then
 
-Views (columns in docs/archive.md): ``im_msg_content`` (one row per message),
-``im_user_msg_box`` (one row per mailbox entry, with a ``deleted`` flag), the social graph's
-history (``im_account_events``, ``im_contact_events``, ``im_block_events``; empty views while
+Views (columns in docs/archive.md): ``im_msg_content`` (one row per message, as sent),
+``im_msg_latest`` (each message as it is now: the latest edit, or the tombstone of a recall),
+``im_msg_versions`` (every recall and edit), ``im_user_msg_box`` (one row per mailbox entry,
+with a ``deleted`` flag), the social graph's history (``im_account_events``, ``im_contact_events``, ``im_block_events``; empty views while
 nothing was recorded) and one view per plugin table (``red_packets``, ``red_packet_events``).
 Messages and mailbox rows are written exactly once (core/storage/archive_queue.py), so their
 views read the tables as they are; deletions and the other tables are written at least once,
@@ -41,6 +42,8 @@ from imflow.core.storage.lake import (
     MAILBOX,
     MAILBOX_SCHEMA,
     MARKS,
+    VERSIONS,
+    VERSIONS_SCHEMA,
     LakeConfig,
     connect,
 )
@@ -71,6 +74,24 @@ _EDGE_CHANGES = """
 _EDGE_STATES = f"""
     SELECT *, lag(linked, 1, false) OVER (PARTITION BY user_a, user_b ORDER BY at_ms, linked DESC) AS was_linked
     FROM ({_EDGE_CHANGES}) WHERE {{until}}
+"""
+
+
+# Each message as it is now: the latest edit's body (version 1 = as sent), a recalled one's
+# body '{}' (im_msg_content keeps every original; im_msg_versions every change)
+_LATEST = """
+    CREATE OR REPLACE VIEW im_msg_latest AS
+    WITH edits AS (
+        SELECT mid, max(version) AS version, arg_max(body, version) AS body, arg_max(at_ms, version) AS edited_at_ms
+        FROM im_msg_versions WHERE kind = 'edit' GROUP BY mid
+    ), recalls AS (
+        SELECT mid, min(at_ms) AS recalled_at_ms, arg_min(by_user, at_ms) AS recalled_by
+        FROM im_msg_versions WHERE kind = 'recall' GROUP BY mid
+    )
+    SELECT c.* REPLACE (CASE WHEN r.mid IS NULL THEN coalesce(e.body, c.body) ELSE '{}' END AS body),
+           coalesce(e.version, 1) AS version, e.edited_at_ms, r.recalled_at_ms, r.recalled_by,
+           r.mid IS NOT NULL AS recalled
+    FROM im_msg_content c LEFT JOIN edits e ON e.mid = c.mid LEFT JOIN recalls r ON r.mid = c.mid
 """
 
 
@@ -161,7 +182,10 @@ class Archive:
                 CREATE OR REPLACE VIEW im_user_msg_box AS
                 SELECT *, epoch_ms(created_at_ms) AS created_at, false AS deleted FROM {mailbox}
             """)
-        for table in sorted(tables - {CONTENT, MAILBOX, DELETIONS, MARKS}):  # the marks are the writer's own
+        versions = _once(VERSIONS) if VERSIONS in tables else f"({_empty(VERSIONS_SCHEMA)})"
+        self.db.execute(f"CREATE OR REPLACE VIEW {VERSIONS} AS SELECT * FROM {versions}")
+        self.db.execute(_LATEST)
+        for table in sorted(tables - {CONTENT, MAILBOX, DELETIONS, MARKS, VERSIONS}):  # the marks are the writer's own
             if table.isidentifier():
                 self.db.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM {_once(table)}")
         for table, schema in SOCIAL_SCHEMAS.items():
@@ -204,6 +228,26 @@ class Archive:
         return snapshots.to_arrow_table().to_pandas()
 
     # -- the questions analysts ask first
+
+    def messages(self, conversation: str | None = None) -> pd.DataFrame:
+        """Messages as they are now (view ``im_msg_latest``), by conversation and seq: the latest
+        edit's ``body`` and ``version`` (1: as sent), ``edited_at_ms``; a recalled one's body
+        ``{}`` with ``recalled_at_ms``, ``recalled_by`` and ``recalled`` true. ``conversation``:
+        that one only. What was first sent stays in ``im_msg_content``."""
+        where = "WHERE conversation = $conversation" if conversation is not None else ""
+        self.refresh()
+        query = f"SELECT * FROM im_msg_latest {where} ORDER BY conversation, seq"
+        return self.db.execute(query, {"conversation": conversation} if conversation is not None else {}).df()
+
+    def message_versions(self, conversation: str | None = None) -> pd.DataFrame:
+        """Every recall and edit (view ``im_msg_versions``), by conversation, seq and version:
+        mid, conversation, seq, version (an edit's new one; a recall's, the one it ended), kind
+        ('edit' or 'recall'), body (JSON; '{}' for a recall), by_user, at_ms. ``conversation``:
+        that one only."""
+        where = "WHERE conversation = $conversation" if conversation is not None else ""
+        self.refresh()
+        query = f"SELECT * FROM im_msg_versions {where} ORDER BY conversation, seq, version, kind DESC"
+        return self.db.execute(query, {"conversation": conversation} if conversation is not None else {}).df()
 
     def messages_per(self, bucket: Bucket = "hour") -> pd.DataFrame:
         return self.sql(f"""

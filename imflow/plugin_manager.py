@@ -28,6 +28,10 @@ DEFAULT_PLUGINS: dict[str, str] = {  # name -> "module:class", as an entry point
     "red_packets": "imflow.plugins.red_packets:RedPackets",
     "live_rooms": "imflow.plugins.live_rooms:LiveRooms",
     "throttling": "imflow.plugins.throttling:Throttling",
+    "recall_edit": "imflow.plugins.recall_edit:RecallEdit",
+    "typing": "imflow.plugins.typing:Typing",
+    "webhook": "imflow.plugins.webhook:Webhook",
+    "attachments": "imflow.plugins.attachments:Attachments",
 }
 
 

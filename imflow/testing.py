@@ -152,7 +152,9 @@ class ImflowProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"imflow exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                return httpx.get(url, timeout=2)
+                # patient per request: a loaded machine's readiness check can take seconds, and
+                # polls that time out only pile up on the server
+                return httpx.get(url, timeout=min(15.0, max(0.5, deadline - time.monotonic())))
             except httpx.TransportError:
                 time.sleep(0.2)
         raise AssertionError(f"{url} did not answer in {timeout}s:\n{self.output()}")

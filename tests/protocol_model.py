@@ -13,7 +13,18 @@ Where the protocol lets the server vary, the model says by how much:
   group lies between what the model knows was flushed to them (``User.last_known``) and the
   group's last seq, so an ``unread.total`` in a push is a range (``Total``). A sync's first
   page and a ``read`` bring the counts up to date first, so those are exact;
-- pushes are best effort, but on a test machine they arrive: the model expects each one.
+- pushes are best effort, but on a test machine they arrive: the model expects each one;
+- a recall drops the count of each member who had not read the message (docs/protocol.md,
+  "Recall and edit"): at once where the server's last seq for them had reached it, so a read
+  fan-out member's count and their ``unread`` push are ranges, and the push itself may or may not
+  come (``MaybePush``), as their flush had counted the message or not;
+- the recall and edit windows are judged by the clock around the request (``Model._late``):
+  where the window ended while the server was answering, either answer is right.
+
+Recall and edit rewrite a ``Message`` in place, so history, sync and inbox pages show the latest
+version or the tombstone with nothing more to do; a ``msg`` push shows the message as it was
+when pushed (``MsgPush.shown``). Receipts (``receipts``, ``readers``, the one-to-one ``receipt``
+push and sync's ``peer_read_seq``) come from the members' read seqs the model keeps anyway.
 
 Model of a device: a connection id given by the test; pushes are listed per device.
 
@@ -25,6 +36,7 @@ is said at the method.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +51,11 @@ class Refused(Exception):
     def __init__(self, *codes: str) -> None:
         super().__init__(" or ".join(codes))
         self.codes = codes
+
+
+def now_ms() -> int:
+    """The test's clock (the server runs on the same machine: the same clock)."""
+    return int(time.time() * 1000)
 
 
 def direct_id(a: str, b: str) -> str:
@@ -57,19 +74,49 @@ class Message:
     body: dict[str, Any]
     mode: str  # 'write' (in the inboxes) or 'read' (stored once)
     sent_at_ms: int | None = None  # learned from the first frame that shows it
+    seen_ms: int = 0  # the test's clock when the model stored it: sent_at_ms lies near it
+    # what a change makes of it (docs/protocol.md, "Recall and edit"): the fields are absent
+    # from the frame while unset, so an untouched message reads exactly as before
+    version: int = 1
+    sent_body: dict[str, Any] = field(default_factory=dict)  # the body as sent (a resend's)
+    edited_at_ms: int | None = None
+    recalled_at_ms: int | None = None
+    recalled_by: str | None = None
 
-    def check(self, frame: dict[str, Any]) -> str | None:
-        """None if ``frame`` is this message as the protocol shows it; else what differs."""
-        if self.sent_at_ms is None and isinstance(frame.get("sent_at_ms"), int):
-            self.sent_at_ms = frame["sent_at_ms"]
-        expected = self.frame()
+    def check(self, frame: dict[str, Any], shown: dict[str, Any] | None = None) -> str | None:
+        """None if ``frame`` is this message as the protocol shows it (as it was when ``shown``,
+        a ``state()``, was taken; else as it is now); else what differs."""
+        self.learn(frame)
+        expected = self.frame(shown)
         return None if frame == expected else f"message differs:\n  expected {expected}\n  got      {frame}"
 
-    def frame(self) -> dict[str, Any]:
+    def learn(self, frame: dict[str, Any]) -> None:
+        if self.sent_at_ms is None and isinstance(frame.get("sent_at_ms"), int):
+            self.sent_at_ms = frame["sent_at_ms"]
+
+    def state(self) -> dict[str, Any]:
+        """What an edit or a recall changes, as it is now (a push shows the message as it was)."""
         return {
-            "mid": self.mid, "seq": self.seq, "conversation": self.conversation, "sender": self.sender,
-            "client_msg_id": self.cmid, "type": self.type, "body": self.body, "sent_at_ms": self.sent_at_ms,
+            "body": self.body, "version": self.version, "edited_at_ms": self.edited_at_ms,
+            "recalled_at_ms": self.recalled_at_ms, "recalled_by": self.recalled_by,
         }
+
+    def frame(self, shown: dict[str, Any] | None = None) -> dict[str, Any]:
+        state = shown or self.state()
+        frame = {
+            "mid": self.mid, "seq": self.seq, "conversation": self.conversation, "sender": self.sender,
+            "client_msg_id": self.cmid, "type": self.type, "body": state["body"], "sent_at_ms": self.sent_at_ms,
+        }
+        if state["version"] > 1:
+            frame["version"] = state["version"]
+        for key in ("edited_at_ms", "recalled_at_ms", "recalled_by"):
+            if state[key] is not None:
+                frame[key] = state[key]
+        return frame
+
+    @property
+    def recalled(self) -> bool:
+        return self.recalled_at_ms is not None
 
 
 @dataclass(frozen=True)
@@ -87,6 +134,7 @@ class Total:
 class MsgPush:
     message: Message
     unread: dict[str, Any] | None  # {conversation, count, total: Total}; None for read fan-out
+    shown: dict[str, Any] = field(default_factory=dict)  # the message's state() when pushed
 
 
 @dataclass(frozen=True)
@@ -97,6 +145,21 @@ class UnreadPush:
 
 
 @dataclass(frozen=True)
+class RangedUnreadPush:
+    """An ``unread`` push whose count and total the model knows as ranges (a recall's)."""
+
+    frame: dict[str, Any]  # count and total may be Totals
+
+
+@dataclass(frozen=True)
+class MaybePush:
+    """A push that comes or not, as the server's hidden state has it (a read fan-out member's
+    count drops at a recall only if their flush had counted the message already)."""
+
+    push: Any
+
+
+@dataclass(frozen=True)
 class FramePush:
     """A push the model knows exactly: a contact change, a privacy change, a conversation's
     settings change (a request that changes nothing is pushed to no one)."""
@@ -104,11 +167,15 @@ class FramePush:
     frame: dict[str, Any]
 
 
-Push = MsgPush | UnreadPush | FramePush
+Push = MsgPush | UnreadPush | RangedUnreadPush | FramePush | MaybePush
 
 
 def check_push(expected: Push, frame: dict[str, Any]) -> str | None:
     """None if ``frame`` is the push ``expected``; else what differs."""
+    if isinstance(expected, MaybePush):
+        return check_push(expected.push, frame)
+    if isinstance(expected, RangedUnreadPush):
+        return check_unread(expected.frame, frame)
     if isinstance(expected, FramePush):
         return None if frame == expected.frame else f"expected the push {expected.frame}, got {frame}"
     if isinstance(expected, UnreadPush):
@@ -116,18 +183,22 @@ def check_push(expected: Push, frame: dict[str, Any]) -> str | None:
         return None if frame == wanted else f"unread push: expected {wanted}, got {frame}"
     if frame.get("op") != "msg" or set(frame) != ({"op", "message", "unread"} if expected.unread else {"op", "message"}):
         return f"expected a msg push {'with' if expected.unread else 'without'} unread, got {frame}"
-    problem = expected.message.check(frame["message"])
+    problem = expected.message.check(frame["message"], expected.shown or None)
     if problem or expected.unread is None:
         return problem
     return check_unread(expected.unread, frame["unread"])
 
 
 def check_unread(expected: dict[str, Any], got: dict[str, Any]) -> str | None:
-    total = expected["total"]
-    exact = {k: v for k, v in expected.items() if k != "total"}
-    rest = {k: v for k, v in got.items() if k != "total"}
-    if rest != exact or not (total.holds(got.get("total")) if isinstance(total, Total) else got.get("total") == total):
-        return f"unread: expected {exact} with total {total}, got {got}"
+    """``total`` (and ``count``, after a recall in a read fan-out group) may be a Total."""
+    ranged = {k for k, v in expected.items() if isinstance(v, Total) or k == "total"}
+    exact = {k: v for k, v in expected.items() if k not in ranged}
+    rest = {k: v for k, v in got.items() if k not in ranged}
+    holds = all(
+        expected[k].holds(got.get(k)) if isinstance(expected[k], Total) else got.get(k) == expected[k] for k in ranged
+    )
+    if rest != exact or not holds:
+        return f"unread: expected {exact} with {({k: expected[k] for k in ranged})}, got {got}"
     return None
 
 
@@ -160,6 +231,8 @@ class User:
     wrote_to: set[str] = field(default_factory=set)  # non-contacts this contacts-only user wrote to
     # conversation -> {pinned, muted, marked_unread: bool, hidden_seq: int | None}, as set
     conversation_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # conversation -> seqs recalled while above the user's read seq: they count as read
+    recalled: dict[str, set[int]] = field(default_factory=dict)
 
 
 class Model:
@@ -168,11 +241,15 @@ class Model:
     ``self.pushes`` (device -> list), which the caller collects with ``take_pushes``."""
 
     def __init__(
-        self, read_fan_out_threshold: int, log_limit: int, inbox_limit: int = 1000, accounts: set[str] | None = None
+        self, read_fan_out_threshold: int, log_limit: int, inbox_limit: int = 1000, accounts: set[str] | None = None,
+        recall_window_s: float = 120, edit_window_s: float = 900,
     ) -> None:
         """``accounts``: the users with an account (``IMFLOW_ACCOUNTS=registered``); None for
-        ``open``, where every user id counts as an active account."""
+        ``open``, where every user id counts as an active account. The windows are the
+        recall_edit plugin's settings (``IMFLOW_RECALL_EDIT_*_WINDOW_SECONDS``)."""
         self.accounts = accounts
+        self.recall_window_ms = int(recall_window_s * 1000)
+        self.edit_window_ms = int(edit_window_s * 1000)
         self.deactivated: set[str] = set()  # accounts the admin deactivated
         self.threshold = read_fan_out_threshold
         self.log_limit = log_limit
@@ -230,12 +307,19 @@ class Model:
         return 0
 
     def _unread(self, user: User, conversation: str) -> int:
-        return max(0, self.last_seq(conversation) - user.read.get(conversation, 0))
+        return self._count(user, conversation, self.last_seq(conversation))
+
+    def _count(self, user: User, conversation: str, last: int) -> int:
+        """The count for a last seq of ``last``: the seqs above the read seq up to it, less the
+        recalled ones among them (docs/protocol.md, "Unread counts")."""
+        read = user.read.get(conversation, 0)
+        recalled = sum(1 for seq in user.recalled.get(conversation, ()) if read < seq <= last)
+        return max(0, last - read - recalled)
 
     def total(self, user: User) -> Total:
         """The user's unread total as the server may hold it now (lagging read fan-out flushes)."""
         high = sum(self._unread(user, c) for c in self._conversations(user))
-        low = sum(max(0, user.last_known.get(c, 0) - user.read.get(c, 0)) for c in self._conversations(user))
+        low = sum(self._count(user, c, user.last_known.get(c, 0)) for c in self._conversations(user))
         return Total(low, high)
 
     def _conversations(self, user: User) -> list[str]:
@@ -276,7 +360,8 @@ class Model:
         self._wrote(name, peer)
         members = self.members(conversation)
         mode = "read" if conversation.startswith("g:") and len(members) >= self.threshold else "write"
-        message = Message(new_mid, self.last_seq(conversation) + 1, conversation, name, cmid, type_, body, mode)
+        seq = self.last_seq(conversation) + 1
+        message = Message(new_mid, seq, conversation, name, cmid, type_, body, mode, seen_ms=now_ms(), sent_body=body)
         self.messages.setdefault(conversation, []).append(message)
         self.dedup[(conversation, name, cmid)] = message
         self.by_mid[new_mid] = message
@@ -286,7 +371,7 @@ class Model:
             sender.read[conversation] = max(sender.read.get(conversation, 0), message.seq)
             self._catch_up(sender, conversation)
             for member in members:
-                self._push(self.user(member), MsgPush(message, None), skip=device)
+                self._push(self.user(member), MsgPush(message, None, message.state()), skip=device)
         else:
             for member in members:
                 user = self.user(member)
@@ -297,7 +382,7 @@ class Model:
                     user.read[conversation] = message.seq
                 self._catch_up(user, conversation)
                 unread = {"conversation": conversation, "count": self._unread(user, conversation), "total": self.total(user)}
-                self._push(user, MsgPush(message, unread), skip=device if member == name else "")
+                self._push(user, MsgPush(message, unread, message.state()), skip=device if member == name else "")
         return {"op": "sent", "cmid": cmid, "conversation": conversation, "mid": message.mid, "seq": message.seq}
 
     def direct_peer(self, name: str, conversation: str) -> str | None:
@@ -347,7 +432,12 @@ class Model:
             # a change, so the other devices hear of it (before the read's own push)
             self._tell(name, {"op": "conversation_settings", "conversation": conversation, **self.settings(user, conversation)}, skip=device)
         upto = min(seq, self.state_last(user, conversation))
-        user.read[conversation] = max(user.read.get(conversation, 0), upto)
+        before = user.read.get(conversation, 0)
+        user.read[conversation] = max(before, upto)
+        peer = self.direct_peer(name, conversation)
+        if peer is not None and user.read[conversation] > before:  # a read receipt for the peer
+            receipt = {"op": "receipt", "conversation": conversation, "user": name, "read_seq": user.read[conversation]}
+            self._tell(peer, receipt)
         return {
             "op": "unread", "conversation": conversation, "count": self._unread(user, conversation),
             "total": self.total(user), "read_seq": user.read[conversation],
@@ -373,6 +463,174 @@ class Model:
         user.inbox.pop(mid, None)
         return {"op": "deleted", "conversation": conversation, "mid": mid}
 
+    # -- recall and edit (the recall_edit plugin)
+
+    def _message_seen_by(self, name: str, conversation: str, seq: int) -> Message:
+        """The message at ``seq`` if ``name`` may see it (a member, joined before it), else
+        ``not_found``: a seq that does not exist and one the user may not see read alike."""
+        if not self.is_member(name, conversation):
+            raise Refused("not_found")
+        if not self.floor(name, conversation) < seq <= self.last_seq(conversation):
+            raise Refused("not_found")
+        return self.messages[conversation][seq - 1]
+
+    def _late(self, message: Message, window_ms: int, asked: tuple[int, int]) -> bool | None:
+        """Whether the window from ``sent_at_ms`` had passed when the server judged it, somewhere
+        in ``asked`` (the test's clock before the request and after the reply): True, False, or
+        None where the window ended within that time (either answer is right). A message whose
+        ``sent_at_ms`` no frame has shown yet was sent at most a send's timeout before the
+        model stored it."""
+        sent_low = message.sent_at_ms if message.sent_at_ms is not None else message.seen_ms - 15_000
+        sent_high = message.sent_at_ms if message.sent_at_ms is not None else message.seen_ms
+        if asked[1] - sent_low < window_ms:
+            return False
+        if asked[0] - sent_high > window_ms:
+            return True
+        return None
+
+    def _past_the_log(self, conversation: str, seq: int) -> bool:
+        """A message the Redis log may no longer hold (older than its newest ``log_limit``,
+        and archived): the server refuses to change it with ``message.too_late``, windows and
+        roles aside (core/amending.py)."""
+        return seq <= self.last_seq(conversation) - self.log_limit
+
+    def _privileged(self, name: str, conversation: str) -> bool:
+        """A group's owner or admin: may recall any message there, any time."""
+        group = self.groups.get(conversation[2:]) if conversation.startswith("g:") else None
+        return group is not None and group.roles.get(name) in (OWNER, ADMIN)
+
+    def recall(
+        self, name: str, device: str, conversation: str, seq: int, asked: tuple[int, int], answered: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The ``message.recall`` reply with the tombstone; ``answered`` is the server's reply,
+        whose ``recalled_at_ms`` the model takes, and which it follows where either answer is
+        right (the window's edge; which of two refusals, or the tombstone, an already recalled
+        message gets from someone who may not recall it: the protocol does not order them).
+
+        Every device of every member gets ``recalled`` but the requesting connection (the reply
+        answers it); each member who had not read it counts it read, so their count drops by one
+        (once), and their devices get ``unread``. A recall of a recalled message changes nothing
+        and pushes nothing."""
+        message = self._message_seen_by(name, conversation, seq)
+        if self._past_the_log(conversation, seq) and answered.get("code") == "message.too_late":
+            raise Refused("message.too_late")
+        refused: list[str] = []
+        if not self._privileged(name, conversation):
+            if message.sender != name:
+                refused.append("message.not_yours")
+            else:
+                late = self._late(message, self.recall_window_ms, asked)
+                if late or (late is None and answered.get("code") == "message.too_late"):
+                    refused.append("message.too_late")
+        if refused and not (message.recalled and answered.get("op") == "message.recall"):
+            raise Refused(*refused)
+        message.learn(answered.get("message", {}))
+        if message.recalled:
+            return {"op": "message.recall", "message": message.frame()}
+        message.learn(answered.get("message", {}))
+        at = answered.get("message", {}).get("recalled_at_ms")
+        assert isinstance(at, int), f"the server refused a recall the model accepts: {answered}"
+        message.body = {}
+        message.recalled_at_ms, message.recalled_by = at, name
+        pushed = {"op": "recalled", "conversation": conversation, "seq": seq, "mid": message.mid, "by": name, "at_ms": at}
+        for member in self.members(conversation):
+            user = self.user(member)
+            self._push(user, FramePush(pushed), skip=device)
+            read = user.read.get(conversation, 0)
+            if read >= seq:
+                continue
+            user.recalled.setdefault(conversation, set()).add(seq)
+            # the count drops where the server's last seq for them had reached the message: at
+            # once in write fan-out; in read fan-out once their flush counted it (which the model
+            # knows only from last_known), so there the push may or may not come
+            known = user.last_known.get(conversation, 0)
+            low = self._count(user, conversation, max(known, seq))
+            count = low if low == self._unread(user, conversation) else Total(low, self._unread(user, conversation))
+            frame = {"op": "unread", "conversation": conversation, "count": count, "read_seq": read, "total": self.total(user)}
+            self._push(user, RangedUnreadPush(frame) if known >= seq else MaybePush(RangedUnreadPush(frame)))
+        return {"op": "message.recall", "message": message.frame()}
+
+    def edit(
+        self, name: str, device: str, conversation: str, seq: int, body: dict[str, Any], asked: tuple[int, int],
+        answered: dict[str, Any],
+    ) -> dict[str, Any]:
+        """The ``message.edit`` reply with the new version (``edited_at_ms`` from ``answered``);
+        every device of every member gets ``edited`` but the requesting connection.
+        The body as it is already answers the current version and changes nothing. Where
+        several refusals apply the protocol does not order them: any of them."""
+        message, same = self.edit_check(name, conversation, seq, body, asked, answered)
+        message.learn(answered.get("message", {}))
+        if same:  # a resend of the edit that made it so (or of the original body)
+            return {"op": "message.edit", "message": message.frame()}
+        message.learn(answered.get("message", {}))
+        at = answered.get("message", {}).get("edited_at_ms")
+        assert isinstance(at, int), f"the server refused an edit the model accepts: {answered}"
+        message.body = body
+        message.version += 1
+        message.edited_at_ms = at
+        pushed = {"op": "edited", "message": message.frame()}
+        for member in self.members(conversation):
+            self._push(self.user(member), FramePush(pushed), skip=device)
+        return {"op": "message.edit", "message": message.frame()}
+
+    def edit_check(
+        self, name: str, conversation: str, seq: int, body: dict[str, Any], asked: tuple[int, int], answered: dict[str, Any]
+    ) -> tuple[Message, bool]:
+        """The message an edit changes and whether ``body`` is its body already, or Refused."""
+        message = self._message_seen_by(name, conversation, seq)
+        if self._past_the_log(conversation, seq) and answered.get("code") == "message.too_late":
+            raise Refused("message.too_late")
+        refused = []
+        if message.sender != name:
+            refused.append("message.not_yours")
+        if message.recalled:
+            refused.append("message.recalled")
+        if message.type != "text":
+            refused.append("message.not_text")
+        late = self._late(message, self.edit_window_ms, asked)
+        if late or (late is None and answered.get("code") == "message.too_late"):
+            refused.append("message.too_late")
+        same = body == message.body
+        if refused and not (refused == ["message.too_late"] and same and answered.get("op") == "message.edit"):
+            raise Refused(*refused)
+        return message, same
+
+    # -- receipts
+
+    def _receipts_allowed(self, name: str, conversation: str) -> list[str]:
+        """The members whose read positions receipts show (groups below the threshold only)."""
+        if not self.is_member(name, conversation):
+            raise Refused("not_found")
+        members = self.members(conversation)
+        if conversation.startswith("g:") and len(members) >= self.threshold:
+            raise Refused("receipts_unavailable")
+        return members
+
+    def _audience(self, conversation: str, members: list[str], message: Message) -> list[str]:
+        """Whose reads a receipt counts: the members now, but the sender, who were there when
+        it was sent (a later member sees nothing before their joining point)."""
+        return [m for m in members if m != message.sender and self.floor(m, conversation) < message.seq]
+
+    def receipts(self, name: str, conversation: str, seqs: list[int]) -> dict[str, Any]:
+        """Per seq, in the order asked: how many of its audience have read it (read seq >=
+        seq), of how many there are."""
+        members = self._receipts_allowed(name, conversation)
+        messages = [self._message_seen_by(name, conversation, seq) for seq in seqs]
+        out = []
+        for message in messages:
+            others = self._audience(conversation, members, message)
+            read = sum(1 for m in others if self.user(m).read.get(conversation, 0) >= message.seq)
+            out.append({"seq": message.seq, "read": read, "members": len(others)})
+        return {"op": "receipts", "conversation": conversation, "receipts": out}
+
+    def readers(self, name: str, conversation: str, seq: int) -> dict[str, Any]:
+        members = self._receipts_allowed(name, conversation)
+        message = self._message_seen_by(name, conversation, seq)
+        others = self._audience(conversation, members, message)
+        read = [m for m in others if self.user(m).read.get(conversation, 0) >= seq]
+        unread = sorted(set(others) - set(read))
+        return {"op": "readers", "conversation": conversation, "seq": seq, "read": sorted(read), "unread": unread}
+
     # -- history and sync
 
     def history(self, name: str, conversation: str, before_seq: int | None, limit: int) -> tuple[list[Message], int | None]:
@@ -386,6 +644,13 @@ class Model:
         deleted = self.user(name).deleted
         return [m for m in page if m.mid not in deleted], (seqs[-1] if seqs and seqs[-1] > floor + 1 else None)
 
+    def _peer_read(self, name: str, conversation: str) -> dict[str, int]:
+        """A one-to-one conversation's state has the peer's read seq (left out while 0; a note
+        to oneself has no peer)."""
+        peer = self.direct_peer(name, conversation)
+        seq = self.user(peer).read.get(conversation, 0) if peer is not None else 0
+        return {"peer_read_seq": seq} if seq else {}
+
     def sync(self, name: str, before_mid: int | None, limit: int) -> dict[str, Any]:
         """The expected ``sync`` reply, messages as Message objects (newest first)."""
         user = self.user(name)
@@ -398,7 +663,7 @@ class Model:
             reply["conversations"] = [
                 {
                     "conversation": c, "last_seq": self.state_last(user, c), "read_seq": user.read.get(c, 0),
-                    "unread": self._unread(user, c), **self.settings(user, c),
+                    "unread": self._unread(user, c), **self.settings(user, c), **self._peer_read(name, c),
                 }
                 for c in sorted(self._conversations(user))
             ]
@@ -478,8 +743,10 @@ class Model:
         del group.roles[name]
         del group.joined[name]
         user.groups.discard(group.gid)
-        for state in (user.read, user.last_known):
+        for state in (user.read, user.last_known, user.recalled):
             state.pop(group.conversation, None)
+        for mid in [mid for mid, message in user.inbox.items() if message.conversation == group.conversation]:
+            del user.inbox[mid]  # the group's messages leave the inbox with them (server: forget.lua)
 
     def remove_member(self, actor: str, gid: str, name: str) -> dict[str, Any]:
         actor_role = self._role(gid, actor)

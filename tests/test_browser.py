@@ -5,7 +5,9 @@ Kafka and Redis): unread badges rise and clear, history survives a reload and sc
 groups and red packets work, a phone-sized screen alternates list and pane, a friend request
 with a note is accepted (contacts, profiles and presence on both sides), a block refuses the
 blocked user's message with a visible code while the blocker never sees it, and a gateway
-killed with SIGKILL and started again is survived without losing a message.
+killed with SIGKILL and started again is survived without losing a message; an image (with its
+thumbnail) and a file go across, one's own messages are edited and recalled on both sides, and a
+one-to-one read receipt shows once the peer reads.
 
 Needs `scripts/browser` (apt-get install chromium chromium-driver) and the selenium package.
 Under CI (CI=true) or with IMFLOW_REQUIRE_SERVICES=1 a missing browser fails the tests.
@@ -229,6 +231,20 @@ class Page:
             return True
 
         self.wait(attempt, f"a visible {selector} to click")
+
+    def click_until(self, selector: str, done: Callable[[], Any], what: str, timeout: float = 30.0) -> None:
+        """Click what the selector names until ``done()`` holds: a list that re-renders between the
+        mouse's press and release (a receipt, a push) swallows that click, so it is made again
+        (only for clicks that may be repeated, such as opening the editor)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.click(selector)
+            try:
+                self.wait(done, what, timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+                return
+            except AssertionError:
+                if time.monotonic() >= deadline:
+                    raise
 
     def type(self, selector: str, text: str) -> None:
         """Type into what the selector names, once it is shown (a dialog may still be opening)."""
@@ -885,6 +901,115 @@ def test_conversation_settings_and_privacy_follow_on_the_users_other_device(
         return "sent"
 
     assert run(_with_client(live, users.carol, carol_tries)) == "contacts_only"
+
+
+# ----------------------------------------------------------------------------- images, recall, edit, receipts
+
+
+def bubble(page: Page, seq: int) -> dict[str, Any] | None:
+    """The open conversation's message ``seq`` as the page shows it (None while it is not there)."""
+    return page.js(
+        """const li = document.querySelector(`#message-list li.message[data-seq='${arguments[0]}']`);
+           if (!li) return null;
+           const img = li.querySelector('img.attachment-image');
+           return {type: li.dataset.type, state: li.dataset.state, text: li.querySelector('.text')?.textContent ?? null,
+                   recalled: li.dataset.recalled === 'true', edited: li.dataset.edited === 'true',
+                   receipt: li.dataset.receipt ?? null, file: li.querySelector('.file-name')?.textContent ?? null,
+                   image: img ? {loaded: img.dataset.loaded === 'true' && img.complete, width: img.naturalWidth,
+                                 height: img.naturalHeight, src: img.getAttribute('src')} : null,
+                   actions: [...li.querySelectorAll('.message-actions button')].map((b) => b.textContent)}""",
+        seq,
+    )
+
+
+def test_an_image_and_a_file_sent_show_on_the_other_side_with_the_images_thumbnail(
+    pages: tuple[Page, Page], live: Stack, users: Any, tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    alice, bob = alice_and_bob(pages, live, users)
+    conversation = first_message(alice, bob, "Look at this")
+    picture, notes = tmp_path / "sunset.png", tmp_path / "notes.txt"
+    Image.new("RGB", (640, 480), (250, 120, 40)).save(picture)
+    notes.write_text("bring snacks\n")
+
+    alice.driver.find_element(By.CSS_SELECTOR, "#attach-input").send_keys(str(picture))  # as choosing it does
+    shown = bob.wait_value(lambda: bubble(bob, 2), lambda b: bool(b and b["image"] and b["image"]["loaded"]),
+                           "the image loaded on bob's side")
+    assert shown["type"] == "image" and shown["image"]["src"].startswith("/plugins/attachments/object?")
+    assert (shown["image"]["width"], shown["image"]["height"]) == (320, 240), "the thumbnail, not the 640x480 original"
+    alice.wait_value(lambda: bubble(alice, 2),
+                     lambda b: bool(b and b["state"] == "sent" and b["image"] and b["image"]["loaded"]
+                                    and b["image"]["width"] == 320),
+                     "the sent image's thumbnail at alice's (the server's body replaces the page's own)")
+
+    alice.driver.find_element(By.CSS_SELECTOR, "#attach-input").send_keys(str(notes))
+    bob.wait_value(lambda: bubble(bob, 3), lambda b: bool(b and b["type"] == "file" and b["file"] == "notes.txt"),
+                   "the file card on bob's side")
+    href = bob.wait_value(lambda: bob.js("return document.querySelector(`#message-list li.message[data-seq='3'] a.file-card`)"
+                                         "?.href ?? ''"), lambda url: "/plugins/attachments/object?" in url,
+                          "the file's download URL")
+    download = httpx.get(href, timeout=10)
+    assert download.status_code == 200 and download.text == "bring snacks\n"
+    assert download.headers["content-disposition"].startswith("attachment")
+    bob.screenshot("image-and-file")
+
+    stored = server_history(live, users.bob, conversation)
+    assert [m["type"] for m in stored] == ["text", "image", "file"]
+    assert stored[1]["body"]["width"] == 640 and stored[1]["body"]["thumbnail"].endswith(f".thumb@{users.alice}")
+    assert stored[2]["body"]["name"] == "notes.txt" and stored[2]["body"]["size"] == len("bring snacks\n")
+
+
+def test_edit_and_recall_of_ones_own_messages_show_on_both_sides(pages: tuple[Page, Page], live: Stack, users: Any) -> None:
+    alice, bob = alice_and_bob(pages, live, users)
+    conversation = first_message(alice, bob, "See you at 7")
+    assert bob.wait_value(lambda: bubble(bob, 1), bool, "bob's copy")["actions"] == [], "nothing to do to someone else's message"
+    alice.wait_value(lambda: bubble(alice, 1), lambda b: bool(b) and b["actions"] == ["Edit", "Recall"],
+                     "edit and recall offered")
+
+    alice.click_until("#message-list li.message[data-seq='1'] .edit-button",
+                      lambda: alice.js("return document.querySelector('#composer-text').value") == "See you at 7",
+                      "the text in the composer")
+    alice.wait(lambda: alice.visible("#edit-cancel"), "the composer in edit mode")
+    alice.send("See you at 8")
+    for page in (alice, bob):
+        page.wait_value(lambda page=page: bubble(page, 1), lambda b: bool(b and b["text"] == "See you at 8" and b["edited"]),
+                        "the edited text, marked edited")
+    assert alice.texts() == ["See you at 8"], "an edit is no new message"
+    bob.wait_text_content("#message-list li.message[data-seq='1'] .edited", "edited", "the edited mark shown")
+
+    alice.send("Wrong chat, sorry")
+    bob.wait_text("Wrong chat, sorry")
+    alice.click("#message-list li.message[data-seq='2'] .recall-button")
+    for page, who in ((alice, "You"), (bob, users.alice)):
+        page.wait_value(lambda page=page: bubble(page, 2), lambda b, who=who: bool(b and b["recalled"]
+                        and b["text"] == f"{who} recalled a message"), "the recalled message's tombstone")
+    assert "Wrong chat, sorry" not in bob.texts()
+    bob.screenshot("edited-and-recalled")
+
+    stored = server_history(live, users.bob, conversation)
+    assert stored[0]["body"] == {"text": "See you at 8"} and stored[0]["version"] == 2
+    assert stored[1]["body"] == {} and stored[1]["recalled_by"] == users.alice
+
+
+def test_a_one_to_one_read_receipt_shows_once_the_peer_reads(pages: tuple[Page, Page], live: Stack, users: Any) -> None:
+    alice, bob = alice_and_bob(pages, live, users)
+    conversation = direct(users.alice, users.bob)
+    alice.start_chat(users.bob)
+    alice.send("Did you read this?")
+    alice.wait_text("Did you read this?", state="sent")
+    bob.wait(lambda: bob.unread(conversation) == 1, "bob's badge: not read yet")
+    assert bubble(alice, 1)["receipt"] is None, "no receipt before bob opens the conversation"
+
+    bob.open(conversation)
+    alice.wait_value(lambda: bubble(alice, 1), lambda b: bool(b and b["receipt"] == "read"), "the message marked read")
+    assert alice.js("return document.querySelector(`#message-list li.message[data-seq='1'] .state`).title") == "Read"
+    alice.wait_text_content("#message-list li.message[data-seq='1'] .receipt-caption", "Read", "the Read caption")
+    alice.send("Great, see you")  # bob has it open: read at once, and the caption moves down
+    alice.wait_value(lambda: alice.js("return [...document.querySelectorAll('#message-list .receipt-caption')]"
+                                      ".map((el) => el.closest('li').dataset.seq)"), lambda seqs: seqs == ["2"],
+                     "the Read caption under the newest message read only")
+    alice.screenshot("read-receipt")
 
 
 # ----------------------------------------------------------------------------- a gateway dies

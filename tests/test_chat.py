@@ -23,7 +23,9 @@ async def test_message_reaches_receiver_with_ack_and_unread(stack, users) -> Non
         assert push["unread"] == {"conversation": conversation, "count": 1, "total": 1}
 
         reply = await bob.sync()
-        assert reply["conversations"] == [{"conversation": conversation, "last_seq": 1, "read_seq": 0, "unread": 1, **UNCHANGED_SETTINGS}]
+        # alice has read what she sent: her read seq is bob's peer_read_seq
+        state = {"conversation": conversation, "last_seq": 1, "read_seq": 0, "unread": 1, **UNCHANGED_SETTINGS, "peer_read_seq": 1}
+        assert reply["conversations"] == [state]
         assert reply["total_unread"] == 1
         # the sender has read what it sent: no unread on its side
         assert (await alice.sync())["total_unread"] == 0

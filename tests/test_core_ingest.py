@@ -32,10 +32,11 @@ async def test_log_keeps_the_newest_and_an_old_replay_still_answers(any_redis) -
     old, stored = await accept(any_redis, ids, cmd("m0"), 60, log_limit=3)
     assert old.duplicate and old.seq == 1 and stored is not None
     # the archive sealed seqs 1..8: the log keeps the newest 3 (and would keep anything unsealed above)
-    await script(any_redis, "trim_log")(keys=[log, keys.conversation_sealed("p:alice:bob")], args=[8, 3])
+    trim_keys = [log, keys.conversation_sealed("p:alice:bob"), keys.conversation_amended("p:alice:bob")]
+    await script(any_redis, "trim_log")(keys=trim_keys, args=[8, 3])
     assert [int(score) for _, score in await any_redis.zrange(log, 0, -1, withscores=True)] == [8, 9, 10]
     # a later ingest trims the same way, and the mark only rises
-    await script(any_redis, "trim_log")(keys=[log, keys.conversation_sealed("p:alice:bob")], args=[5, 3])
+    await script(any_redis, "trim_log")(keys=trim_keys, args=[5, 3])
     await accept(any_redis, ids, cmd("m10"), 60, log_limit=3)
     assert [int(score) for _, score in await any_redis.zrange(log, 0, -1, withscores=True)] == [9, 10, 11]
     old, stored = await accept(any_redis, ids, cmd("m0"), 60, log_limit=3)

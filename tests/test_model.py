@@ -15,6 +15,14 @@ additions that refuses (``blocked``, ``contacts_only``) and checks every ``conta
 ``privacy`` and ``conversation_settings`` reply and push. A refused message is in no push,
 sync page, history page or unread count.
 
+Messages are recalled (by their sender, by a group's owner or admin, or refused to someone
+else: ``message.not_yours``; again: the same tombstone, nothing pushed) and edited (a new
+version, the same body again: nothing new; a red packet: ``message.not_text``; a recalled one:
+``message.recalled``; a body outside the text schema: ``bad_frame``), and their receipts and
+readers asked for, in groups on either side of the read fan-out threshold
+(``receipts_unavailable``). The windows are an hour here; tests/test_model_regressions.py has
+``message.too_late`` with windows of a second.
+
 Pushes: each device (one connection) records every frame that answers no request of its own.
 After each step a barrier makes sure that everything the server published so far has arrived
 (``ProtocolMachine._barrier``: a sentinel user's read is pushed through every gateway's channel
@@ -47,13 +55,14 @@ import pytest
 from hypothesis import HealthCheck, seed, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, get_state_machine_test, invariant, precondition, rule
-from protocol_model import Message, Model, Push, Refused, check_push, check_unread, direct_id
+from protocol_model import MaybePush, Message, Model, Push, Refused, check_push, check_unread, direct_id, now_ms
 from stacks import READ_FAN_OUT_THRESHOLD
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 LOG_LIMIT = 5
 INBOX_LIMIT = 12
+RECALL_WINDOW_S = EDIT_WINDOW_S = 3600
 ADMIN_SECRET = "model-admin-" + uuid.uuid4().hex
 STACK_EXTRA_ENV = {
     # only users with an account may sign in and be named: each example registers its own
@@ -64,6 +73,10 @@ STACK_EXTRA_ENV = {
     "IMFLOW_CONVERSATION_LOG_LIMIT": str(LOG_LIMIT),
     # inboxes fill up within an example: the oldest entries make room
     "IMFLOW_INBOX_LIMIT": str(INBOX_LIMIT),
+    # recalls and edits within the window (the model judges the window by the clock, and
+    # tests/test_model_regressions.py runs with short windows for message.too_late)
+    "IMFLOW_RECALL_EDIT_RECALL_WINDOW_SECONDS": str(RECALL_WINDOW_S),
+    "IMFLOW_RECALL_EDIT_EDIT_WINDOW_SECONDS": str(EDIT_WINDOW_S),
 }
 TIMEOUT = 10.0  # seconds a reply or an expected push may take on a busy machine
 CLOCK_SLACK_MS = 60_000  # a contact change's at_ms / since_ms lies this close to the test's clock
@@ -217,7 +230,10 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.names = [f"u{i}-{tag}" for i in range(USERS)]
         self.phantoms = [f"x{i}-{tag}" for i in range(PHANTOMS)]
         self.ghost = f"ghost-{tag}"  # a user id without an account
-        self.model = Model(READ_FAN_OUT_THRESHOLD, LOG_LIMIT, INBOX_LIMIT, accounts={*self.names, *self.phantoms})
+        self.model = Model(
+            READ_FAN_OUT_THRESHOLD, LOG_LIMIT, INBOX_LIMIT, accounts={*self.names, *self.phantoms},
+            recall_window_s=RECALL_WINDOW_S, edit_window_s=EDIT_WINDOW_S,
+        )
         self.devices: dict[str, Device] = {}
         self.expected: dict[str, list[Push]] = {}  # device -> pushes the model expects, not compared yet
         self.checked: dict[str, int] = {}  # device -> how many of its pushes were compared
@@ -391,8 +407,8 @@ class ProtocolMachine(RuleBasedStateMachine):
             target: dict[str, Any] = {"to": high if low == name else low}
         else:
             target = {"conversation": conversation}
-        body = message.body if same_body else {"text": "another body"}
-        self._send(name, ident, device, conversation, {"cmid": message.cmid, **target, "body": body})
+        body = {"type": message.type, "body": message.sent_body} if same_body else {"body": {"text": "another body"}}
+        self._send(name, ident, device, conversation, {"cmid": message.cmid, **target, **body})
 
     @rule(pick=picks, peer=picks, body=st.sampled_from([
         {"text": "hi", "pad": "x"}, {"text": ""}, {"text": "x" * 4001}, {}, {"text": 7}, {"text": ["hi"]},
@@ -451,6 +467,118 @@ class ProtocolMachine(RuleBasedStateMachine):
         expected = expect(lambda: self.model.delete(name, chosen, mid), reply)
         if expected is not None:
             assert reply == expected, reply
+
+    # -- recall, edit, receipts
+
+    def _target(self, name: str, pick: int, kind: str) -> tuple[str, int]:
+        """A message to recall, edit or ask about, as (conversation, seq): ``fresh`` one the user
+        sends now (one-to-one or into a group of theirs; ``fresh_packet`` a red packet), ``own`` one of the user's (``newest``:
+        their latest), ``any`` one they may see, ``elsewhere`` any seq of any conversation (one
+        they are not in, before they joined, past the last seq)."""
+        if kind in ("fresh", "fresh_packet"):
+            ident = self.model.user(name).devices[pick % len(self.model.user(name).devices)]
+            # as often with another user with devices as in a group (most groups' other members are phantoms)
+            groups = [f"g:{gid}" for gid in sorted(self.model.user(name).groups)][:3]
+            mine = [direct_id(name, other) for other in self.names] * max(1, len(groups)) + groups
+            chosen = mine[pick % len(mine)]
+            target = {"to": self.model.direct_peer(name, chosen) or name} if chosen.startswith("p:") else {"conversation": chosen}
+            packet = {"type": "red_packet", "body": {"total_cents": 100, "count": 2, "greeting": "gp"}}
+            content = packet if kind == "fresh_packet" else {"body": {"text": "fresh"}}
+            self._send(name, ident, self.devices[ident], chosen, {"cmid": f"c{next(self.counter)}", **target, **content})
+            kind = "newest"
+        if kind in ("own", "newest"):
+            mine = [m for m in self.model.sent_by(name) if self.model.is_member(name, m.conversation)]
+            mine = [m for m in mine if m.seq > self.model.floor(name, m.conversation)]
+            mine.sort(key=lambda m: m.mid)
+            if mine:
+                chosen = mine[-1] if kind == "newest" else mine[pick % len(mine)]
+                return chosen.conversation, chosen.seq
+        if kind != "elsewhere":
+            seen = [m for c in self.model.conversations_of(name) for m in self.model.visible(name, c)]
+            if seen:
+                chosen = seen[pick % len(seen)]
+                return chosen.conversation, chosen.seq
+        conversation = self._conversation(name, pick)
+        return conversation, 1 + pick % (self.model.last_seq(conversation) + 2)
+
+    def _recall(self, name: str, ident: str, device: Device, conversation: str, seq: int) -> None:
+        frame = {"op": "message.recall", "conversation": conversation, "seq": seq}
+        before = now_ms()
+        reply = device.request(frame)
+        asked = (before, now_ms())
+        was = self.model.messages[conversation][seq - 1].recalled if 0 < seq <= self.model.last_seq(conversation) else None
+        what = "recall again" if was else "recall"
+        expected = expect(lambda: self.model.recall(name, ident, conversation, seq, asked, reply), reply, what)
+        if expected is not None:
+            assert reply == expected, f"{frame} by {ident} ({name}): expected {expected}, got {reply}"
+            at = reply["message"]["recalled_at_ms"]
+            assert abs(at - asked[1]) < CLOCK_SLACK_MS, f"{frame}: recalled_at_ms {at}"
+
+    def _edit(self, name: str, ident: str, device: Device, conversation: str, seq: int, body: dict[str, Any]) -> None:
+        frame = {"op": "message.edit", "conversation": conversation, "seq": seq, "body": body}
+        before = now_ms()
+        reply = device.request(frame)
+        asked = (before, now_ms())
+        expected = expect(lambda: self.model.edit(name, ident, conversation, seq, body, asked, reply), reply, "edit")
+        if expected is not None:
+            assert reply == expected, f"{frame} by {ident} ({name}): expected {expected}, got {reply}"
+
+    @rule(pick=picks, which=picks, kind=st.sampled_from(["fresh", "fresh", "own", "newest", "any", "elsewhere"]),
+          again=st.booleans())
+    def recall(self, pick: int, which: int, kind: str, again: bool) -> None:
+        """A recall (``again``: twice, the second one answered with the same tombstone, changing
+        nothing and pushing nothing); by the sender, a group's owner or admin, or someone else."""
+        name, ident, device = self._device(pick)
+        conversation, seq = self._target(name, which, kind)
+        self._recall(name, ident, device, conversation, seq)
+        if again:
+            self._recall(name, ident, device, conversation, seq)
+
+    @rule(
+        pick=picks, which=picks, kind=st.sampled_from(["fresh", "fresh", "fresh_packet", "own", "newest", "any", "elsewhere"]),
+        body=st.sampled_from(["new", "new", "same", "twice", "bad"]), text=texts,
+    )
+    def edit(self, pick: int, which: int, kind: str, body: str, text: str) -> None:
+        """An edit: a new body (``twice``: sent again, an idempotent resend), the body it has, or
+        a body outside the text schema (``bad_frame``, or the refusal the target earns)."""
+        name, ident, device = self._device(pick)
+        conversation, seq = self._target(name, which, kind)
+        exists = 0 < seq <= self.model.last_seq(conversation)
+        current = self.model.messages[conversation][seq - 1].body if exists else {"text": "?"}
+        if body == "bad":
+            bad = [{"text": ""}, {"text": "x", "pad": 1}, {"text": "x" * 4001}, {}][which % 4]
+            reply = device.request({"op": "message.edit", "conversation": conversation, "seq": seq, "body": bad})
+            try:
+                self.model.edit_check(name, conversation, seq, {"text": "?"}, (now_ms(), now_ms()), reply)
+                codes = {"bad_frame"}
+            except Refused as refused:
+                codes = {"bad_frame", *refused.codes}
+            assert reply.get("op") == "error" and reply.get("code") in codes, f"edit to {bad}: expected {codes}, got {reply}"
+            return
+        new = current if body == "same" and "text" in current else {"text": f"{text} (edited)"}
+        self._edit(name, ident, device, conversation, seq, new)
+        if body == "twice":
+            self._edit(name, ident, device, conversation, seq, new)
+
+    @rule(pick=picks, which=st.lists(picks, min_size=1, max_size=4),
+          kind=st.sampled_from(["fresh", "any", "any", "own", "elsewhere"]))
+    def receipts(self, pick: int, which: list[int], kind: str) -> None:
+        """Receipts of a few messages of one conversation, then who read the first of them."""
+        name, ident, device = self._device(pick)
+        conversation, seq = self._target(name, which[0], kind)
+        last = self.model.last_seq(conversation)
+        seen = [m.seq for m in self.model.visible(name, conversation)] or [seq]
+        seqs = sorted({seq, *(seen[w % len(seen)] for w in which[1:])})
+        frame = {"op": "receipts", "conversation": conversation, "seqs": seqs}
+        reply = device.request(frame)
+        expected = expect(lambda: self.model.receipts(name, conversation, seqs), reply, "receipts")
+        if expected is not None:
+            assert reply == expected, f"{frame} by {ident} ({name}), last seq {last}: expected {expected}, got {reply}"
+        frame = {"op": "readers", "conversation": conversation, "seq": seq}
+        reply = device.request(frame)
+        expected = expect(lambda: self.model.readers(name, conversation, seq), reply, "readers")
+        if expected is not None:
+            assert reply == expected, f"{frame} by {ident} ({name}): expected {expected}, got {reply}"
 
     # -- paging
 
@@ -873,14 +1001,18 @@ class ProtocolMachine(RuleBasedStateMachine):
         self._barrier()
         for ident, device in self.devices.items():
             wanted, at = self.expected[ident], self.checked[ident]  # the pushes not seen yet; how many were
-            needed = at + len(wanted)
+            needed = at + sum(not isinstance(push, MaybePush) for push in wanted)
             if len(device.snapshot()) < needed:
                 device.wait(lambda device=device, needed=needed: len(device.pushes) >= needed, f"expected {needed} pushes, of {wanted}")
             got = device.snapshot()
             for push in wanted:
+                if isinstance(push, MaybePush) and (at == len(got) or check_push(push, got[at]) is not None):
+                    ProtocolMachine.totals["push that may come: did not"] += 1
+                    continue  # it did not come (the barrier has let everything published arrive)
                 assert at < len(got), f"{ident} ({device.user}) push #{at} missing: {push}"
                 problem = check_push(push, got[at])
                 assert problem is None, f"{ident} ({device.user}) push #{at}: {problem}"
+                ProtocolMachine.totals[f"push {got[at].get('op')}{' that may come: came' if isinstance(push, MaybePush) else ''}"] += 1
                 at += 1
             assert len(got) == at, f"{ident} ({device.user}): pushes nobody expects: {got[at:]}"
             self.checked[ident] = at

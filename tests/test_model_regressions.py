@@ -7,11 +7,17 @@ pages cross into the archive, which seals every 0.2 s.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from test_model import LOG_LIMIT, STACK_EXTRA_ENV as MODEL_ENV, Device
 
-# the model's stack, but with open accounts: these tests sign in fresh users without registering them
-STACK_EXTRA_ENV = {**MODEL_ENV, "IMFLOW_ACCOUNTS": "open"}
+# the model's stack, but with open accounts: these tests sign in fresh users without registering
+# them, and windows of a second for recall and edit, which the model test keeps long
+WINDOW_S = 1
+STACK_EXTRA_ENV = {
+    **MODEL_ENV, "IMFLOW_ACCOUNTS": "open",
+    "IMFLOW_RECALL_EDIT_RECALL_WINDOW_SECONDS": str(WINDOW_S), "IMFLOW_RECALL_EDIT_EDIT_WINDOW_SECONDS": str(WINDOW_S),
+}
 
 from imflow.client import Client
 from imflow.core.storage import lake
@@ -125,3 +131,36 @@ async def test_history_has_every_sent_message_while_the_archive_is_sealing(stack
         sent = await send_many(alice, f"p:{users.alice}:{users.bob}", 3 * LOG_LIMIT)
         page = await alice.history(sent[0]["conversation"], limit=50)
         assert [m["seq"] for m in page["messages"]] == list(range(3 * LOG_LIMIT, 0, -1)), page
+
+
+def test_after_the_window_the_sender_may_not_recall_or_edit_but_a_group_owner_recalls(stack, users) -> None:
+    # message.too_late, which the model test (windows of an hour) never reaches: refused, nothing
+    # changes and nobody is told; the owner of a group still recalls the same sender's message
+    phone, laptop = (Device(stack.url(g), stack.token(users.alice), name) for g, name in ((0, "phone"), (1, "laptop")))
+    owner = Device(stack.url(0), stack.token(users.bob), "bob")
+    try:
+        group = owner.request({"op": "create_group", "name": "g", "members": [users.alice]})
+        direct = phone.send({"cmid": "c1", "to": users.bob, "body": {"text": "one"}})
+        in_group = phone.send({"cmid": "c2", "conversation": group["conversation"], "body": {"text": "two"}})
+        targets = [(direct["conversation"], direct["seq"]), (in_group["conversation"], in_group["seq"])]
+        sent_at = [phone.request({"op": "history", "conversation": c})["messages"][0]["sent_at_ms"] for c, _ in targets]
+        laptop.wait(lambda: len(laptop.pushes) == 2, "the laptop did not get both messages")
+        owner.wait(lambda: len(owner.pushes) == 2, "bob did not get both messages")
+        while time.time() * 1000 <= max(sent_at) + WINDOW_S * 1000 + 50:  # the server's clock is this machine's
+            time.sleep(0.05)
+        for conversation, seq in targets:
+            for frame in ({"op": "message.recall"}, {"op": "message.edit", "body": {"text": "changed"}}):
+                reply = phone.request({**frame, "conversation": conversation, "seq": seq})
+                assert (reply["op"], reply.get("code")) == ("error", "message.too_late"), (frame, reply)
+        before = [phone.request({"op": "history", "conversation": c})["messages"] for c, _ in targets]
+        assert [page[0]["body"] for page in before] == [{"text": "one"}, {"text": "two"}], before
+        recalled = owner.request({"op": "message.recall", "conversation": in_group["conversation"], "seq": in_group["seq"]})
+        assert recalled["op"] == "message.recall" and recalled["message"]["recalled_by"] == users.bob, recalled
+        # the first push after the messages is the owner's recall: the refused requests told nobody
+        laptop.wait(lambda: len(laptop.pushes) >= 3, "no recalled push on the laptop")
+        assert [p["op"] for p in laptop.snapshot()] == ["msg", "msg", "recalled"], laptop.snapshot()
+        assert laptop.snapshot()[2]["by"] == users.bob, laptop.snapshot()
+        assert phone.request({"op": "history", "conversation": direct["conversation"]})["messages"] == before[0]
+    finally:
+        for device in (phone, laptop, owner):
+            device.close()

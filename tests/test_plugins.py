@@ -34,7 +34,7 @@ from imflow.core.plugin_types import (
 )
 from imflow.core.services import Services
 from imflow.core.settings import Settings
-from imflow.plugin_manager import describe, make_hooks
+from imflow.plugin_manager import DEFAULT_PLUGINS, describe, make_hooks
 from imflow.testing import eventually
 
 
@@ -282,7 +282,7 @@ def test_a_misspelled_hook_fails_loudly() -> None:
 def test_plugins_can_be_disabled_and_are_described() -> None:
     hooks = make_hooks(Settings(disabled_plugins="broken, other"), extra=[("everything", Everything()), ("broken", Broken())])
     rows = {row["name"]: row for row in describe(hooks)}
-    assert sorted(rows) == ["everything", "live_rooms", "red_packets", "throttling"]
+    assert sorted(rows) == sorted(["everything", *DEFAULT_PLUGINS])  # every built-in, and the one registered in code
     assert rows["red_packets"]["origin"] == "built-in"
     assert rows["everything"]["origin"] == "registered in code"
     assert "imflow_before_send" in rows["everything"]["hooks"] and "imflow_stream_agents" in rows["everything"]["hooks"]
@@ -314,6 +314,47 @@ async def test_a_firstresult_hook_runs_nothing_after_the_first_answer() -> None:
     verdict = await hooks.call.before_send(command=_send(), gateway=None)
     assert verdict == Rejection("x.no", "no")
     assert (early.ran, refusing.ran, late.ran) == (["before_send"], ["before_send"], []), "the late one never ran"
+
+
+class Rewriter:
+    """Answers before_send with the command it got, its text with ``mark`` added, after recording it."""
+
+    def __init__(self, mark: str) -> None:
+        self.mark = mark
+        self.seen: list[str] = []
+
+    @hookimpl
+    def imflow_before_send(self, command: SendCommand) -> SendCommand:
+        self.seen.append(command.body["text"])
+        return command.model_copy(update={"body": {"text": command.body["text"] + self.mark}})
+
+
+class Checker:
+    """Refuses any text with ``word`` in it: a check a rewrite before it must not skip."""
+
+    def __init__(self, word: str) -> None:
+        self.word = word
+        self.seen: list[str] = []
+
+    @hookimpl
+    async def imflow_before_send(self, command: SendCommand) -> Rejection | None:
+        self.seen.append(command.body["text"])
+        return Rejection("x.checked", "refused") if self.word in command.body["text"] else None
+
+
+async def test_before_send_is_a_chain_each_plugin_sees_the_command_as_the_one_before_left_it() -> None:
+    checker, first, second = Checker("bad"), Rewriter("+1"), Rewriter("+2")
+    hooks = make_hooks(Settings(disabled_plugins=",".join(DEFAULT_PLUGINS)),
+                       extra=[("checker", checker), ("second", second), ("first", first)])  # last registered runs first
+    verdict = await hooks.call.before_send(command=_send("hi"), gateway=None)
+    assert isinstance(verdict, SendCommand) and verdict.body == {"text": "hi+1+2"}
+    assert (first.seen, second.seen, checker.seen) == (["hi"], ["hi+1"], ["hi+1+2"]), "each saw the rewritten command"
+    # a rewrite before a check never skips it: the checker runs on what the rewriters left
+    assert await hooks.call.before_send(command=_send("bad"), gateway=None) == Rejection("x.checked", "refused")
+    assert checker.seen[-1] == "bad+1+2"
+    # nobody changes it: None, as before
+    quiet = make_hooks(Settings(disabled_plugins=",".join(DEFAULT_PLUGINS)), extra=[("checker", Checker("bad"))])
+    assert await quiet.call.before_send(command=_send("fine"), gateway=None) is None
 
 
 async def test_calls_go_through_pluggy_so_monitoring_and_wrappers_see_them() -> None:
@@ -353,7 +394,7 @@ async def test_failures_are_isolated_and_outages_logged_without_a_traceback(capl
 
     caplog.set_level(logging.WARNING)
     answering = Recorder(Rejection("x.no", "no"))
-    hooks = make_hooks(Settings(disabled_plugins="throttling,red_packets,live_rooms"),
+    hooks = make_hooks(Settings(disabled_plugins=",".join(DEFAULT_PLUGINS)),
                        extra=[("answering", answering), ("down", Down()), ("broken", Broken()), ("async", AsyncRegistration())])
     assert await hooks.call.before_send(command=_send(), gateway=None) == Rejection("x.no", "no")
     assert [m.name for m in hooks.call.message_types()] == [], "broken and async registrations skipped"
@@ -414,3 +455,67 @@ async def test_startup_and_shutdown_reach_every_plugin_with_the_services() -> No
     await hooks.call.shutdown(services=services, role="gateway")
     assert plugin.events == [("startup", "gw-1", "gateway"), ("shutdown", "gw-1", "gateway")]
     assert gateway.flusher is not None and gateway.flusher.done() and rooms.gateways == {}
+
+
+class Amendments:
+    """Implements ``imflow_message_amended`` (the recall_edit plugin's changes) and remembers them."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    @hookimpl
+    async def imflow_message_amended(self, amendment: Any, services: Services) -> None:
+        assert services.redis is not None
+        self.seen.append(amendment)
+
+
+async def test_message_amended_hears_each_recall_and_edit_once(imflow_server) -> None:
+    plugin = Amendments()
+    async with imflow_server(plugins=[("amendments", plugin)]) as server:
+        async with await server.client("alice") as alice, await server.client("bob") as bob:
+            conversation = direct_conversation("alice", "bob")
+            sent = await alice.send_text("bob", "tpyo")
+            for _ in range(2):  # the second edit to the same body is a resend: no change, no call
+                await alice.request({"op": "message.edit", "conversation": conversation, "seq": sent["seq"], "body": {"text": "typo"}})
+            for _ in range(2):  # so is a second recall
+                await alice.request({"op": "message.recall", "conversation": conversation, "seq": sent["seq"]})
+            with pytest.raises(ClientError):
+                await bob.request({"op": "message.recall", "conversation": conversation, "seq": sent["seq"]})
+    edit, recall = plugin.seen
+    assert (edit.kind, edit.conversation, edit.seq, edit.mid, edit.by) == ("edit", conversation, 1, sent["mid"], "alice")
+    assert edit.message["body"] == {"text": "typo"} and edit.message["version"] == 2 and edit.at_ms == edit.message["edited_at_ms"]
+    assert (recall.kind, recall.by, recall.message["body"]) == ("recall", "alice", {})
+    assert recall.at_ms == recall.message["recalled_at_ms"]
+
+
+class OfflineAndGroups:
+    """Implements ``imflow_offline_push`` and ``imflow_group_changed`` and remembers what they got."""
+
+    def __init__(self) -> None:
+        self.pushes: list[tuple[str, str, int, bool]] = []
+        self.changes: list[tuple[str, dict[str, str], str]] = []
+
+    @hookimpl
+    async def imflow_offline_push(self, pushes: list[Any], context: Any) -> None:
+        assert context.redis is not None
+        self.pushes.extend((p.user, p.message.body["text"], p.total, p.mentions) for p in pushes)
+
+    @hookimpl
+    def imflow_group_changed(self, change: Any, services: Services) -> None:
+        self.changes.append((change.kind, change.changes, change.actor))
+
+
+async def test_offline_push_and_group_changed_through_a_running_imflow(imflow_server) -> None:
+    plugin = OfflineAndGroups()
+    async with imflow_server(plugins=[("watcher", plugin)]) as server:
+        async with await server.client("alice") as alice:
+            created = await alice.request({"op": "create_group", "name": "pair", "members": ["bob"]})
+            await alice.send_text("bob", "you there?")  # bob has no connection: a push
+            await alice.send({"conversation": created["conversation"], "body": {"text": "@bob", "mentions": ["bob"]}})
+            async with await server.client("bob") as bob:
+                await alice.send_text("bob", "now online")  # no push: bob is connected
+                await bob.next_message()
+                await bob.request({"op": "leave_group", "gid": created["gid"]})
+            await eventually(lambda: _async(len(plugin.pushes) == 2))
+    assert plugin.pushes == [("bob", "you there?", 1, False), ("bob", "@bob", 2, True)]
+    assert plugin.changes == [("joined", {"bob": "member", "alice": "owner"}, "alice"), ("left", {"bob": ""}, "bob")]

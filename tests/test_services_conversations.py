@@ -89,7 +89,9 @@ async def test_sync_pages_the_inbox_and_ack_empties_it(services: Services) -> No
     stored = await store(services, ALICE_BOB, ["alice", "bob"], 3)
     first = await conversations.sync(services, conversations.Sync("bob", None, 2))
     assert [m["seq"] for m in orjson.loads(orjson.dumps(first.messages))] == [3, 2] and first.next_before_mid == stored[1].mid
-    assert first.conversations == [{"conversation": ALICE_BOB, "last_seq": 3, "read_seq": 0, "unread": 3, **UNCHANGED_SETTINGS}]
+    # alice has read what she sent: her read seq is bob's peer_read_seq
+    expected = {"conversation": ALICE_BOB, "last_seq": 3, "read_seq": 0, "unread": 3, **UNCHANGED_SETTINGS, "peer_read_seq": 3}
+    assert first.conversations == [expected]
     assert first.total_unread == 3
     second = await conversations.sync(services, conversations.Sync("bob", first.next_before_mid, 2))
     assert len(second.messages) == 1 and second.next_before_mid is None

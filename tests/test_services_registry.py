@@ -7,7 +7,7 @@ import inspect
 import re
 from pathlib import Path
 
-from imflow.core import accounts, contacts, conversation_settings, conversations, groups, presence
+from imflow.core import accounts, contacts, conversation_settings, conversations, groups, presence, receipts
 from imflow.core.storage import inbox
 from imflow.gateway import frames, http_api, operations, protocol
 
@@ -51,7 +51,7 @@ def test_every_service_result_has_a_reply_frame() -> None:
     checked = 0
     # accounts' other services answer the admin API (gateway/admin_api.py), not a client frame
     client_facing = {accounts: {"profiles", "set_privacy"}}
-    for module in (conversations, groups, contacts, conversation_settings, presence, accounts):
+    for module in (conversations, receipts, groups, contacts, conversation_settings, presence, accounts):
         for name, function in inspect.getmembers(module, inspect.iscoroutinefunction):
             parameters = list(inspect.signature(function).parameters)
             if name.startswith("_") or parameters[:1] != ["services"] or len(parameters) != 2:
@@ -64,6 +64,6 @@ def test_every_service_result_has_a_reply_frame() -> None:
             result = getattr(module, annotation, None) or getattr(inbox, annotation)  # read's Unread is storage's
             assert frames.reply.dispatch(result) is not frames.reply.dispatch(object), f"no frame for {module.__name__}.{name}"
             checked += 1
-    # read, sync, history, delete, acknowledge, the seven group operations, the ten of contacts,
-    # set_conversation, watch_presence, profiles and set_privacy
-    assert checked == 26
+    # read, sync, history, delete, acknowledge, receipts, readers, the seven group operations, the
+    # ten of contacts, set_conversation, watch_presence, profiles and set_privacy
+    assert checked == 28

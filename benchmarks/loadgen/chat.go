@@ -4,6 +4,9 @@ package main
 // either at a fixed total rate (open loop) or keeping a window of sends in flight per sender.
 // Each message's number and send time travel in its text and its ref, so the sender's reader
 // and the receiver's reader each keep their own per-pair record, without locks.
+// With --offline K the receivers of the last K pairs sign in once (so their names are known)
+// and leave before the load: messages to them are stored and ACKed but pushed to nobody (the
+// server's offline path), so they count in ack_ms and offline_acked, never in lost.
 
 import (
 	"encoding/json"
@@ -20,6 +23,7 @@ type chatConfig struct {
 	url                    string
 	tokens                 []string
 	pairs, inflight        int
+	offline                int // the last offline pairs' receivers leave before the load
 	rate, connectRate      float64
 	seconds, warmup, drain float64
 }
@@ -29,7 +33,9 @@ type chatConfig struct {
 // and what the receiver's reader saw (received[k] = copies of message k).
 type pair struct {
 	index            int
-	sender, receiver *peer
+	sender, receiver *peer  // receiver nil for an offline pair
+	to               string // the receiver's user
+	offline          bool
 	acked            []int64
 	received         []uint8
 	window           chan struct{} // --inflight: a slot per send in flight
@@ -43,7 +49,8 @@ type chatRun struct {
 	latency, ack     histogram
 	sent, acked      atomic.Int64
 	failed           atomic.Int64
-	sentIn, ackedIn  counter // sends inside the measured window, and those stored
+	sentIn, ackedIn  counter // sends inside the measured window, and those stored (to online receivers)
+	offlineIn        counter // measured sends to offline receivers, stored
 	gotIn, inWindow  counter
 	dups, unknown    counter
 	winStart, winEnd int64
@@ -64,28 +71,50 @@ func runChat(cfg chatConfig) (map[string]any, error) {
 	if (cfg.rate > 0) == (cfg.inflight > 0) {
 		return nil, fmt.Errorf("give one of --rate and --inflight")
 	}
+	if cfg.offline < 0 || cfg.offline >= cfg.pairs {
+		return nil, fmt.Errorf("--offline must be 0 .. pairs-1")
+	}
 	// a cmid is the sender's idempotency key: a run of its own never meets an earlier run's
 	r := &chatRun{cfg: cfg, nonce: strconv.FormatUint(rand.Uint64(), 36), ended: make(chan struct{})}
 	r.pairs = make([]*pair, cfg.pairs)
 	for i := range r.pairs {
-		r.pairs[i] = &pair{index: i}
+		r.pairs[i] = &pair{index: i, offline: i >= cfg.pairs-cfg.offline}
 		if cfg.inflight > 0 {
 			r.pairs[i].window = make(chan struct{}, cfg.inflight)
 		}
 	}
 	r.winStart, r.winEnd = 1<<62, 1<<62 // nothing is measured before the window is set
+	// an offline receiver's name, as its welcome said (each handshake writes its own slot)
+	offlineNames := make([]string, cfg.pairs)
 	if err := r.s.connect(cfg.url, 2*cfg.pairs, cfg.connectRate, func(p *peer) error {
-		return imflowAuth(p, cfg.tokens[p.index])
+		if err := imflowAuth(p, cfg.tokens[p.index]); err != nil {
+			return err
+		}
+		if pr := r.pairs[p.index/2]; pr.offline && p.index%2 == 1 {
+			offlineNames[pr.index] = p.user
+			_ = p.writeFrame(opClose, []byte{0x03, 0xe8}) // leaves as a client going offline does
+			return errNotKept
+		}
+		return nil
 	}, r.receive); err != nil {
 		return nil, err
 	}
-	logf("%d/%d users signed in in %.1f s", r.s.connected(), 2*cfg.pairs, r.s.connectS)
+	logf("%d/%d users signed in in %.1f s (%d receivers left again: offline)", r.s.connected(), 2*cfg.pairs,
+		r.s.connectS, cfg.offline)
 	var ready []*pair
 	for i, pr := range r.pairs {
 		pr.sender, pr.receiver = r.s.peers[2*i], r.s.peers[2*i+1]
-		if pr.sender != nil && pr.receiver != nil {
+		if pr.receiver != nil {
+			pr.to = pr.receiver.user
+		} else if pr.offline {
+			pr.to = offlineNames[i]
+		}
+		if pr.sender != nil && pr.to != "" {
 			ready = append(ready, pr)
 		}
+	}
+	if cfg.offline > 0 { // the gateway records who left in batches: let it, so the first sends see them offline
+		time.Sleep(time.Second)
 	}
 	if len(ready) == 0 {
 		r.s.stop()
@@ -122,7 +151,7 @@ func runChat(cfg chatConfig) (map[string]any, error) {
 
 // send runs one sender until end: at rate/pairs a second from first, or --inflight at a time.
 func (r *chatRun) send(pr *pair, first, end time.Time, pairs int) {
-	to := strconv.Quote(pr.receiver.user)
+	to := strconv.Quote(pr.to)
 	frame, cmid := make([]byte, 0, 256), make([]byte, 0, 64)
 	for k := int64(0); ; k++ {
 		if r.cfg.rate > 0 {
@@ -253,7 +282,9 @@ func (r *chatRun) settled(pr *pair, p *peer, k, t int64, code string) {
 	pr.acked[k] = t
 	r.acked.Add(1)
 	r.ack.record(p.index, p.now-t)
-	if r.measured(t) {
+	if r.measured(t) && pr.offline {
+		r.offlineIn.add(p.index, 1)
+	} else if r.measured(t) {
 		r.ackedIn.add(p.index, 1)
 	}
 }
@@ -275,13 +306,15 @@ func (r *chatRun) progress() func() {
 }
 
 func (r *chatRun) report(pairs int, before, after usage, drainS float64) map[string]any {
-	var ackedIn, failedIn, lost, deliveries int64
+	var ackedIn, failedIn, lost, deliveries, offlineAcked int64
 	for _, pr := range r.pairs {
 		for k, t := range pr.acked {
 			got := k < len(pr.received) && pr.received[k] > 0
 			switch {
 			case t < 0 && r.measured(-t):
 				failedIn++
+			case t > 0 && r.measured(t) && pr.offline:
+				offlineAcked++
 			case t > 0 && r.measured(t):
 				ackedIn++
 				if got {
@@ -295,12 +328,13 @@ func (r *chatRun) report(pairs int, before, after usage, drainS float64) map[str
 	out := map[string]any{
 		"mode": "chat", "target": "imflow", "pairs": pairs, "rate": r.cfg.rate, "inflight": r.cfg.inflight,
 		"seconds": r.cfg.seconds, "warmup": r.cfg.warmup, "drain_s": round(drainS, 3),
-		"posts_sent": r.sentIn.load(), "posts_acked": ackedIn, "posts_failed": failedIn, "posts_sent_total": r.sent.Load(),
+		"posts_sent": r.sentIn.load(), "posts_acked": ackedIn + offlineAcked, "posts_failed": failedIn,
+		"offline_pairs": r.cfg.offline, "offline_acked": offlineAcked, "posts_sent_total": r.sent.Load(),
 		"posts_unanswered": r.sent.Load() - r.acked.Load() - r.failed.Load(),
 		"deliveries":       deliveries, "expected_deliveries": ackedIn, "lost": lost,
 		"duplicates": r.dups.load(), "unknown_messages": r.unknown.load(),
 		"deliveries_per_s": round(float64(r.inWindow.load())/r.cfg.seconds, 1),
-		"acked_per_s":      round(float64(r.ackedIn.load())/r.cfg.seconds, 1),
+		"acked_per_s":      round(float64(r.ackedIn.load()+r.offlineIn.load())/r.cfg.seconds, 1),
 		"latency_ms":       r.latency.summary(), "ack_ms": r.ack.summary(),
 		"cpu": cpuBetween(before, after),
 	}

@@ -50,6 +50,9 @@ func connectAll(n int, rate float64, open func(i int) (*peer, error), failures *
 			defer wg.Done()
 			defer func() { <-slots }()
 			p, err := open(i)
+			if errors.Is(err, errNotKept) { // signed in, then let go by the mode: not a failure
+				return
+			}
 			if err != nil {
 				failures.add(failureName(err))
 				return
@@ -62,6 +65,10 @@ func connectAll(n int, rate float64, open func(i int) (*peer, error), failures *
 	stopProgress()
 	return peers
 }
+
+// errNotKept: a handshake that succeeded, after which the mode closed the connection on purpose
+// (chat --offline: a receiver that signs in once, then goes offline).
+var errNotKept = errors.New("not kept")
 
 // protocolError is a refusal by the server during a handshake: its error code.
 type protocolError struct{ code string }

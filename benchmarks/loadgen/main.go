@@ -6,9 +6,10 @@
 //	                    --rate POSTS_PER_S --seconds S [--warmup S] [--room NAME] [--posters K]
 //	                    [--size BYTES] [--connect-rate PER_S] [--drain S]
 //	imflow-loadgen chat --target imflow --url WS_URL --tokens FILE --pairs N
-//	                    (--rate MSGS_PER_S | --inflight W) --seconds S [--warmup S] [--drain S]
+//	                    (--rate MSGS_PER_S | --inflight W) --seconds S [--warmup S] [--drain S] [--offline K]
 //	imflow-loadgen idle --target imflow|centrifugo --url WS_URL [--tokens FILE] --connections N
 //	                    [--room NAME] [--hold S]
+//	imflow-loadgen watch --url WS_URL --tokens FILE --connections N [--connect-rate PER_S]
 //
 // room: N viewers join one room (imflow `room.join`; Centrifugo: subscribe to the channel); the
 // first K of them post at a fixed total rate on one open-loop schedule (post n at n/rate s), each
@@ -20,12 +21,17 @@
 // up to --drain seconds for what is still on its way.
 // chat (imflow only): user 2i sends to user 2i+1 (tokens line by line), either at --rate messages
 // a second in total or keeping --inflight sends unanswered per sender; latency is send → the
-// receiver's `msg` push, ack is send → `sent`.
+// receiver's `msg` push, ack is send → `sent`. --offline K: the receivers of the last K pairs
+// sign in once and leave before the load, so what is sent to them takes the offline path.
 // idle: N connections authenticated (and in --room), "ready N" on stdout once they are, held
 // until stdin closes or --hold seconds pass.
+// watch (imflow only): N connections signed in, "ready N" on stdout; then stdin's "arm OP" and
+// "wait T0_NS TIMEOUT_S" lines time each connection's first OP frame from T0 (one JSON line per
+// wait; see watch.go), until stdin closes.
 //
 // Output: progress on stderr, then ONE JSON object on stdout: posts_sent / posts_acked /
-// posts_failed (the measured ones; posts_unanswered: no reply by the end of the drain),
+// posts_failed (the measured ones; posts_unanswered: no reply by the end of the drain; chat:
+// offline_acked of them to offline receivers, expected nowhere),
 // deliveries, expected_deliveries (accepted posts × viewers), lost, duplicates, deliveries_per_s
 // (deliveries that arrived within the measured window, per second), frames_received, latency_ms and ack_ms ({count, mean, p50, p90, p99, p999, max}, from
 // a log-linear histogram with under 1.6 % error: no per-sample memory), errors {code: n},
@@ -71,6 +77,7 @@ const usageText = `usage:
                       [--warmup S] [--connect-rate PER_S] [--drain S]
   imflow-loadgen idle --target imflow|centrifugo --url WS_URL [--tokens FILE] --connections N [--room NAME] [--hold S]
                       [--connect-rate PER_S]
+  imflow-loadgen watch --url WS_URL --tokens FILE --connections N [--connect-rate PER_S]   (then stdin: arm OP / wait T0_NS TIMEOUT_S)
 (each mode's -h lists its options)`
 
 func main() {
@@ -95,7 +102,7 @@ func main() {
 	warmup := flags.Float64("warmup", 2, "seconds of load before the measured window")
 	drain := flags.Float64("drain", 10, "at most this many seconds after the last post for late deliveries")
 	rate := flags.Float64("rate", 0, "posts (room) or messages (chat) a second, in total")
-	var viewers, posters, size, pairs, inflight, connections *int
+	var viewers, posters, size, pairs, inflight, connections, offline *int
 	var hold *float64
 	switch mode {
 	case "room":
@@ -105,9 +112,12 @@ func main() {
 	case "chat":
 		pairs = flags.Int("pairs", 0, "sender/receiver pairs (tokens 2i and 2i+1)")
 		inflight = flags.Int("inflight", 0, "instead of --rate: sends each sender keeps unanswered")
+		offline = flags.Int("offline", 0, "the receivers of the last K pairs sign in, then leave before the load")
 	case "idle":
 		connections = flags.Int("connections", 0, "connections to open")
 		hold = flags.Float64("hold", 0, "seconds to hold them (0: until stdin closes)")
+	case "watch":
+		connections = flags.Int("connections", 0, "connections to open")
 	default:
 		fail("unknown mode %q\n%s", mode, usageText)
 	}
@@ -119,14 +129,14 @@ func main() {
 	if !ok {
 		fail("--target must be imflow or centrifugo")
 	}
-	if *room == "" && mode != "chat" {
+	if *room == "" && mode != "chat" && mode != "watch" {
 		*room = tgt.defaultRoom()
 	}
 	tokens, err := readTokens(*tokensFile)
 	if err != nil {
 		fail("reading --tokens: %v", err)
 	}
-	needed := map[string]*int{"room": viewers, "idle": connections}[mode]
+	needed := map[string]*int{"room": viewers, "idle": connections, "watch": connections}[mode]
 	if *targetName == "imflow" && needed != nil && len(tokens) < *needed {
 		fail("imflow signs every connection in: --tokens needs %d lines, has %d", *needed, len(tokens))
 	}
@@ -150,7 +160,7 @@ func main() {
 			fail("chat needs --pairs N and --seconds S")
 		}
 		out, err = runChat(chatConfig{url: *url, tokens: tokens, pairs: *pairs, inflight: *inflight, rate: *rate,
-			connectRate: *connectRate, seconds: *seconds, warmup: *warmup, drain: *drain})
+			connectRate: *connectRate, seconds: *seconds, warmup: *warmup, drain: *drain, offline: *offline})
 	case "idle":
 		if *connections < 1 {
 			fail("idle needs --connections N")
@@ -162,6 +172,12 @@ func main() {
 		}
 		out, err = runIdle(idleConfig{target: tgt, targetName: *targetName, url: *url, room: *room, tokens: tokens,
 			connections: *connections, connectRate: *connectRate, hold: *hold})
+	case "watch":
+		if *targetName != "imflow" || *connections < 1 {
+			fail("watch speaks imflow's protocol only, and needs --connections N")
+		}
+		out, err = runWatch(watchConfig{url: *url, tokens: tokens, connections: *connections, connectRate: *connectRate},
+			os.Stdin, os.Stdout)
 	}
 	if err != nil {
 		pprof.StopCPUProfile()

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"sync"
 	"testing"
+	"time"
 )
 
 // fakeRoom is a tiny imflow server: it answers auth, room.join and room.post, and sends each
@@ -217,5 +218,117 @@ func TestChatCountsEveryMessageExactly(t *testing.T) {
 	}
 	if latency := out["latency_ms"].(map[string]any); latency["count"].(uint64) != 18 {
 		t.Errorf("latency samples %v, want one per measured delivery", latency["count"])
+	}
+}
+
+// Chat --offline: the last pairs' receivers sign in, leave, and what is sent to them is ACKed
+// but expected nowhere (not lost); the others count as before.
+func TestChatOfflineReceiversAreAckedNotLost(t *testing.T) {
+	// 15 messages a second over 3 pairs: pair i's message k at (i + 3k)/15 s; measured 0.4 … 2.4 s:
+	// k = 2 … 11 of each pair, 30 messages, 10 of them to pair 2's receiver, who is offline
+	f := startFake(t, &fakeRoom{
+		drop:   func(string, int64) bool { return false },
+		twice:  func(string, int64) bool { return false },
+		refuse: func(int64) bool { return false },
+	})
+	out, err := runChat(chatConfig{url: f.url(), tokens: []string{"s0", "r0", "s1", "r1", "s2", "r2"}, pairs: 3,
+		offline: 1, rate: 15, seconds: 2, warmup: 0.4, drain: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{"posts_sent": 30, "posts_acked": 30, "offline_acked": 10, "expected_deliveries": 20,
+		"deliveries": 20, "lost": 0, "connected": 5}
+	for key, value := range want {
+		if got := toInt(out[key]); got != value {
+			t.Errorf("%s = %d, want %d (%v)", key, got, value, out)
+		}
+	}
+	if errors := out["errors"].(map[string]int64); len(errors) != 0 {
+		t.Errorf("errors %v, want none (leaving on purpose is not a failure)", errors)
+	}
+	if ack := out["ack_ms"].(map[string]any); ack["count"].(uint64) < 30 {
+		t.Errorf("ack samples %v, want every stored message's, offline ones too", ack["count"])
+	}
+}
+
+// broadcast sends payload to every signed-in user to(user) names.
+func (f *fakeRoom) broadcast(payload string, to func(user string) bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for user, viewer := range f.viewers {
+		if to(user) {
+			viewer.send([]byte(payload))
+		}
+	}
+}
+
+// Watch: each connection's first frame of the armed op counts once, other ops and frames from
+// before the arm not at all; a connection that never gets one is missing.
+func TestWatchTimesEachConnectionsFirstFrameOfAnOp(t *testing.T) {
+	f := startFake(t, &fakeRoom{})
+	users := []string{"w0", "w1", "w2", "w3"}
+	stdin, commands := io.Pipe()
+	replies, stdout := io.Pipe()
+	done := make(chan map[string]any, 1)
+	go func() {
+		out, err := runWatch(watchConfig{url: f.url(), tokens: users, connections: 4}, stdin, stdout)
+		if err != nil {
+			t.Error(err)
+		}
+		stdout.Close()
+		done <- out
+	}()
+	lines := bufio.NewScanner(replies)
+	say := func(command string) string {
+		if command != "" {
+			if _, err := io.WriteString(commands, command+"\n"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !lines.Scan() {
+			t.Fatalf("no reply to %q", command)
+		}
+		return lines.Text()
+	}
+	if line := say(""); line != "ready 4" {
+		t.Fatalf("first line %q, want ready 4", line)
+	}
+	everyone := func(string) bool { return true }
+	if line := say("arm recalled"); line != "armed recalled" {
+		t.Fatalf("got %q", line)
+	}
+	t0 := time.Now().UnixNano()
+	f.broadcast(`{"op":"msg","message":{"op":"recalled"}}`, everyone) // another op (a nested "op" is not the frame's)
+	f.broadcast(`{"op":"recalled","seq":1}`, func(user string) bool { return user != "w3" })
+	f.broadcast(`{"op":"recalled","seq":1}`, func(user string) bool { return user == "w0" }) // a second one: not counted
+	var result map[string]any
+	if err := json.Unmarshal([]byte(say(fmt.Sprintf("wait %d 0.5", t0))), &result); err != nil {
+		t.Fatal(err)
+	}
+	if result["got"] != 3.0 || result["missing"] != 1.0 || result["other_frames"] != 4.0 {
+		t.Errorf("got %v, missing %v, other frames %v; want 3, 1 (w3), 4 (the msg frames): %v",
+			result["got"], result["missing"], result["other_frames"], result)
+	}
+	latency := result["latency_ms"].(map[string]any)
+	if latency["count"] != 3.0 || latency["max"].(float64) <= 0 || latency["max"].(float64) > 500 {
+		t.Errorf("latency %v, want 3 samples after t0, within the wait", latency)
+	}
+	// armed again for another op: everyone has it, and the wait ends without its timeout
+	say("arm edited")
+	t0 = time.Now().UnixNano()
+	f.broadcast(`{"op":"edited","message":{}}`, everyone)
+	_ = json.Unmarshal([]byte(say(fmt.Sprintf("wait %d 30", t0))), &result)
+	if result["got"] != 4.0 || result["missing"] != 0.0 || result["waited_s"].(float64) > 10 {
+		t.Errorf("second round %v, want all 4 at once", result)
+	}
+	// armed again for the first op: what came before the arm is forgotten
+	say("arm recalled")
+	_ = json.Unmarshal([]byte(say(fmt.Sprintf("wait %d 0.2", time.Now().UnixNano()))), &result)
+	if result["got"] != 0.0 || result["missing"] != 4.0 {
+		t.Errorf("third round %v, want nothing (every recalled frame came before the arm)", result)
+	}
+	commands.Close()
+	if final := <-done; toInt(final["connected"]) != 4 || final["mode"] != "watch" {
+		t.Errorf("final %v", final)
 	}
 }

@@ -40,6 +40,8 @@ from .lake import (
     MARKS_SCHEMA,
     READ_EVENTS,
     SCHEMAS,
+    VERSIONS,
+    VERSIONS_SCHEMA,
     LakeConfig,
 )
 
@@ -49,8 +51,8 @@ if TYPE_CHECKING:
 # the table names and schemas are the lake's (core/storage/lake.py); here too for the archive's users
 __all__ = [
     "CONTENT", "CONTENT_SCHEMA", "DELETIONS", "DELETIONS_SCHEMA", "MAILBOX", "MAILBOX_SCHEMA", "MARKS", "PAGE_COLUMNS",
-    "READ_EVENTS", "ArchiveReader", "LakeConfig", "LakeWriter", "duplicates", "insert_table", "marked", "message_rows",
-    "present", "prune_marks", "tables_of", "write_records", "write_tables",
+    "READ_EVENTS", "VERSIONS", "VERSIONS_SCHEMA", "ArchiveReader", "LakeConfig", "LakeWriter", "amended", "duplicates",
+    "insert_table", "marked", "message_rows", "present", "prune_marks", "tables_of", "write_records", "write_tables",
 ]
 
 READER_THREADS = 1  # DuckDB threads of the process's lake connection (a global setting of its database)
@@ -306,6 +308,37 @@ def _messages(rows: list[tuple]) -> list[dict[str, Any]]:
     return messages
 
 
+# A page's changes: every version row of its messages (at least once: de-duplicated in amended)
+_PAGE_VERSIONS = """
+SELECT mid, kind, version, body, by_user, at_ms FROM im_msg_versions
+WHERE conversation = $conversation AND seq BETWEEN $low AND $high AND mid IN ({mids})
+"""
+
+
+def amended(messages: list[dict[str, Any]], versions: Iterable[tuple]) -> list[dict[str, Any]]:
+    """The messages (dicts of PAGE_COLUMNS) as they are now, given their ``VERSIONS`` rows
+    (mid, kind, version, body JSON, by_user, at_ms; in any order, repeats allowed): the latest
+    edit's body, ``version`` and ``edited_at_ms``; after a recall, ``body`` ``{}`` with
+    ``recalled_at_ms`` and ``recalled_by`` — as the conversation log in Redis holds them."""
+    latest: dict[int, tuple] = {}
+    recalled: dict[int, tuple] = {}
+    for row in versions:
+        mid, kind = int(row[0]), row[1]
+        if kind == "recall":
+            recalled.setdefault(mid, row)
+        elif kind == "edit" and (mid not in latest or row[2] > latest[mid][2]):
+            latest[mid] = row
+    for message in messages:
+        mid = message["mid"]
+        if mid in latest:
+            _, _, version, body, _, at_ms = latest[mid]
+            message.update(body=orjson.loads(body), edited_at_ms=int(at_ms), version=int(version))
+        if mid in recalled:
+            _, _, _, _, by, at_ms = recalled[mid]
+            message.update(body={}, recalled_at_ms=int(at_ms), recalled_by=by)
+    return messages
+
+
 class ArchiveReader:
     """History pages and message contents from the lake; safe while writers add more.
 
@@ -363,7 +396,8 @@ class ArchiveReader:
         conversation itself, so a group's page reads those rows too. Messages the owner deleted
         for themself are left out unless ``include_deleted`` (the gateway hides them itself, from
         Redis, which knows a deletion at once: the archive only once it has written it).
-        A page still takes each mid once, though the writer writes each message once: on 50 rows
+        Recalled and edited messages are as they are now (``amended``): the tombstone, the latest
+        version. A page still takes each mid once, though the writer writes each message once: on 50 rows
         it costs nothing, and it covers a lake written before exactly-once writes or behind a
         Redis that lost its sealed seqs. Raises duckdb.Error when the lake cannot be read."""
         template = _GROUP_PAGE if group_id(conversation) else _ONE_TO_ONE_PAGE
@@ -377,11 +411,24 @@ class ArchiveReader:
         rows = self.cursor().execute(query, {**params, "after": window}).fetchall()
         if len(rows) < limit and window > after_seq:
             rows = self.cursor().execute(query, {**params, "after": after_seq}).fetchall()
-        return _messages(rows)
+        return self._as_now(conversation, _messages(rows))
+
+    def _as_now(self, conversation: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The page's messages with their recalls and edits applied (``amended``): one query
+        more, on the versions table's partition of the conversation."""
+        if not messages:
+            return messages
+        seqs = [message["seq"] for message in messages]
+        listed = ", ".join(str(int(message["mid"])) for message in messages)  # integers: literals are safe
+        rows = self.cursor().execute(
+            _PAGE_VERSIONS.format(mids=listed), {"conversation": conversation, "low": min(seqs), "high": max(seqs)}
+        ).fetchall()
+        return amended(messages, rows)
 
     def contents(self, conversation: str, page: list[tuple[int, int]]) -> list[dict[str, Any]]:
         """The messages (mid, seq) of one conversation, newest seq first (dicts of PAGE_COLUMNS),
-        each mid once (as ``history_page``, for lakes with a duplicate; cheap on a page)."""
+        each mid once (as ``history_page``, for lakes with a duplicate; cheap on a page), as they
+        are now (recalls and edits applied, as in ``history_page``)."""
         if not page:
             return []
         seqs = [seq for _, seq in page]
@@ -395,4 +442,4 @@ class ArchiveReader:
             """,
             {"conversation": conversation, "low": min(seqs), "high": max(seqs)},
         ).fetchall()
-        return _messages(rows)
+        return self._as_now(conversation, _messages(rows))

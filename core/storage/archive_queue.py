@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from . import keys, locks
-from .archive import CONTENT, DELETIONS, MAILBOX, MARKS, READ_EVENTS
+from .archive import CONTENT, DELETIONS, MAILBOX, MARKS, READ_EVENTS, VERSIONS
 from .scripts import queue_script, run_pipeline
 
 if TYPE_CHECKING:
@@ -242,20 +242,38 @@ async def _sealed(redis: Redis, conversations: list[str]) -> dict[str, int]:
     return {conversation: int(value) for conversation, value in zip(conversations, values, strict=True) if value is not None}
 
 
+def change_mark(seq: int, kind: str, version: int) -> str:
+    """The member of one change (``kind`` "recall" or "edit", ``version`` the message's version
+    after it) in the conversation's amended and untold sets (keys.py): ``"{seq}:r"`` for a
+    recall, ``"{seq}:{version}"`` for an edit, so each change leaves them on its own."""
+    return f"{seq}:r" if kind == "recall" else f"{seq}:{version}"
+
+
 async def _seal(redis: Redis, records: list[dict], log_limit: int) -> None:
-    """Tell each conversation of these sealed records how far it is sealed, and trim its log."""
+    """Tell each conversation of these sealed records how far it is sealed, and trim its log.
+    The changes of their ``VERSIONS`` rows (recalls, edits) leave the conversation's amended
+    set first, exactly those (``change_mark``): the log may let an entry go once no change of
+    it is still queued (``trim_log.lua``)."""
     sealed: dict[str, int] = {}
+    amended: dict[str, set[str]] = defaultdict(set)
     for record in records:
         if record.get("kind") == "message":
             message = record["message"]
             conversation = message["conversation"]
             sealed[conversation] = max(sealed.get(conversation, 0), message["seq"])
-    if not sealed:
+        elif record.get("kind") == "rows" and record.get("table") == VERSIONS:
+            for row in record["rows"]:
+                mark = change_mark(int(row["seq"]), row["kind"], int(row["version"]))
+                amended[row["conversation"]].add(mark)
+    if not sealed and not amended:
         return
 
     def trim_all(pipe: Pipeline) -> None:
+        for conversation, marks in amended.items():
+            pipe.zrem(keys.conversation_amended(conversation), *marks)
         for conversation, seq in sealed.items():
-            log_keys = [keys.conversation_log(conversation), keys.conversation_sealed(conversation)]
+            log_keys = [keys.conversation_log(conversation), keys.conversation_sealed(conversation),
+                        keys.conversation_amended(conversation)]
             queue_script(pipe, "trim_log", log_keys, [seq, log_limit])
 
     await run_pipeline(redis, trim_all)

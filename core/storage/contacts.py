@@ -304,6 +304,20 @@ async def check_direct(redis: Redis, sender: str, recipient: str, registered: bo
     return await _direct_batch(redis).call((sender, recipient, registered))
 
 
+async def may_write(redis: Redis, sender: str, recipient: str, registered: bool) -> str:
+    """What ``check_direct`` would answer ``sender`` writing to ``recipient`` now (``ok`` or the
+    refusal's error code), read only: no first-message mark is made. One round trip."""
+
+    def look(pipe: Pipeline) -> tuple[Reply, Reply]:
+        theirs = _queue_recipient(pipe, recipient, sender, registered, privacy=True)
+        pipe.hexists(keys.blocked(sender), recipient)
+        return theirs, reply(pipe)
+
+    (theirs, mine), _ = await run_pipeline(redis, look)
+    verdict = text(theirs.value)
+    return "blocked" if verdict in ("ok", "contacts_only") and mine.value else verdict
+
+
 async def unmark(redis: Redis, sender: str, recipient: str) -> None:
     """Take back the first-message mark of a send that did not go."""
     await redis.srem(keys.wrote_to(sender), recipient)

@@ -92,3 +92,14 @@ async def forget(redis: Redis, user: str, conversation: str) -> None:
 async def last_seq(redis: Redis, conversation: str) -> int:
     """The conversation's last assigned seq (0 before its first message)."""
     return int(await redis.get(keys.conversation_seq(conversation)) or 0)
+
+
+async def muted_pairs(redis: Redis, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (user, conversation) pairs the user muted (one round trip for all)."""
+    if not pairs:
+        return set()
+    async with redis.pipeline(transaction=False) as pipe:
+        for user, conversation in pairs:
+            pipe.hget(keys.conversation_settings(user), conversation)
+        found = await pipe.execute()
+    return {pair for pair, raw in zip(pairs, found, strict=True) if Stored.decode(raw).muted}

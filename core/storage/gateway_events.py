@@ -99,6 +99,22 @@ async def notify_user(redis: Redis, user: str, push: Notification, skip: str = "
     await _to_user(redis, user, notice([user], push, skip))
 
 
+async def frame_to_gateways(
+    redis: Redis, by_node: dict[str, list[str]], frame: dict[str, Any], priority: int, skip: str = "",
+) -> None:
+    """A plugin's frame to every connection of the users each gateway of ``by_node`` holds (gateway
+    -> users), one publish per gateway in one round trip, but the connection ``skip`` (one a reply
+    answered). ``priority`` (a ``Priority`` value) is how the gateway queues it for a client that
+    is behind: the lowest is dropped first."""
+    if not by_node:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for node, users in by_node.items():
+            event = {**_envelope(users, "frame", frame, skip, ""), "priority": priority}
+            publish_sharded(pipe, keys.gateway_channel(node), orjson.dumps([event]))
+        await pipe.execute()
+
+
 async def to_user(redis: Redis, user: str, frame: dict[str, Any], skip: str = "") -> None:
     """A plugin's frame to every connection of the user, on whichever gateways hold them,
     except the connection ``skip``."""

@@ -125,7 +125,9 @@ async def _gateways(redis: Redis, users: list[str]) -> dict[str, dict[str, int]]
 
 
 async def leave(redis: Redis, gid: str, user: str) -> None:
-    """Take the user out of the group and drop their state of its conversation."""
+    """Take the user out of the group and drop their state of its conversation, its messages in
+    their inbox too (``forget.lua``: they may not see them any more, and a later recall would
+    not reach them there)."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hdel(keys.group_members(gid), user)
         pipe.hdel(keys.group_joined(gid), user)
@@ -137,6 +139,7 @@ async def leave(redis: Redis, gid: str, user: str) -> None:
         if nodes:
             pipe.hdel(keys.group_online(gid), *(f"{node}|{user}" for node in nodes))
         queue_script(pipe, "forget", keys=keys.user_state_keys(user), args=[group_conversation(gid)])
+        pipe.hdel(keys.mentions(user), group_conversation(gid))  # their "mentions me" record of it
 
     await run_pipeline(redis, forget)
 

@@ -41,6 +41,7 @@ def queue_accept(
             keys.conversation_seq(command.conversation),
             keys.conversation_log(command.conversation),
             keys.conversation_sealed(command.conversation),
+            keys.conversation_amended(command.conversation),
         ],
         args=[ids.next_id(), dedup_ttl_seconds, unsaved, log_limit, mode],
     )

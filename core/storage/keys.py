@@ -29,6 +29,21 @@ def conversation_sealed(conversation: str) -> str:
     return f"{PREFIX}:{conversation_tag(conversation)}:sealed"
 
 
+def conversation_amended(conversation: str) -> str:
+    """Sorted set of the changes (recalls, edits) whose ``im_msg_versions`` row the archive has
+    not committed yet, one member per change, ``"{seq}:{version}"`` or ``"{seq}:r"`` (score =
+    seq): the log keeps their entries (and all above them) until it has, so history below the
+    log never shows an older version."""
+    return f"{PREFIX}:{conversation_tag(conversation)}:amended"
+
+
+def conversation_untold(conversation: str) -> str:
+    """Sorted set of the changes (members as in ``conversation_amended``, score = seq; at most
+    one per seq, the newest) written to the log whose members, pushes and hook are not done
+    yet: a repeat of the request that finds its change here finishes it."""
+    return f"{PREFIX}:{conversation_tag(conversation)}:untold"
+
+
 def dedup(conversation: str, sender: str, client_msg_id: str) -> str:
     """``mid:seq`` already given to this (sender, client message id) in this conversation."""
     return f"{PREFIX}:{conversation_tag(conversation)}:dedup:{sender}:{client_msg_id}"
@@ -78,9 +93,27 @@ def deleted(user: str) -> str:
     return f"{PREFIX}:{user_tag(user)}:deleted"
 
 
+def mentions(user: str) -> str:
+    """Hash conversation -> the seqs (comma-separated, ascending) of messages mentioning the user
+    above their read seq (core/storage/mentions.py)."""
+    return f"{PREFIX}:{user_tag(user)}:mentions"
+
+
+def mention_all(conversation: str) -> str:
+    """Sorted set of the seqs of a read fan-out group's ``@all`` messages (score = seq): one
+    record for every member, counted against each one's read seq."""
+    return f"{PREFIX}:{conversation_tag(conversation)}:mention_all"
+
+
+def recalled(user: str) -> str:
+    """Hash conversation -> the recalled seqs above the user's read seq there, ascending and
+    comma-separated (``"5,9"``): unread = last - read - how many of them are at most last."""
+    return f"{PREFIX}:{user_tag(user)}:recalled"
+
+
 def user_state_keys(user: str) -> list[str]:
     """The keys the delivery and read scripts touch, in their KEYS order."""
-    return [inbox(user), last_seq(user), read_seq(user), unread(user), unread_total(user)]
+    return [inbox(user), last_seq(user), read_seq(user), unread(user), unread_total(user), recalled(user)]
 
 
 def archive_pending(app_id: str, partition: int) -> str:

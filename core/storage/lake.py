@@ -36,6 +36,9 @@ READ_EVENTS = "im_read_events"  # read reports, a rows table like a plugin's (ow
 # qid of the first record it took there, and how many from that one on), committed with the
 # batch, so a batch written again after a crash is skipped
 MARKS = "im_archive_marks"
+# every recall and edit of a message (core/amending.py): its original row in CONTENT stays as
+# sent, and readers show the latest version, or the tombstone (``archive.amended``)
+VERSIONS = "im_msg_versions"
 
 CONTENT_SCHEMA = pa.schema(
     [
@@ -61,15 +64,28 @@ MAILBOX_SCHEMA = pa.schema(
         ("created_at_ms", pa.int64()),
     ]
 )
+VERSIONS_SCHEMA = pa.schema(
+    [
+        ("mid", pa.int64()),
+        ("conversation", pa.string()),
+        ("seq", pa.int64()),
+        ("version", pa.int64()),  # an edit's new version (2, 3, …); a recall's: the version it ended
+        ("kind", pa.string()),  # 'edit' or 'recall'
+        ("body", pa.string()),  # JSON: the edit's new body; '{}' for a recall
+        ("by_user", pa.string()),  # who made the change (BY is an SQL keyword)
+        ("at_ms", pa.int64()),
+    ]
+)
 DELETIONS_SCHEMA = pa.schema([("owner_uid", pa.string()), ("mid", pa.int64()), ("deleted_at_ms", pa.int64())])
 MARKS_SCHEMA = pa.schema([("partition", pa.int32()), ("qid", pa.string()), ("at_ms", pa.int64()), ("taken", pa.int32()),
                           ("last_qid", pa.string())])
-SCHEMAS = {CONTENT: CONTENT_SCHEMA, MAILBOX: MAILBOX_SCHEMA, DELETIONS: DELETIONS_SCHEMA, MARKS: MARKS_SCHEMA}
+SCHEMAS = {CONTENT: CONTENT_SCHEMA, MAILBOX: MAILBOX_SCHEMA, DELETIONS: DELETIONS_SCHEMA, MARKS: MARKS_SCHEMA,
+           VERSIONS: VERSIONS_SCHEMA}
 # what a row is (its key). Content and mailbox rows are written exactly once (the archive
 # queue's marks and sealed seqs): readers take them as they are, and ``archive.duplicates`` and
 # the import of an old archive check against these keys; deletions are written at least once,
 # and readers de-duplicate them on theirs
-DEDUP_KEYS = {CONTENT: "mid", MAILBOX: "owner_uid, mid", DELETIONS: "owner_uid, mid"}
+DEDUP_KEYS = {CONTENT: "mid", MAILBOX: "owner_uid, mid", DELETIONS: "owner_uid, mid", VERSIONS: "mid, kind, version"}
 EXACTLY_ONCE = (CONTENT, MAILBOX)
 
 # The layout a history page wants (measured: docs/benchmarks.md). Content and mailbox rows are
@@ -83,6 +99,7 @@ LAYOUT = {
     MAILBOX: (f"bucket({BUCKETS}, conversation)", "conversation, seq"),
     DELETIONS: (None, "owner_uid, mid"),
     MARKS: (None, "partition, at_ms"),
+    VERSIONS: (f"bucket({BUCKETS}, conversation)", "conversation, seq"),
 }
 # Writes of at most this many rows a table go into the catalog itself instead of a Parquet file
 # of their own; maintenance moves them to files. A quiet system's flushes then add no tiny files.

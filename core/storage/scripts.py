@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import Awaitable, Callable
 from functools import cache
 from importlib import resources
@@ -52,7 +53,12 @@ def lua_source(name: str) -> str:
 
 @cache
 def _bundled_source(name: str) -> str:
-    return resources.files("imflow.core.storage").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    source = resources.files("imflow.core.storage").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    # a line "--!include _piece.lua" takes in a piece of Lua several scripts share (one copy of it)
+    return _INCLUDE.sub(lambda found: _bundled_source(found[1]), source)
+
+
+_INCLUDE = re.compile(r"^--!include (\w+)\.lua$", re.MULTILINE)
 
 
 def lua_sha(name: str) -> str:

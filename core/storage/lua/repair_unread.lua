@@ -1,7 +1,8 @@
 -- Rebuild one user's unread counts from seqs and read positions.
--- KEYS: inbox (unused), last (hash), read (hash), unread (hash), unread_total
--- unread[c] = last delivered seq[c] - read seq[c]; total = their sum.
+-- KEYS: inbox (unused), last (hash), read (hash), unread (hash), unread_total, recalled (hash)
+-- unread[c] = last delivered seq[c] - read seq[c] - the recalled seqs between them; total = their sum.
 -- Returns {conversations whose count changed, old total, new total}.
+--!include _recalled.lua
 local last = redis.call('HGETALL', KEYS[2])
 local changed, total = 0, 0
 for i = 1, #last, 2 do
@@ -11,7 +12,8 @@ for i = 1, #last, 2 do
     read = seq
     redis.call('HSET', KEYS[3], conv, read)
   end
-  local want = seq - read
+  local want = seq - read - recalled_between(KEYS[6], conv, read, seq)
+  if want < 0 then want = 0 end
   if tonumber(redis.call('HGET', KEYS[4], conv) or '-1') ~= want then
     changed = changed + 1
     redis.call('HSET', KEYS[4], conv, want)

@@ -1,8 +1,10 @@
 // The protocol work behind the views: resync after every (re)connect, pushes, reads, acks,
-// history pages, groups, red packets and conversation settings (pin, mute, hide, mark unread).
+// history pages, groups, red packets, conversation settings (pin, mute, hide, mark unread),
+// images and files, recalls and edits, and one-to-one read receipts.
 // Views call these; the store tells them what changed.
 
 import { RequestError } from './connection.js';
+import { SHOWN_IMAGES } from './attachments.js';
 import { directConversation } from './store.js';
 
 const SYNC_PAGE = 200;
@@ -106,8 +108,12 @@ export class Chat {
       case 'sent': { // stored: the bubble becomes a message with its mid and seq
         const entry = this.outbox.settle(frame.cmid);
         if (entry) {
-          const { type, body } = entry;
-          store.addMessages([{ mid: frame.mid, seq: frame.seq, conversation: frame.conversation, sender: store.me, client_msg_id: frame.cmid, type, body, sent_at_ms: Date.now() }]);
+          const { type, meta } = entry; // an attachment's name and size: the server's push has them too
+          const body = { ...(meta || {}), ...entry.body };
+          // provisional: the copy the server stored replaces it when it comes (history, sync)
+          store.addMessages([{ mid: frame.mid, seq: frame.seq, conversation: frame.conversation, sender: store.me, client_msg_id: frame.cmid, type, body, sent_at_ms: Date.now(), provisional: true }]);
+          // an attachment's body as the server recorded it (an image's size and thumbnail)
+          if (type === 'image' || type === 'file') this.#history(frame.conversation, frame.seq + 1, 1).catch(() => null);
         }
         const conversation = store.conversation(frame.conversation);
         conversation.lastSeq = Math.max(conversation.lastSeq, frame.seq);
@@ -120,6 +126,15 @@ export class Chat {
         break;
       case 'conversation_settings': // changed on another device
         this.#applySettings(frame);
+        break;
+      case 'recalled': // by its sender (any of their devices) or a group's owner or admin
+        store.recallMessage(frame);
+        break;
+      case 'edited':
+        store.replaceMessage(frame.message);
+        break;
+      case 'receipt': // the peer of a one-to-one conversation read up to read_seq
+        store.setPeerRead(frame.conversation, frame.read_seq);
         break;
       case 'error':
         if (frame.cmid !== undefined || this.outbox.entries.has(frame.ref)) this.outbox.refused(frame.cmid ?? frame.ref, frame);
@@ -229,6 +244,30 @@ export class Chat {
 
   sendText(id, text) {
     return this.outbox.submit({ conversation: id, type: 'text', body: { text } });
+  }
+
+  /** Upload a File, then send it as an image (one a browser shows) or a file. Refusals reject
+   * (RequestError with the code); once uploaded, the message goes through the outbox. */
+  async sendAttachment(id, file, attachments) {
+    const object = await attachments.upload(id, file);
+    const contentType = (file.type || 'application/octet-stream').toLowerCase();
+    const type = SHOWN_IMAGES.has(contentType) ? 'image' : 'file';
+    const meta = { name: file.name || 'file', size: file.size, content_type: contentType };
+    return this.outbox.submit({ conversation: id, type, body: { object }, meta });
+  }
+
+  // -- recall and edit (the recall_edit plugin): the reply is the message as stored now
+
+  async recall(message) {
+    const reply = await this.connection.request({ op: 'message.recall', conversation: message.conversation, seq: message.seq });
+    this.store.replaceMessage(reply.message);
+    return reply.message;
+  }
+
+  async edit(message, text) {
+    const reply = await this.connection.request({ op: 'message.edit', conversation: message.conversation, seq: message.seq, body: { text } });
+    this.store.replaceMessage(reply.message);
+    return reply.message;
   }
 
   sendRedPacket(id, totalCents, count, greeting) {

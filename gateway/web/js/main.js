@@ -1,5 +1,6 @@
 // The page: sign in, then wire the connection, the store, the outbox and the views together.
 
+import { Attachments } from './attachments.js';
 import { Chat } from './chat.js';
 import { CONNECTING, Connection, ONLINE } from './connection.js';
 import { Contacts } from './contacts.js';
@@ -7,6 +8,7 @@ import { setUpDialogs } from './dialogs.js';
 import { $, USER_ID, avatar, icon } from './dom.js';
 import { Outbox } from './outbox.js';
 import { People } from './people.js';
+import { explain } from './refusals.js';
 import { ROOM_ID, Rooms } from './rooms.js';
 import { LOAD_OLDER_PX, View } from './render.js';
 import { DevLoginOff, clearSession, devToken, lastUser, loadSession, saveSession, tokenUser } from './session.js';
@@ -80,6 +82,7 @@ function start(session) {
   connection.addEventListener('token', ({ detail }) => saveSession({ ...session, token: detail }));
   const outbox = new Outbox(connection, `imflow.outbox.${session.user}`);
   const chat = new Chat(connection, store, outbox);
+  const attachments = new Attachments(connection, store);
   const dialogs = setUpDialogs({ store, chat, openConversation });
   const rooms = new Rooms(connection, store, { openRoom, leaveRoom: () => openConversation(null) });
   const contacts = new Contacts(connection, store);
@@ -93,6 +96,9 @@ function start(session) {
     members: () => dialogs.members(),
     profile: (user) => openProfile(user),
     packet: (message) => dialogs.openPacket(message).catch((error) => console.warn('red packet', error)),
+    url: (key) => attachments.url(key),
+    recall: (message) => chat.recall(message).catch((error) => composerStatus(`Not recalled: ${explain(error)}`, { code: error.code })),
+    edit: (message) => startEditing(message),
     packetStatus: (message) => {
       if (!connection.online || store.packets.has(message.mid)) return;
       store.packets.set(message.mid, null); // asked once; the answer re-renders the card
@@ -109,6 +115,7 @@ function start(session) {
   $('#new-group-button').replaceChildren(icon('group'));
   $('#packet-button').replaceChildren(icon('packet'));
   $('#send-button').replaceChildren(icon('send'));
+  $('#attach-button').prepend(icon('attach'));
   $('#new-chat-button').addEventListener('click', () => dialogs.newChat());
   $('#new-group-button').addEventListener('click', () => dialogs.newGroup());
   $('#packet-button').addEventListener('click', () => dialogs.sendPacket());
@@ -150,6 +157,8 @@ function start(session) {
     if (user !== store.profileUser) people.showProfile(user);
     if (room !== rooms.name) rooms.open(room);
     if (id !== store.openId) chat.open(id);
+    if (editing && editing.conversation !== id) stopEditing();
+    else if (!id) composerStatus('');
     if (id) $('#composer-text').focus({ preventScroll: true });
     if (room) $('#room-text').focus({ preventScroll: true });
   }
@@ -163,12 +172,20 @@ function start(session) {
     event.preventDefault();
     const message = text.value.trim();
     if (!message || !store.openId) return;
+    if (editing) {
+      const edited = editing;
+      chat.edit(edited, message)
+        .then(() => editing === edited && stopEditing())
+        .catch((error) => composerStatus(`Not edited: ${explain(error)}`, { code: error.code, cancel: true }));
+      return;
+    }
     chat.sendText(store.openId, message);
     text.value = '';
     grow();
     $('#messages').scrollTop = $('#messages').scrollHeight;
   });
   text.addEventListener('keydown', (event) => {
+    if (event.key === 'Escape' && editing) stopEditing();
     if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       composer.requestSubmit();
@@ -179,6 +196,48 @@ function start(session) {
     text.style.height = `${Math.min(text.scrollHeight, 160)}px`;
   };
   text.addEventListener('input', grow);
+
+  // -- a line over the composer: an upload on its way, a refusal, or the message being edited
+  let editing = null; // my message whose text the composer holds
+  function composerStatus(message, { code = '', cancel = false } = {}) {
+    $('#composer-status-text').textContent = message;
+    $('#composer-status').dataset.code = code || '';
+    $('#edit-cancel').hidden = !cancel;
+    $('#composer-status').hidden = !message;
+  }
+  function startEditing(message) {
+    editing = message;
+    text.value = message.body.text;
+    grow();
+    composerStatus('Editing your message', { cancel: true });
+    text.focus();
+  }
+  function stopEditing() {
+    editing = null;
+    text.value = '';
+    grow();
+    composerStatus('');
+  }
+  $('#edit-cancel').addEventListener('click', stopEditing);
+
+  // -- images and files: uploaded first, then sent as a message that names the object
+  $('#attach-input').addEventListener('change', async (event) => {
+    const input = event.target;
+    const files = [...input.files];
+    const id = store.openId;
+    input.value = ''; // the same file may be chosen again
+    for (const file of files) {
+      if (!id) break;
+      composerStatus(`Uploading ${file.name}…`);
+      try {
+        await chat.sendAttachment(id, file, attachments);
+        composerStatus('');
+      } catch (error) {
+        composerStatus(`${file.name} not sent: ${explain(error)}`, { code: error.code });
+        break;
+      }
+    }
+  });
 
   // -- reading: scrolling back, and read marks when the page is seen again
   $('#messages').addEventListener('scroll', () => {

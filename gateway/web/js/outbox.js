@@ -26,8 +26,9 @@ export class Outbox extends EventTarget {
     return [...this.entries.values()].filter((entry) => entry.conversation === conversation);
   }
 
-  submit({ conversation, type, body }) {
-    const entry = { cmid: newCmid(), conversation, type, body, createdAt: Date.now(), state: 'sending', error: null, code: null };
+  /** Queue a message (`meta`: what the page shows of it meanwhile, never sent: an attachment's name and size). */
+  submit({ conversation, type, body, meta = null }) {
+    const entry = { cmid: newCmid(), conversation, type, body, meta, createdAt: Date.now(), state: 'sending', error: null, code: null };
     this.entries.set(entry.cmid, entry);
     this.#save();
     this.#transmit(entry);
@@ -113,7 +114,7 @@ export class Outbox extends EventTarget {
   }
 
   #save() {
-    const kept = [...this.entries.values()].map(({ cmid, conversation, type, body, createdAt }) => ({ cmid, conversation, type, body, createdAt }));
+    const kept = [...this.entries.values()].map(({ cmid, conversation, type, body, meta, createdAt }) => ({ cmid, conversation, type, body, meta, createdAt }));
     sessionStorage.setItem(this.storageKey, JSON.stringify(kept));
   }
 }

@@ -4,12 +4,16 @@
 // the scroll position survive the frequent re-renders. People's names, pictures and presence
 // come from the store (contacts.js); a profile shows in the pane instead (people.js).
 
+import { byteSize } from './attachments.js';
 import { $, avatar, clockTime, dayLabel, h, icon, money, presenceText, shortWhen } from './dom.js';
 import { showRefusal } from './refusals.js';
 
 export const LOAD_OLDER_PX = 150; // this close to the top, the next older page loads
 const STATE_LABEL = { sending: 'Sending…', retrying: 'Not sent yet · retrying', failed: 'Not sent', sent: 'Sent' };
 const STATE_ICON = { sending: 'clock', retrying: 'retry', failed: 'alert', sent: 'check' };
+// the recall_edit plugin's windows (IMFLOW_RECALL_EDIT_*): past them the buttons go (the server decides)
+const RECALL_WINDOW_MS = 120_000;
+const EDIT_WINDOW_MS = 900_000;
 
 export class View {
   #items = new Map(); // key -> {el, signature}
@@ -21,7 +25,7 @@ export class View {
     this.store = store;
     this.outbox = outbox;
     this.chat = chat;
-    this.actions = actions; // open, back, retry, discard, packet, members, packetStatus, profile
+    this.actions = actions; // open, back, retry, discard, packet, members, packetStatus, profile, url, recall, edit
     $('#hidden-toggle').addEventListener('click', () => {
       this.#showHidden = !this.#showHidden;
       this.renderList();
@@ -209,6 +213,10 @@ export class View {
     const wanted = [];
     let previous = null;
     let day = null;
+    // one-to-one: the newest of my messages the peer has read gets a "Read" caption
+    const lastRead = conversation.kind === 'direct'
+      ? conversation.ordered().filter((m) => m.sender === this.store.me && m.seq <= conversation.peerReadSeq).at(-1)?.mid ?? null
+      : null;
     const entries = [
       ...conversation.ordered().map((message) => ({ message, state: message.sender === this.store.me ? 'sent' : null })),
       ...this.outbox.in(conversation.id).map((entry) => ({ entry, state: entry.state })),
@@ -228,7 +236,7 @@ export class View {
       const sender = item.message ? item.message.sender : this.store.me;
       const runStart = !previous || previous.sender !== sender || at - previous.at > 5 * 60e3;
       previous = { sender, at };
-      wanted.push(this.#messageItem(conversation, item, runStart));
+      wanted.push(this.#messageItem(conversation, item, runStart, item.message && item.message.mid === lastRead));
     }
     list.replaceChildren(...wanted);
 
@@ -259,22 +267,38 @@ export class View {
     return el;
   }
 
-  #messageItem(conversation, { message, entry, state }, runStart) {
+  #messageItem(conversation, { message, entry, state }, runStart, lastRead = false) {
     const mine = message ? message.sender === this.store.me : true;
     const type = message ? message.type : entry.type;
     const body = message ? message.body : entry.body;
     const packet = message && type === 'red_packet' ? this.store.packets.get(message.mid) : null;
     const key = message ? `m:${message.mid}` : `c:${entry.cmid}`;
     const senderName = message && !mine && conversation.kind === 'group' ? this.store.displayName(message.sender) : null;
-    const signature = JSON.stringify([state, runStart, packet, entry?.error, body, senderName]);
+    const recalled = Boolean(message?.recalled_at_ms);
+    const edited = Boolean(message?.version) && !recalled;
+    // one-to-one: my message was read by the peer (a receipt)
+    const read = Boolean(message && mine && conversation.kind === 'direct' && message.seq <= conversation.peerReadSeq);
+    const urls = !recalled && message && (type === 'image' || type === 'file') ? this.#attachmentUrls(type, body) : null;
+    const actions = message && !recalled ? this.#allowedActions(conversation, message, mine) : [];
+    const signature = JSON.stringify([state, runStart, packet, entry?.error, body, senderName, recalled, message?.version, read, lastRead, urls, actions]);
     return this.#keep(key, signature, () => {
       const showSender = runStart && !mine && conversation.kind === 'group';
       // time and tick sit inside a text bubble; a card has them below it
-      const stamp = h('span.stamp', {}, h('time', {}, clockTime(message ? message.sent_at_ms : entry.createdAt)),
-        mine && state ? h(`span.state.state-${state}`, { title: STATE_LABEL[state] }, icon(STATE_ICON[state])) : null);
-      const content = type === 'red_packet'
-        ? [this.#packetCard(message, body, packet, state), h('div.meta', {}, stamp)]
-        : [h('div.bubble', {}, h('span.text', {}, describe({ type, body })), stamp)];
+      const stamp = h('span.stamp', {}, edited ? h('span.edited', { title: `Edited at ${clockTime(message.edited_at_ms)}` }, 'edited') : null,
+        h('time', {}, clockTime(message ? message.sent_at_ms : entry.createdAt)),
+        mine && state ? h(`span.state.state-${state}`, { title: read ? 'Read' : STATE_LABEL[state] }, icon(read ? 'read' : STATE_ICON[state])) : null);
+      const shown = { type, body: message ? body : { ...(entry.meta || {}), ...body } };
+      let content;
+      if (recalled) {
+        const who = message.recalled_by === this.store.me ? 'You' : message.recalled_by === message.sender ? (mine ? 'You' : this.store.displayName(message.sender)) : this.store.displayName(message.recalled_by);
+        content = [h('div.bubble.recalled', {}, h('span.text.recalled-text', {}, `${who} recalled a message`), stamp)];
+      } else if (type === 'red_packet') content = [this.#packetCard(message, body, packet, state), h('div.meta', {}, stamp)];
+      else if (type === 'image' && urls) content = [this.#imageCard(body, urls), h('div.meta', {}, stamp)];
+      else if (type === 'file' && urls) content = [this.#fileCard(body, urls), h('div.meta', {}, stamp)];
+      else content = [h('div.bubble', {}, h('span.text', {}, describe(shown)), stamp)];
+      const tools = actions.length ? h('div.message-actions', {}, actions.map((action) => h(`button.link.${action}-button`, {
+        type: 'button', onclick: () => this.actions[action](message),
+      }, action === 'edit' ? 'Edit' : 'Recall'))) : null;
       let trouble = null; // what a person must know about a send that has not gone through
       if (state === 'retrying') trouble = h('div.trouble.state-retrying', {}, icon('retry'), h('span.state-label', {}, STATE_LABEL.retrying));
       if (state === 'failed') {
@@ -287,11 +311,49 @@ export class View {
       }
       return h(
         `li.message.${mine ? 'mine' : 'theirs'}${runStart ? '.run-start' : ''}`,
-        { dataset: { mid: message ? String(message.mid) : null, seq: message ? String(message.seq) : null, cmid: message ? message.client_msg_id : entry.cmid, state: state || 'received', type, code: entry?.code || null } },
+        { dataset: { mid: message ? String(message.mid) : null, seq: message ? String(message.seq) : null, cmid: message ? message.client_msg_id : entry.cmid, state: state || 'received', type, code: entry?.code || null,
+          recalled: recalled ? 'true' : null, edited: edited ? 'true' : null, version: message?.version ? String(message.version) : null, receipt: read ? 'read' : null } },
         conversation.kind !== 'group' || mine ? null : showSender ? avatar(senderName, 'user', { url: this.store.avatarUrl(message.sender) }) : h('span.avatar-gap'),
-        h('div.message-body', {}, showSender ? h('div.sender', { dataset: { user: message.sender } }, senderName) : null, content, trouble),
+        h('div.message-body', {}, showSender ? h('div.sender', { dataset: { user: message.sender } }, senderName) : null, content, trouble,
+          lastRead ? h('div.receipt-caption', {}, 'Read') : null, tools),
       );
     });
+  }
+
+  /** Download URLs of an attachment's object and its thumbnail (null while being asked for). */
+  #attachmentUrls(type, body) {
+    const object = this.actions.url(body.object);
+    const thumbnail = type === 'image' && body.thumbnail ? this.actions.url(body.thumbnail) : object;
+    return { object, thumbnail };
+  }
+
+  /** What I may do to a message now: edit my own text within its window, recall my own within
+   * its window (a group's owner or admin: anyone's, any time). */
+  #allowedActions(conversation, message, mine) {
+    const age = Date.now() - message.sent_at_ms;
+    const actions = [];
+    if (mine && message.type === 'text' && age < EDIT_WINDOW_MS) actions.push('edit');
+    const moderator = conversation.kind === 'group' && ['owner', 'admin'].includes(conversation.role);
+    if ((mine && age < RECALL_WINDOW_MS) || moderator) actions.push('recall');
+    return actions;
+  }
+
+  #imageCard(body, urls) {
+    const picture = h('img.attachment-image', {
+      alt: body.name || 'image', src: urls.thumbnail || null, dataset: { object: body.object, loaded: 'false' },
+      width: body.width ? String(Math.min(body.width, 320)) : null,
+      style: body.width && body.height ? `aspect-ratio: ${body.width} / ${body.height}` : null,
+    });
+    picture.hidden = !urls.thumbnail;
+    picture.addEventListener('load', () => (picture.dataset.loaded = 'true'));
+    return h('a.attachment.image-card', { href: urls.object || '#', target: '_blank', rel: 'noopener', title: body.name || 'image' },
+      picture, urls.thumbnail ? null : h('span.muted', {}, 'Loading image…'));
+  }
+
+  #fileCard(body, urls) {
+    return h('a.attachment.file-card', { href: urls.object || '#', target: '_blank', rel: 'noopener', download: body.name || '' },
+      icon('file'), h('span.file-text', {}, h('span.file-name', {}, body.name || 'file'),
+        h('span.file-size.muted', {}, body.size !== undefined ? byteSize(body.size) : '')));
   }
 
   #packetCard(message, body, status, state) {
@@ -337,9 +399,12 @@ export function packetDetails(message, status, me) {
 }
 
 /** One line for a message in the list and for text bubbles. */
-export function describe({ type, body }) {
+export function describe({ type, body, recalled_at_ms: recalled }) {
+  if (recalled) return 'Message recalled';
   if (type === 'text') return body.text;
   if (type === 'red_packet') return `[Red packet] ${body.greeting || 'Best wishes!'}`;
+  if (type === 'image') return `[Image] ${body.name || ''}`.trim();
+  if (type === 'file') return `[File] ${body.name || ''}`.trim();
   return `[${type}]`;
 }
 

@@ -30,6 +30,7 @@ export class Conversation {
     this.muted = false;
     this.hiddenAtSeq = null; // hidden while no message is newer than this seq
     this.markedUnread = false; // until the next read
+    this.peerReadSeq = 0; // one-to-one: how far the peer has read (receipts)
   }
 
   /** Hidden (archived) until its next message. */
@@ -169,12 +170,23 @@ export class Store extends EventTarget {
     return [...this.conversations.values()].sort((x, y) => Number(y.pinned) - Number(x.pinned) || y.sortKey - x.sortKey);
   }
 
-  /** Add messages, each once by mid; true for those not known before. */
+  /** Add messages, each once by mid; true for those not known before. A newer version of a
+   * known one (edited or recalled meanwhile, from history or a sync) replaces it. */
   addMessages(messages) {
     const fresh = [];
     for (const message of messages) {
       const conversation = this.conversation(message.conversation);
-      if (conversation.messages.has(message.mid)) continue;
+      const known = conversation.messages.get(message.mid);
+      if (known?.provisional && !message.provisional) { // our own send, as the server stored it
+        conversation.messages.set(message.mid, message);
+        if (conversation.last?.mid === message.mid) conversation.last = message;
+        this.changed('list', conversation.id === this.openId ? 'pane' : null);
+        continue;
+      }
+      if (known) {
+        this.replaceMessage(message);
+        continue;
+      }
       conversation.messages.set(message.mid, message);
       conversation.lastSeq = Math.max(conversation.lastSeq, message.seq);
       if (!conversation.last || message.seq > conversation.last.seq) conversation.last = message;
@@ -182,6 +194,30 @@ export class Store extends EventTarget {
       this.changed('list', conversation.id === this.openId ? 'pane' : null);
     }
     return fresh;
+  }
+
+  /** A message as changed (edited or recalled): replaces the copy we have if it is newer. */
+  replaceMessage(message) {
+    const conversation = this.conversations.get(message.conversation);
+    const known = conversation?.messages.get(message.mid);
+    if (!known || !isNewer(message, known)) return;
+    conversation.messages.set(message.mid, message);
+    if (conversation.last?.mid === message.mid) conversation.last = message;
+    this.changed('list', conversation.id === this.openId ? 'pane' : null);
+  }
+
+  /** A `recalled` push: the message's body is gone, a tombstone stays. */
+  recallMessage({ conversation: id, mid, by, at_ms: at }) {
+    const known = this.conversations.get(id)?.messages.get(mid);
+    if (known) this.replaceMessage({ ...known, body: {}, recalled_at_ms: at, recalled_by: by });
+  }
+
+  /** A `receipt` push, or a sync's peer_read_seq: the peer read up to `seq`. */
+  setPeerRead(id, seq) {
+    const conversation = this.conversation(id);
+    if (!(seq > conversation.peerReadSeq)) return;
+    conversation.peerReadSeq = seq;
+    this.changed(id === this.openId ? 'pane' : null);
   }
 
   /** Drop loaded messages older than a gap just below `seq`, so scrolling back fills it. */
@@ -226,6 +262,7 @@ export class Store extends EventTarget {
       conversation.readSeq = state.read_seq;
       conversation.unread = state.unread;
       if ('pinned' in state) conversation.applySettings(state);
+      if (state.peer_read_seq !== undefined) conversation.peerReadSeq = Math.max(conversation.peerReadSeq, state.peer_read_seq);
     }
     this.changed('list', 'total');
   }
@@ -243,4 +280,11 @@ export class Store extends EventTarget {
     this.packets.set(mid, status);
     this.changed('pane');
   }
+}
+
+/** Is `message` a later state of `known` (recalled since, or a higher version)? */
+function isNewer(message, known) {
+  if (known.recalled_at_ms) return false; // a recall is final
+  if (message.recalled_at_ms) return true;
+  return (message.version || 1) > (known.version || 1);
 }
