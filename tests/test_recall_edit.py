@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from imflow.analytics import Archive
 from imflow.client import Client
 from imflow.core.models import direct_conversation
-from imflow.core.storage import keys
+from imflow.core.storage import keys, redis_client
 from imflow.core.storage.archive import ArchiveReader, VERSIONS, write_records
 from imflow.core.storage.lake import LakeConfig, connect as lake_connect
 from imflow.core.storage.scripts import lua_source
@@ -329,7 +329,7 @@ async def test_history_below_the_redis_log_shows_the_same(stack, users) -> None:
 
             await eventually(analysed, timeout=30, interval=0.2)
             if stack.kind == "real":  # the page comes from the archive: Redis no longer holds those seqs
-                client = redis.Redis.from_url(stack.env["IMFLOW_REDIS_URL"])
+                client = redis_client.connect_sync(stack.env["IMFLOW_REDIS_URL"])  # a cluster too
                 try:
                     async def trimmed() -> bool:
                         await page()
@@ -415,7 +415,7 @@ def test_the_unread_rule_holds_for_any_sequence(redis_url: str, ops: list[tuple[
     """deliver.lua, advance.lua, read.lua, amend_member.lua (a recall) and repair_unread.lua keep
     the count and the total at the model's, whatever the order (a write fan-out delivery and a
     read fan-out advance of the same conversation alike)."""
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client.connect_sync(redis_url)  # a single server or a cluster, as the suite runs
     scripts = {name: client.register_script(lua_source(name))
                for name in ("deliver", "advance", "read", "amend_member", "repair_unread")}
     user, gid = f"u{uuid.uuid4().hex[:8]}", f"g{uuid.uuid4().hex[:8]}"

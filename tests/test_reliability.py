@@ -142,9 +142,12 @@ async def test_every_message_exactly_once_in_order_with_true_unread(stack, users
         assert {m["client_msg_id"]: (m["mid"], m["seq"]) for m in messages} == answers
         assert [m["mid"] for m in messages] == sorted(m["mid"] for m in messages)
 
-        # unread equals the truth: bob read nothing, alice read all she sent
+        # unread equals the truth: bob read nothing, alice read all she sent (her read seq is
+        # what bob's state shows as the peer's)
         state = await bob.sync()
-        assert state["conversations"] == [{"conversation": conversation, "last_seq": N, "read_seq": 0, "unread": N, **UNCHANGED_SETTINGS}]
+        assert state["conversations"] == [
+            {"conversation": conversation, "last_seq": N, "read_seq": 0, "unread": N, **UNCHANGED_SETTINGS, "peer_read_seq": N}
+        ]
         assert state["total_unread"] == N
         assert (await bob.read(conversation, 1500))["count"] == N - 1500
         assert (await bob.sync())["total_unread"] == N - 1500

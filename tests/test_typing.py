@@ -241,10 +241,11 @@ async def _goes(throttle, key: str) -> bool:
 
 async def test_push_to_online_members_skips_the_typer_and_nobody_offline(any_redis) -> None:
     """The core push: one event per gateway holding a member, marked low priority."""
-    from imflow.core.storage import keys, presence
+    from imflow.core.storage import keys, presence, redis_client
 
-    pubsub = any_redis.pubsub()
-    await pubsub.subscribe(keys.gateway_channel("gw-a"), keys.gateway_channel("gw-b"))
+    # each gateway's channel as a gateway hears it (sharded pub/sub on a cluster)
+    gw_a = await redis_client.subscribe(any_redis, keys.gateway_channel("gw-a"))
+    gw_b = await redis_client.subscribe(any_redis, keys.gateway_channel("gw-b"))
     try:
         await presence.changed(any_redis, "gw-a", [("alice", True), ("bob", True)])
         await presence.changed(any_redis, "gw-b", [("alice", True)])
@@ -254,14 +255,15 @@ async def test_push_to_online_members_skips_the_typer_and_nobody_offline(any_red
         assert await push_to_online_members(any_redis, "nonsense", frame) == 0
 
         async def published() -> list:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            message = await gw_a.get_message(ignore_subscribe_messages=True, timeout=0.2)
             return orjson.loads(message["data"]) if message else []
 
         events = await eventually(published, timeout=10)
         assert events == [{"users": ["bob"], "frame": frame, "priority": int(Priority.LOW)}]
-        assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3) is None  # nothing for gw-b
+        assert await gw_b.get_message(ignore_subscribe_messages=True, timeout=0.3) is None  # nothing for gw-b
     finally:
-        await pubsub.aclose()
+        await gw_a.aclose()
+        await gw_b.aclose()
         await presence.changed(any_redis, "gw-a", [("alice", False), ("bob", False)])
         await presence.changed(any_redis, "gw-b", [("alice", False)])
 

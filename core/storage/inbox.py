@@ -58,7 +58,8 @@ def queue_delivery(pipe: Pipeline, message: Message, member: str, inbox_limit: i
 
 
 def delivery_result(message: Message, result: list[int]) -> tuple[bool, Unread]:
-    """(newly delivered, the member's unread counts); False on a replay."""
+    """(newly delivered, the member's unread counts); False on a replay, and for a message
+    recalled before it reached this member (deliver.lua adds no inbox entry for it)."""
     delivered, count, total = result
     return bool(delivered), Unread(message.conversation, int(count), int(total))
 

@@ -8,7 +8,9 @@
 local conv = ARGV[1]
 local gone = {}
 for _, entry in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if cjson.decode(entry).conversation == conv then  -- only a string field is read (mids lose digits in cjson)
+  -- only a string field is read (mids lose digits in cjson); an entry cjson refuses stays
+  local ok, message = pcall(cjson.decode, entry)
+  if ok and type(message) == 'table' and message.conversation == conv then
     gone[#gone + 1] = entry
   end
   if #gone == 500 then  -- ZREM takes them in batches: unpack has a limit of its own

@@ -14,7 +14,8 @@ for i = 1, #last, 2 do
   end
   local want = seq - read - recalled_between(KEYS[6], conv, read, seq)
   if want < 0 then want = 0 end
-  if tonumber(redis.call('HGET', KEYS[4], conv) or '-1') ~= want then
+  -- an absent count is 0 (every reader takes it so; advance.lua writes none for 0)
+  if tonumber(redis.call('HGET', KEYS[4], conv) or '0') ~= want then
     changed = changed + 1
     redis.call('HSET', KEYS[4], conv, want)
   end
