@@ -4,7 +4,7 @@ marks unread (until the next read) a conversation they are in; every device of t
 ``set_conversation`` takes a typed command and returns the settings as the user's devices show
 them; the user's other connections get the same (``ConversationSettingsChanged``). Refusals
 are ImflowError: ``not_found`` for a conversation the user is not in (groups.require_member).
-The offline-push hook skips muted conversations (``muted_among``); unread is counted all the same.
+The offline-push hook skips muted conversations (core/offline_push.py); unread is counted all the same.
 """
 
 from __future__ import annotations
@@ -93,10 +93,10 @@ async def read_clears_mark(services: Services, user: str, conversation: str, ori
 
 
 async def muted_among(services: Services, user: str, conversations: list[str] | tuple[str, ...]) -> set[str]:
-    """Which of ``conversations`` ``user`` has muted (for the offline-push hook: no push for
-    those). One round trip; raises Redis errors."""
-    found = await store.among(services.redis, user, list(conversations))
-    return {conversation for conversation, stored in found.items() if stored.muted}
+    """Which of ``conversations`` ``user`` has muted. One round trip; raises Redis errors. (The
+    offline push asks for many users at once: ``store.muted_pairs``, which this goes through.)"""
+    found = await store.muted_pairs(services.redis, [(user, conversation) for conversation in conversations])
+    return {conversation for _, conversation in found}
 
 
 async def of_conversations(services: Services, user: str, states: list[dict[str, Any]]) -> None:
